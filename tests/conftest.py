@@ -1,0 +1,155 @@
+"""Test set-up: an isolated WORKBENCH_HOME per session, a shared converted-model cache, offline hubs,
+the real bundled model, a tiny random model with the same tokenizer, and the browser harness."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from helpers import REPO_ROOT, SHARED_DATA, make_tiny_model
+
+# Nothing in tests may reach a hub. The converted bundled model is cached once per machine.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ.setdefault("WORKBENCH_MODELS", str(Path.home() / ".cache" / "workbench" / "models"))
+_SESSION_HOME = tempfile.mkdtemp(prefix="workbench-test-home-")
+os.environ["WORKBENCH_HOME"] = _SESSION_HOME
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def bundled_model_dir() -> Path:
+    from workbench.models.bundled import ensure_converted
+
+    return Path(ensure_converted())
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(bundled_model_dir, tmp_path_factory) -> Path:
+    return make_tiny_model(bundled_model_dir, tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture()
+def wb_home(tmp_path, monkeypatch) -> Path:
+    """A fresh WORKBENCH_HOME for one test (the converted-model cache stays shared)."""
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 600, cwd: Path | None = None):
+    """Run ``python -m workbench ARGS`` as a real subprocess."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "workbench", *args],
+        capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd or REPO_ROOT,
+    )
+
+
+@pytest.fixture()
+def cli():
+    return run_cli
+
+
+class AppServer:
+    def __init__(self, url: str, process: subprocess.Popen, log_path: Path, home: Path):
+        self.url, self.process, self.log_path, self.home = url, process, log_path, home
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_app(home: Path, extra_args: list[str] | None = None, timeout: float = 120) -> AppServer:
+    port = free_port()
+    log_path = home / "webui.log"
+    home.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "WORKBENCH_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    log_file = open(log_path, "w")
+    process = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "webui.py"), "--port", str(port), *(extra_args or [])],
+        stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"webui exited early:\n{log_path.read_text()}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return AppServer(url, process, log_path, home)
+        except OSError:
+            time.sleep(0.5)
+    process.kill()
+    raise RuntimeError(f"webui did not start in {timeout}s:\n{log_path.read_text()}")
+
+
+def stop_app(server: AppServer) -> None:
+    import signal
+
+    try:
+        os.killpg(server.process.pid, signal.SIGTERM)
+        server.process.wait(timeout=20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(server.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is not installed (make test installs it when run as root)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def app_server(tmp_path_factory, bundled_model_dir):
+    """The real app (python webui.py) on a free loopback port, with its own WORKBENCH_HOME."""
+    server = start_app(tmp_path_factory.mktemp("app-home"))
+    yield server
+    stop_app(server)
+
+
+@pytest.fixture()
+def page(browser, app_server):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = context.new_page()
+    pg.set_default_timeout(60_000)
+    pg.goto(app_server.url)
+    pg.wait_for_selector("gradio-app", state="attached")
+    yield pg
+    context.close()

@@ -1,0 +1,46 @@
+"""Helpers shared by tests: the tiny random model and paths to the shared public data."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
+
+
+def make_tiny_model(bundled_dir: Path, out_dir: Path, *, seed: int = 0, layers: int = 2) -> Path:
+    """A random Llama with the bundled model's tokenizer and chat template: real shapes, tiny sizes.
+
+    Module names match the real model (q_proj, v_proj, ...), so LoRA targets, templates and
+    adapters behave the same; only the numbers are random.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base = AutoConfig.from_pretrained(bundled_dir)
+    config = AutoConfig.for_model(
+        "llama",
+        vocab_size=base.vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=base.bos_token_id,
+        eos_token_id=base.eos_token_id,
+        pad_token_id=base.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.generation_config.eos_token_id = base.eos_token_id
+    model.generation_config.pad_token_id = base.pad_token_id
+    model.save_pretrained(out_dir, safe_serialization=True)
+    for name in TOKENIZER_FILES:
+        if (bundled_dir / name).is_file():
+            shutil.copy(bundled_dir / name, out_dir / name)
+    return out_dir

@@ -1,0 +1,6 @@
+import sys
+
+from workbench.cli import main, quiet_libraries
+
+quiet_libraries()
+sys.exit(main())

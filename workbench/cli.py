@@ -1,0 +1,69 @@
+"""``python -m workbench COMMAND``: every action of the app on the command line.
+
+Commands are registered by name → "module:stem"; the module defines ``configure_<stem>(parser)``
+and ``run_<stem>(args) -> int``. Modules are imported only for the command that runs, so
+``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from workbench.config.base import WorkbenchError
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "webui": ("workbench.ui.app:webui", "start the web app (same as python webui.py)"),
+    "models": ("workbench.models.cli:models", "list the model registry and what is available locally"),
+    "chat": ("workbench.infer.cli:chat", "chat with a model (and adapters) in the terminal, or answer one --prompt"),
+}
+
+
+def _resolve(name: str):
+    spec, _ = COMMANDS[name]
+    module_name, stem = spec.split(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, f"configure_{stem}"), getattr(module, f"run_{stem}")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m workbench", description="Workbench: fine-tune, chat with, evaluate and export language models.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        if name == command:
+            configure, _ = _resolve(name)
+            configure(sub_parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command is not None and command not in COMMANDS:
+        print(f"error: unknown command {command!r}; choose from: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    parser = build_parser(command)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    _, run = _resolve(args.command)
+    try:
+        return int(run(args) or 0)
+    except WorkbenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def quiet_libraries() -> None:
+    """Keep library chatter (advisory warnings, telemetry) out of the user's terminal."""
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

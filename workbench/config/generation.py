@@ -1,0 +1,32 @@
+"""Sampling options for chat and evaluation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from workbench.config.base import OptionError, Options, option
+
+
+@dataclass
+class GenerationArgs(Options):
+    max_new_tokens: int = option(256, "Most tokens to generate per answer", min=1, max=32768, label_zh="最大生成长度")
+    do_sample: bool = option(False, "Sample instead of greedy decoding", label_zh="采样")
+    temperature: float = option(0.7, "Sampling temperature (with do_sample)", min=0.0, max=5.0, label_zh="温度")
+    top_p: float = option(0.9, "Nucleus sampling probability mass (with do_sample)", min=0.0, max=1.0, label_zh="Top-p")
+    top_k: int = option(50, "Sample from the k most likely tokens (0 = no limit)", min=0, label_zh="Top-k")
+    repetition_penalty: float = option(1.0, "Penalty for repeated tokens (1.0 = none)", min=0.5, max=3.0,
+                                       label_zh="重复惩罚")
+    seed: int | None = option(None, "Random seed for sampling; empty for a fresh one each time", label_zh="随机种子")
+    system: str | None = option(None, "System prompt (empty: the template's default)", label_zh="系统提示词")
+
+    def validate(self) -> None:
+        if self.do_sample and self.temperature == 0.0:
+            raise OptionError("temperature", "must be above 0 when do_sample is on (or turn do_sample off)")
+
+    def generate_kwargs(self) -> dict:
+        kwargs = {"max_new_tokens": self.max_new_tokens, "repetition_penalty": self.repetition_penalty}
+        if self.do_sample:
+            kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        return kwargs

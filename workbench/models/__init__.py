@@ -1,0 +1,1 @@
+"""Model registry, the bundled default model, and the one loader used everywhere."""

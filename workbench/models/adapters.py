@@ -1,0 +1,96 @@
+"""PEFT adapters: parse NAME=DIR specs, check a directory before loading it, and check that it
+fits the loaded base model (module names and shapes) so a mismatch is one clear sentence."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from workbench.config.base import WorkbenchError
+
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def adapter_name_for(path: str | Path) -> str:
+    name = Path(str(path).rstrip("/")).name or "adapter"
+    return re.sub(r"[^A-Za-z0-9_-]", "_", name)
+
+
+def parse_adapter_specs(specs: str | list[str] | None) -> dict[str, str]:
+    """``"a=/x,b=/y"`` or ``["/x", "b=/y"]`` → ``{"a": "/x", "b": "/y"}``; names must be unique."""
+    if not specs:
+        return {}
+    items = specs.split(",") if isinstance(specs, str) else [s for spec in specs for s in spec.split(",")]
+    out: dict[str, str] = {}
+    for item in (s.strip() for s in items):
+        if not item:
+            continue
+        if "=" in item:
+            name, path = (part.strip() for part in item.split("=", 1))
+        else:
+            name, path = adapter_name_for(item), item
+        if not _NAME.match(name) or name == "base":
+            raise WorkbenchError(f"adapter name {name!r} is not allowed (letters, digits, '_', '-', '.'; not 'base')")
+        if name in out:
+            raise WorkbenchError(f"two adapters are named {name!r}; name them with NAME=DIR")
+        out[name] = path
+    return out
+
+
+def read_adapter_config(path: str | Path) -> dict:
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise WorkbenchError(f"adapter directory {path} does not exist")
+    config_file = path / "adapter_config.json"
+    if not config_file.is_file():
+        raise WorkbenchError(f"{path} is not a PEFT adapter: adapter_config.json is missing")
+    if not any((path / w).is_file() for w in ADAPTER_WEIGHTS):
+        raise WorkbenchError(f"{path}: adapter weights are missing (expected {ADAPTER_WEIGHTS[0]})")
+    try:
+        return json.loads(config_file.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise WorkbenchError(f"{config_file}: not valid JSON ({exc})") from None
+
+
+def adapter_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes from the adapter's safetensors header, without loading the weights."""
+    weights = Path(path) / "adapter_model.safetensors"
+    if not weights.is_file():
+        return {}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise WorkbenchError(f"{weights}: corrupt safetensors file ({exc})") from None
+
+
+def check_adapter_fits(model, path: str | Path, base_label: str) -> None:
+    """Raise a clear error when the adapter was trained for a model of another shape."""
+    config = read_adapter_config(path)
+    trained_on = config.get("base_model_name_or_path") or "an unknown model"
+    modules = dict(model.named_modules())
+    for key, shape in adapter_shapes(path).items():
+        match = re.match(r"^(?:base_model\.model\.)?(.*)\.lora_([AB])(?:\.weight)?$", key)
+        if not match:
+            continue
+        module_name, which = match.groups()
+        module = modules.get(module_name) or modules.get(f"model.{module_name}")
+        if module is None:
+            raise WorkbenchError(
+                f"adapter {path} does not fit base model {base_label}: it has no module {module_name} "
+                f"(the adapter was trained on {trained_on})"
+            )
+        in_features = getattr(module, "in_features", None)
+        out_features = getattr(module, "out_features", None)
+        expected = shape[1] if which == "A" else shape[0]
+        actual = in_features if which == "A" else out_features
+        if actual is not None and expected != actual:
+            raise WorkbenchError(
+                f"adapter {path} does not fit base model {base_label}: {module_name} has "
+                f"{'input' if which == 'A' else 'output'} size {actual} but the adapter expects {expected} "
+                f"(the adapter was trained on {trained_on})"
+            )
