@@ -1,0 +1,9 @@
+"""Start the Workbench web app: python webui.py [--host 127.0.0.1] [--port 7860] [--auth user:pass] [--share]"""
+
+import sys
+
+from workbench.cli import main, quiet_libraries
+
+if __name__ == "__main__":
+    quiet_libraries()
+    sys.exit(main(["webui", *sys.argv[1:]]))

@@ -1,0 +1,1 @@
+"""Inference: the loaded-model session, chat engine, batched generation, OpenAI-compatible API."""

@@ -1,0 +1,1 @@
+"""The Gradio face: one module per tab, no business logic (the core does the work)."""

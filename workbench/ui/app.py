@@ -1,0 +1,159 @@
+"""The Gradio app: a shared top bar (model, template, precision, load/unload) and one tab per module.
+
+A tab module defines ``build(ctx: AppContext) -> None`` and is listed in ``TABS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from pathlib import Path
+
+import gradio as gr
+
+from workbench.config.base import WorkbenchError
+from workbench.config.model import DTYPES, ModelArgs
+from workbench.infer.session import ModelManager
+from workbench.models import registry
+from workbench.ui.context import AppContext
+from workbench.ui.forms import NONE_CHOICE, form_value
+from workbench.ui.i18n import I18N, T
+
+# (English title, Chinese title, module). Add a tab by adding a line.
+TABS: list[tuple[str, str, str]] = [
+]
+
+FALLBACK_TEMPLATES = ["auto", "qwen", "chatml", "smollm2", "llama2", "llama3", "mistral", "alpaca", "default"]
+
+CSS = """
+#wb-status {min-height: 2.5em}
+.wb-error {color: #b91c1c}
+"""
+
+
+def template_choices() -> list[str]:
+    try:
+        from workbench.data import templates
+
+        names = list(getattr(templates, "TEMPLATES", {}) or [])
+        return ["auto", *[n for n in names if n != "auto"]] if names else FALLBACK_TEMPLATES
+    except Exception:  # the data package is optional for the shell
+        return FALLBACK_TEMPLATES
+
+
+def model_choices() -> list[str]:
+    return list(registry.MODELS)
+
+
+def error_text(exc: Exception) -> str:
+    if isinstance(exc, WorkbenchError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def model_args_from(model: str, dtype: str, quantization: str) -> ModelArgs:
+    quant = form_value(quantization)
+    return ModelArgs(model_name_or_path=(model or "").strip(), infer_dtype=dtype or "auto",
+                     quantization_bit=int(quant) if quant else None)
+
+
+def build_top_bar(ctx: AppContext) -> None:
+    with gr.Row(equal_height=True):
+        ctx.model = gr.Dropdown(
+            choices=model_choices(), value=registry.MODELS and "smollm2-135m-instruct", allow_custom_value=True,
+            label=T("Model (alias, local directory or hub id)", "模型（别名、本地目录或 Hub ID）"), scale=4,
+            elem_id="wb-model",
+        )
+        ctx.template = gr.Dropdown(choices=template_choices(), value="auto", label=T("Chat template", "对话模板"),
+                                   scale=1, elem_id="wb-template")
+        ctx.dtype = gr.Dropdown(choices=list(DTYPES), value="auto", label=T("Precision", "精度"), scale=1,
+                                elem_id="wb-dtype")
+        ctx.quantization = gr.Dropdown(choices=[NONE_CHOICE, "4", "8"], value=NONE_CHOICE,
+                                       label=T("Quantization (bits)", "量化（比特）"), scale=1,
+                                       elem_id="wb-quantization")
+        with gr.Column(scale=1, min_width=120):
+            ctx.load_button = gr.Button(T("Load model", "加载模型"), variant="primary", elem_id="wb-load")
+            ctx.unload_button = gr.Button(T("Unload", "卸载"), elem_id="wb-unload")
+    ctx.status = gr.Markdown(ctx.manager.status(), elem_id="wb-status")
+
+    def on_model_change(model: str):
+        return gr.update(value=registry.default_template(model or "")) if registry.lookup(model or "") else gr.update()
+
+    def on_load(model: str, dtype: str, quantization: str):
+        try:
+            args = model_args_from(model, dtype, quantization)
+            ctx.manager.load(args)
+        except Exception as exc:  # shown to the user; the server log keeps the traceback for bugs
+            if not isinstance(exc, WorkbenchError):
+                import traceback
+
+                traceback.print_exc()
+            return f"❌ **Could not load the model.** {error_text(exc)}"
+        return "✅ " + ctx.manager.status()
+
+    def on_unload():
+        ctx.manager.unload()
+        return ctx.manager.status()
+
+    ctx.model.change(on_model_change, inputs=ctx.model, outputs=ctx.template)
+    ctx.load_button.click(lambda: "⏳ Loading…", outputs=ctx.status).then(
+        on_load, inputs=ctx.model_inputs(), outputs=ctx.status
+    )
+    ctx.unload_button.click(on_unload, outputs=ctx.status)
+
+
+def create_app(manager: ModelManager | None = None) -> gr.Blocks:
+    ctx = AppContext(manager=manager or ModelManager())
+    with gr.Blocks(title="Workbench") as app:
+        gr.Markdown(T("# Workbench\nFine-tune, chat with, evaluate and export language models on your machine.",
+                      "# Workbench\n在本机微调、对话、评测和导出大语言模型。"))
+        build_top_bar(ctx)
+        with gr.Tabs():
+            for title_en, title_zh, module_name in TABS:
+                module = importlib.import_module(module_name)
+                with gr.Tab(T(title_en, title_zh), id=module_name.rsplit(".", 1)[-1]):
+                    module.build(ctx)
+    app.workbench_context = ctx  # type: ignore[attr-defined]
+    return app
+
+
+def parse_auth(value: str | None):
+    """``user:pass`` or a file of ``user:pass`` lines."""
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else [value]
+    pairs = []
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if ":" not in line:
+            where = f"{path} line {number}" if path.is_file() else "--auth"
+            raise WorkbenchError(f"{where}: expected user:password")
+        user, password = line.split(":", 1)
+        pairs.append((user, password))
+    if not pairs:
+        raise WorkbenchError(f"--auth {value}: no user:password entries")
+    return pairs
+
+
+def configure_webui(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default=os.environ.get("WORKBENCH_HOST", "127.0.0.1"),
+                        help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("WORKBENCH_PORT", "7860")))
+    parser.add_argument("--auth", default=None, help="user:password, or a file with one user:password per line")
+    parser.add_argument("--share", action="store_true", help="also create a public gradio.live link")
+
+
+def run_webui(args) -> int:
+    auth = parse_auth(args.auth)
+    app = create_app()
+    print(f"Workbench on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
+    app.queue(default_concurrency_limit=4).launch(
+        server_name=args.host, server_port=args.port, auth=auth, share=args.share, i18n=I18N, css=CSS,
+        show_error=True, footer_links=["gradio", "settings"],
+    )
+    return 0
