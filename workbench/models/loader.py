@@ -195,8 +195,7 @@ def load_model(
         model.config.pad_token_id = tokenizer.pad_token_id
         if model.generation_config is not None:
             model.generation_config.pad_token_id = tokenizer.pad_token_id
-    if not for_training:
-        model.eval()
+    model.train(for_training)
     adapters = dict(adapters if adapters is not None else args.adapter_map())
     if adapters:
         model = attach_adapters(model, adapters, base_label=args.model_name_or_path, is_trainable=for_training)

@@ -1,0 +1,69 @@
+"""The command line as a user runs it: real subprocesses."""
+
+import pytest
+
+from workbench.config import WorkbenchError
+from workbench.ui.app import parse_auth
+
+
+def test_help_lists_commands(cli):
+    result = cli("--help")
+    assert result.returncode == 0
+    for command in ("webui", "models", "chat"):
+        assert command in result.stdout
+
+
+def test_unknown_command(cli):
+    result = cli("frobnicate")
+    assert result.returncode == 2 and "unknown command 'frobnicate'" in result.stderr
+
+
+def test_models_lists_registry_and_local_state(cli, bundled_model_dir):
+    result = cli("models")
+    assert result.returncode == 0, result.stderr
+    line = next(l for l in result.stdout.splitlines() if l.startswith("smollm2-135m-instruct"))
+    assert "converted" in line
+    assert "Qwen/Qwen2.5-3B-Instruct" in result.stdout
+
+
+@pytest.mark.integration
+def test_chat_answers_with_the_bundled_model(cli, bundled_model_dir):
+    result = cli("chat", "--model", "smollm2-135m-instruct", "--prompt", "What is the capital of France?")
+    assert result.returncode == 0, result.stderr
+    assert "Paris" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "nosuch-model"], "unknown model 'nosuch-model'"),
+        (["--model", "/definitely/not/here"], "does not exist"),
+        (["--temperature", "-2"], "temperature: -2.0 is below the minimum"),
+        (["--quantization_bit", "3"], "quantization_bit: 3 is not one of"),
+    ],
+)
+def test_chat_bad_input_is_one_clear_line(cli, args, message):
+    result = cli("chat", *args, "--prompt", "hi")
+    assert result.returncode == 1
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error:")
+
+
+def test_auth_parsing(tmp_path):
+    assert parse_auth("ann:secret") == [("ann", "secret")]
+    f = tmp_path / "users.txt"
+    f.write_text("# users\nann:a\nbob:b:with-colon\n")
+    assert parse_auth(str(f)) == [("ann", "a"), ("bob", "b:with-colon")]
+    f.write_text("ann\n")
+    with pytest.raises(WorkbenchError, match="line 1: expected user:password"):
+        parse_auth(str(f))
+
+
+def test_webui_binds_loopback_by_default():
+    import argparse
+
+    from workbench.ui.app import configure_webui
+
+    parser = argparse.ArgumentParser()
+    configure_webui(parser)
+    assert parser.parse_args([]).host == "127.0.0.1"
