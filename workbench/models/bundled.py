@@ -48,10 +48,9 @@ def cached_dir() -> Path:
 
 
 def is_converted() -> bool:
-    stamp = cached_dir() / _STAMP
     try:
-        return json.loads(stamp.read_text())["gguf"] == gguf_path().name
-    except (OSError, ValueError, KeyError, WorkbenchError):
+        return _stamp_matches(cached_dir() / _STAMP, _source_stamp(gguf_path()))
+    except WorkbenchError:
         return False
 
 
@@ -66,13 +65,26 @@ def ensure_converted(log=None) -> Path:
     gguf = gguf_path()
     stamp = _source_stamp(gguf)
     stamp_file = target / _STAMP
-    if stamp_file.is_file():
-        try:
-            if json.loads(stamp_file.read_text()) == stamp:
-                return target
-        except ValueError:
-            pass
+    if _stamp_matches(stamp_file, stamp):
+        return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    from filelock import FileLock
+
+    # One conversion at a time across threads and processes (the app pre-converts while a user may click Load).
+    with FileLock(str(target.parent / f".{BUNDLED_ALIAS}.lock")):
+        if _stamp_matches(stamp_file, stamp):
+            return target
+        return _convert(gguf, target, stamp, log)
+
+
+def _stamp_matches(stamp_file: Path, stamp: dict) -> bool:
+    try:
+        return json.loads(stamp_file.read_text()) == stamp
+    except (OSError, ValueError):
+        return False
+
+
+def _convert(gguf: Path, target: Path, stamp: dict, log) -> Path:
     log(f"Converting the bundled model {gguf.name} to safetensors in {target} (once; about half a minute)…")
     started = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f".{BUNDLED_ALIAS}-", dir=target.parent))

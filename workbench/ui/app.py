@@ -148,8 +148,25 @@ def configure_webui(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--share", action="store_true", help="also create a public gradio.live link")
 
 
+def prepare_bundled_model_in_background() -> None:
+    """Convert the bundled GGUF while the page opens, so the first Load takes seconds, not half a minute."""
+    import threading
+
+    from workbench.models import bundled
+
+    def convert():
+        try:
+            bundled.ensure_converted()
+        except WorkbenchError as exc:
+            print(f"note: {exc}", file=sys.stderr, flush=True)
+
+    if not bundled.is_converted():
+        threading.Thread(target=convert, name="convert-bundled-model", daemon=True).start()
+
+
 def run_webui(args) -> int:
     auth = parse_auth(args.auth)
+    prepare_bundled_model_in_background()
     app = create_app()
     print(f"Workbench on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
     app.queue(default_concurrency_limit=4).launch(
