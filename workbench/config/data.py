@@ -1,0 +1,97 @@
+"""Options that pick datasets and turn them into training examples (LLaMA-Factory's names)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from workbench.config.base import OptionError, Options, option
+
+
+@dataclass
+class DataArgs(Options):
+    dataset: str | None = option(
+        None,
+        "Comma-separated dataset names from dataset_info.json (or paths to data files); each is loaded and "
+        "the rows are combined into one training set",
+        label_zh="数据集",
+    )
+    eval_dataset: str | None = option(
+        None, "Comma-separated datasets used only for evaluation (instead of splitting off val_size)",
+        group="eval", label_zh="验证数据集",
+    )
+    dataset_dir: str | None = option(
+        None, "Directory holding dataset_info.json and the data files (empty: the project's data/ directory)",
+        label_zh="数据目录",
+    )
+    template: str = option(
+        "auto",
+        "Chat template; auto = the model's registry default, else the tokenizer's own chat template",
+        label_zh="对话模板",
+    )
+    default_system: str | None = option(
+        None, "System prompt for examples that have none (empty: the template's default)", group="template",
+        label_zh="默认系统提示词",
+    )
+    cutoff_len: int = option(
+        1024, "Most tokens per example after tokenisation; longer examples are truncated (the prompt is "
+        "shortened before the response is lost)", min=8, max=1_048_576, label_zh="截断长度",
+    )
+    max_samples: int | None = option(
+        None, "Use at most this many rows of each dataset (read lazily: big files are not loaded whole)",
+        min=1, label_zh="最大样本数",
+    )
+    val_size: float = option(
+        0.0, "Validation split: a fraction (0-1) of the rows, or a number of rows (>= 1)", min=0.0,
+        group="eval", label_zh="验证集比例",
+    )
+    train_on_prompt: bool = option(
+        False, "Also compute the loss on prompt tokens (default: only the assistant's answers)", group="template",
+        label_zh="训练提示词",
+    )
+    mask_history: bool = option(
+        False, "Train only the last assistant turn of multi-turn conversations", group="template",
+        label_zh="仅训练最后一轮",
+    )
+    packing: bool = option(
+        False, "Pack several examples into each cutoff_len row (position ids restart per example, so no "
+        "attention crosses examples)", group="advanced", label_zh="序列打包",
+    )
+    streaming: bool = option(
+        False, "Read and tokenise the data lazily while training (for data larger than memory; needs max_steps)",
+        group="advanced", label_zh="流式读取",
+    )
+    buffer_size: int = option(
+        16384, "Shuffle buffer (rows) when streaming", min=1, group="advanced", label_zh="流式缓冲区",
+    )
+    preprocessing_num_workers: int | None = option(
+        None, "Processes for tokenisation (empty: one process; the fast tokenizer already batches)", min=1,
+        group="advanced", label_zh="预处理进程数",
+    )
+    preprocessing_batch_size: int = option(
+        1000, "Rows per tokenisation batch", min=1, group="advanced", label_zh="预处理批大小",
+    )
+    overwrite_cache: bool = option(
+        False, "Rebuild the tokenised dataset even if a cached copy exists", group="advanced",
+        label_zh="覆盖缓存",
+    )
+    seed: int = option(42, "Seed for the validation split and shuffling", group="advanced", label_zh="随机种子")
+
+    def validate(self) -> None:
+        if self.val_size >= 1 and not float(self.val_size).is_integer():
+            raise OptionError("val_size", f"{self.val_size}: use a fraction below 1 or a whole number of rows")
+        if self.streaming and 0 < self.val_size < 1:
+            raise OptionError("val_size", "with streaming, give a number of rows (>= 1), not a fraction")
+        if self.streaming and self.packing:
+            raise OptionError("packing", "packing needs the whole dataset; turn streaming off")
+
+    def dataset_names(self) -> list[str]:
+        return [n.strip() for n in (self.dataset or "").split(",") if n.strip()]
+
+    def eval_dataset_names(self) -> list[str]:
+        return [n.strip() for n in (self.eval_dataset or "").split(",") if n.strip()]
+
+    def dataset_path(self) -> Path:
+        from workbench.paths import project_data_dir
+
+        return Path(self.dataset_dir).expanduser() if self.dataset_dir else project_data_dir()
