@@ -17,6 +17,7 @@ from workbench.config.base import WorkbenchError
 COMMANDS: dict[str, tuple[str, str]] = {
     "webui": ("workbench.ui.app:webui", "start the web app (same as python webui.py)"),
     "models": ("workbench.models.cli:models", "list the model registry and what is available locally"),
+    "train": ("workbench.train.cli:train", "fine-tune: stages pt/sft/rm/dpo with LoRA, QLoRA, freeze or full (YAML + --key value)"),
     "chat": ("workbench.infer.cli:chat", "chat with a model (and adapters) in the terminal, or answer one --prompt"),
 }
 

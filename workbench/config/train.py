@@ -1,0 +1,407 @@
+"""Training options, with LLaMA-Factory's names so its YAML files and command lines run unchanged.
+
+``FinetuningArgs`` says *what* is trained (stage, method, LoRA/freeze/preference settings);
+``TrainArgs`` says *how* (Hugging Face ``TrainingArguments`` names: batch, schedule, precision,
+logging, checkpoints); ``LaunchArgs`` says how many processes run it. Together with ``ModelArgs``
+and ``DataArgs`` they make one run config: :func:`parse_train_config` merges a YAML file and
+``--key value`` overrides into them, naming unknown keys and warning about LLaMA-Factory keys that
+Workbench knowingly ignores (:data:`IGNORED_KEYS`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from workbench.config.base import OptionError, Options, WorkbenchError, option, split_mapping
+from workbench.config.data import DataArgs
+from workbench.config.model import ModelArgs
+
+STAGES = ("pt", "sft", "rm", "dpo")
+FINETUNING_TYPES = ("lora", "freeze", "full")
+SCHEDULERS = (
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+    "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay",
+)
+# TRL 1.16 DPOTrainer loss types (trl/trainer/dpo_config.py); LLaMA-Factory's orpo/simpo/kto_pair are not DPO
+# losses in TRL, so they are rejected with a pointer instead of being silently replaced.
+PREF_LOSSES = (
+    "sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "nca_pair", "exo_pair", "aot",
+    "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm",
+)
+REPORT_TO = ("none", "tensorboard", "wandb", "mlflow")
+OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adamw_8bit", "paged_adamw_8bit")
+DEEPSPEED_PRESETS = {
+    "z2": "ds_z2_config.json", "z2_offload": "ds_z2_offload_config.json",
+    "z3": "ds_z3_config.json", "z3_offload": "ds_z3_offload_config.json",
+}
+
+# LLaMA-Factory keys that Workbench accepts in YAML/CLI but does not act on: a warning, not an error.
+IGNORED_KEYS: dict[str, str] = {
+    "quantization_method": "only bitsandbytes quantization is supported (quantization_bit)",
+    "flash_attn": "use attn_implementation (auto, eager, sdpa, flash_attention_2)",
+    "enable_liger_kernel": "Liger kernels are not used",
+    "use_unsloth": "Unsloth is not used",
+    "use_unsloth_gc": "Unsloth is not used",
+    "upcast_layernorm": "layer norms keep the model's dtype",
+    "upcast_lmhead_output": "the loss is always computed in float32",
+    "neat_packing": "packing never lets attention cross examples (position ids restart per example)",
+    "tokenized_path": "tokenised datasets are cached automatically",
+    "mix_strategy": "datasets are concatenated",
+    "interleave_probs": "datasets are concatenated",
+    "print_param_status": "the trainable parameter count is always printed",
+    "disable_gradient_checkpointing": "use gradient_checkpointing (off by default)",
+    "use_fast_tokenizer": "the fast tokenizer is always used",
+    "low_cpu_mem_usage": "weights are always loaded lazily",
+    "ddp_timeout": "the default process-group timeout is used",
+    "include_num_input_tokens_seen": "tokens are always counted (tokens_per_second in progress.jsonl)",
+    "include_tokens_per_second": "tokens are always counted (tokens_per_second in progress.jsonl)",
+    "save_only_model": "checkpoints always include the optimizer state so runs can resume",
+    "dataloader_num_workers": "data is tokenised up front; batches are collated in the main process",
+    "dataloader_pin_memory": "not needed for the collated batches",
+    "hf_hub_token": "nothing is downloaded during training",
+    "ms_hub_token": "nothing is downloaded during training",
+    "om_hub_token": "nothing is downloaded during training",
+    "cache_dir": "models come from the registry, a local directory or the Hugging Face cache",
+    "model_revision": "models come from the registry, a local directory or the Hugging Face cache",
+    "image_max_pixels": "multimodal models are not supported",
+    "image_min_pixels": "multimodal models are not supported",
+    "video_max_pixels": "multimodal models are not supported",
+    "video_min_pixels": "multimodal models are not supported",
+    "video_fps": "multimodal models are not supported",
+    "freeze_vision_tower": "multimodal models are not supported",
+    "freeze_multi_modal_projector": "multimodal models are not supported",
+    "ray_run_name": "Ray is not used; use --launch",
+    "ray_num_workers": "Ray is not used; use --launch --num_processes",
+    "do_eval": "evaluation during training follows val_size / eval_dataset; use `python -m workbench eval` after",
+    "do_predict": "use `python -m workbench eval` for predictions",
+    "predict_with_generate": "use `python -m workbench eval` for generation metrics",
+    "compute_accuracy": "use `python -m workbench eval` for accuracy",
+    "logging_dir": "TensorBoard logs go to output_dir/runs",
+    "push_to_hub": "nothing is uploaded",
+    "create_new_adapter": "a new adapter is always created unless adapter_name_or_path is given",
+}
+
+# Keys that look like LLaMA-Factory's but ask for something Workbench does not do: an error with a pointer.
+UNSUPPORTED_KEYS: dict[str, str] = {
+    "use_galore": "GaLore is not supported; use finetuning_type lora or freeze",
+    "use_apollo": "APOLLO is not supported; use finetuning_type lora or freeze",
+    "use_badam": "BAdam is not supported; use finetuning_type freeze",
+    "pissa_init": "PiSSA initialisation is not supported",
+    "loraplus_lr_ratio": "LoRA+ is not supported",
+    "ref_model": "the DPO reference is the base model (the adapter switched off) or a frozen copy of it",
+    "reward_model": "PPO is not supported",
+    "rope_scaling": "RoPE scaling is not supported",
+    "shift_attn": "shifted sparse attention is not supported",
+}
+
+
+@dataclass
+class FinetuningArgs(Options):
+    stage: str = option(
+        "sft", "Training stage: pt (pre-training on text), sft (supervised, prompts masked), rm (reward model "
+        "on preference pairs), dpo (direct preference optimisation)", choices=STAGES, label_zh="训练阶段",
+    )
+    finetuning_type: str = option(
+        "lora", "Method: lora (adapters; with quantization_bit this is QLoRA), freeze (train the last layers), "
+        "full (every weight)", choices=FINETUNING_TYPES, label_zh="微调方法",
+    )
+    lora_rank: int = option(8, "LoRA rank r", min=1, max=4096, group="lora", label_zh="LoRA 秩")
+    lora_alpha: int | None = option(
+        None, "LoRA scaling alpha (empty: 2 × lora_rank)", min=1, group="lora", label_zh="LoRA 缩放系数",
+    )
+    lora_dropout: float = option(0.0, "Dropout on the LoRA input", min=0.0, max=0.99, group="lora",
+                                 label_zh="LoRA 丢弃率")
+    lora_target: str = option(
+        "all", "Comma-separated module names to adapt (q_proj,v_proj, ...), or all for every linear layer except "
+        "the output head", group="lora", label_zh="LoRA 作用模块",
+    )
+    additional_target: str | None = option(
+        None, "Comma-separated modules trained in full and saved with the adapter (e.g. embed_tokens,lm_head)",
+        group="lora", label_zh="附加训练模块",
+    )
+    use_dora: bool = option(False, "Weight-decomposed LoRA (DoRA)", group="lora", label_zh="使用 DoRA")
+    use_rslora: bool = option(False, "Rank-stabilised LoRA scaling (alpha / sqrt(r))", group="lora",
+                              label_zh="使用 rsLoRA")
+    freeze_trainable_layers: int = option(
+        2, "freeze: train the last N layers (a negative N trains the first N)", group="freeze",
+        label_zh="可训练层数",
+    )
+    freeze_trainable_modules: str = option(
+        "all", "freeze: modules trained inside those layers (all, or names such as mlp,self_attn)", group="freeze",
+        label_zh="可训练模块",
+    )
+    freeze_extra_modules: str | None = option(
+        None, "freeze: modules outside the layers to train too (e.g. embed_tokens,norm)", group="freeze",
+        label_zh="额外可训练模块",
+    )
+    pref_beta: float = option(0.1, "DPO beta: higher stays closer to the reference model", min=0.0,
+                              group="rlhf", label_zh="偏好 beta")
+    pref_loss: str = option("sigmoid", "DPO loss type (TRL)", choices=PREF_LOSSES, group="rlhf",
+                            label_zh="偏好损失")
+    pref_ftx: float = option(0.0, "DPO: weight of an added SFT loss on the chosen answers (0 = none)", min=0.0,
+                             group="rlhf", label_zh="SFT 损失系数")
+    dpo_label_smoothing: float = option(0.0, "DPO label smoothing (robust / exo_pair losses)", min=0.0, max=0.5,
+                                        group="rlhf", label_zh="标签平滑")
+    plot_loss: bool = option(True, "Save loss.png (training and eval loss) in output_dir", group="output",
+                             label_zh="绘制损失曲线")
+
+    def validate(self) -> None:
+        if self.freeze_trainable_layers == 0:
+            raise OptionError("freeze_trainable_layers", "must not be 0 (last N layers; negative for the first N)")
+        if not [t for t in self.lora_target.split(",") if t.strip()]:
+            raise OptionError("lora_target", "name at least one module, or all")
+
+    def lora_targets(self) -> list[str]:
+        return [t.strip() for t in self.lora_target.split(",") if t.strip()]
+
+
+@dataclass
+class TrainArgs(Options):
+    output_dir: str | None = option(
+        None, "Where the adapter, checkpoints, progress.jsonl and config.yaml go (empty: a new directory under "
+        "the runs directory)", group="output", label_zh="输出目录",
+    )
+    overwrite_output_dir: bool = option(
+        False, "Start over in an output_dir that holds another run (its checkpoints and results are removed)",
+        group="output", label_zh="覆盖输出目录",
+    )
+    do_train: bool = option(True, "Train (always true here; evaluation is `python -m workbench eval`)", ui=False)
+    per_device_train_batch_size: int = option(4, "Examples per device per step", min=1, label_zh="批大小")
+    per_device_eval_batch_size: int = option(4, "Examples per device per eval step", min=1, group="eval",
+                                             label_zh="验证批大小")
+    gradient_accumulation_steps: int = option(1, "Steps whose gradients are summed before each update", min=1,
+                                              label_zh="梯度累积")
+    learning_rate: float = option(5e-5, "Peak learning rate", min=0.0, label_zh="学习率")
+    num_train_epochs: float = option(3.0, "Passes over the training set (ignored when max_steps > 0)", min=0.0,
+                                     label_zh="训练轮数")
+    max_steps: int = option(-1, "Stop after this many optimiser steps (-1: use num_train_epochs)", min=-1,
+                            label_zh="最大步数")
+    lr_scheduler_type: str = option("cosine", "Learning-rate schedule", choices=SCHEDULERS,
+                                    label_zh="学习率调度")
+    warmup_steps: float = option(0, "Linear warm-up steps (a value below 1 is a fraction of all steps)", min=0,
+                                 label_zh="预热步数")
+    warmup_ratio: float = option(0.0, "Warm-up as a fraction of all steps (used when warmup_steps is 0)",
+                                 min=0.0, max=1.0, label_zh="预热比例")
+    weight_decay: float = option(0.0, "AdamW weight decay", min=0.0, label_zh="权重衰减")
+    max_grad_norm: float = option(1.0, "Gradient clipping norm (0 = off)", min=0.0, label_zh="梯度裁剪")
+    optim: str = option("adamw_torch", "Optimiser", choices=OPTIMIZERS, group="advanced", label_zh="优化器")
+    bf16: bool = option(
+        False, "bfloat16 mixed precision (GPUs that support it; CPUs with AVX512-BF16/AMX run it as autocast)",
+        label_zh="bf16 混合精度",
+    )
+    fp16: bool = option(False, "float16 mixed precision (CUDA GPUs only)", label_zh="fp16 混合精度")
+    gradient_checkpointing: bool = option(
+        False, "Recompute activations in the backward pass: less memory, about 30% slower", group="advanced",
+        label_zh="梯度检查点",
+    )
+    padding_free: bool = option(
+        True, "Concatenate each batch into one row (position ids restart per example, no padding) and compute "
+        "the output layer only where there is a label (pt/sft)", group="advanced", label_zh="无填充批处理",
+    )
+    group_by_length: bool = option(
+        False, "Batch examples of similar length together (less padding when padding_free is off)",
+        group="advanced", label_zh="按长度分组",
+    )
+    logging_steps: int = option(5, "Write a progress line every N steps", min=1, group="output",
+                                label_zh="日志间隔")
+    save_strategy: str = option("steps", "When to save checkpoints", choices=("steps", "epoch", "no"),
+                                group="output", label_zh="保存策略")
+    save_steps: int = option(100, "Save a checkpoint every N steps", min=1, group="output", label_zh="保存间隔")
+    save_total_limit: int | None = option(
+        None, "Keep at most this many checkpoints (oldest removed first; empty: keep all)", min=1, group="output",
+        label_zh="最多保留检查点",
+    )
+    eval_strategy: str | None = option(
+        None, "When to evaluate: steps, epoch or no (empty: every eval_steps when there is an eval set)",
+        choices=("no", "steps", "epoch"), group="eval", label_zh="验证策略",
+    )
+    eval_steps: int | None = option(None, "Evaluate every N steps (empty: every save_steps)", min=1, group="eval",
+                                    label_zh="验证间隔")
+    seed: int = option(42, "Random seed (same seed, data and config → same loss curve on CPU)", group="advanced",
+                       label_zh="随机种子")
+    full_determinism: bool = option(False, "Deterministic kernels too (slower; for exact GPU reproducibility)",
+                                    group="advanced", label_zh="完全确定性")
+    resume_from_checkpoint: str | None = option(
+        None, "Resume from a checkpoint directory, or true for the latest checkpoint in output_dir",
+        group="output", label_zh="从检查点恢复",
+    )
+    deepspeed: str | None = option(
+        None, "DeepSpeed JSON config (a path, or z2, z3, z2_offload, z3_offload for presets/deepspeed/)",
+        group="distributed", label_zh="DeepSpeed 配置",
+    )
+    ddp_find_unused_parameters: bool | None = option(
+        None, "DDP: look for parameters without gradients (empty: automatic)", group="distributed", ui=False,
+    )
+    report_to: str = option(
+        "none", "Also log to: none, tensorboard, wandb, mlflow (comma-separated)", group="output",
+        label_zh="日志后端",
+    )
+    run_name: str | None = option(None, "Run name for tensorboard/wandb/mlflow (empty: the output_dir name)",
+                                  group="output", label_zh="运行名称")
+    torch_compile: bool = option(False, "Compile the model with torch.compile (slow start, faster steps on GPU)",
+                                 group="advanced", label_zh="torch.compile")
+    disable_tqdm: bool = option(True, "Hide the progress bar (progress lines are printed instead)",
+                                group="output", ui=False)
+
+    def validate(self) -> None:
+        if self.learning_rate <= 0:
+            raise OptionError("learning_rate", f"{self.learning_rate} must be greater than 0")
+        if self.bf16 and self.fp16:
+            raise OptionError("fp16", "choose one of bf16 and fp16, not both")
+        if self.max_steps <= 0 and self.num_train_epochs <= 0:
+            raise OptionError("num_train_epochs", "must be above 0 unless max_steps is set")
+        if not self.do_train:
+            raise OptionError("do_train", "false is not supported: evaluate with `python -m workbench eval`")
+        self.report_to = ",".join(self.report_backends()) or "none"
+        if self.resume_from_checkpoint is not None:
+            text = str(self.resume_from_checkpoint).strip()
+            if text.lower() in ("false", "no", "none", ""):
+                self.resume_from_checkpoint = None
+            elif text.lower() in ("true", "yes", "latest"):
+                self.resume_from_checkpoint = "true"
+
+    def report_backends(self) -> list[str]:
+        names = [n.strip().lower() for n in self.report_to.split(",") if n.strip()]
+        for name in names:
+            if name not in REPORT_TO:
+                raise OptionError("report_to", f"{name!r} is not one of: {', '.join(REPORT_TO)}")
+        return [n for n in names if n != "none"]
+
+
+@dataclass
+class LaunchArgs(Options):
+    """How many processes run the training (``--launch`` wraps it in ``accelerate launch``)."""
+
+    launch: bool = option(False, "Run under accelerate launch (several processes, DeepSpeed, several machines)",
+                          group="distributed", label_zh="使用 accelerate 启动")
+    num_processes: int = option(1, "Processes per machine (one per GPU; on a CPU, data-parallel gloo ranks)",
+                                min=1, group="distributed", label_zh="进程数")
+    multi_gpu: bool = option(False, "Data parallel over several processes (implied by num_processes > 1)",
+                             group="distributed", label_zh="多进程数据并行")
+    num_machines: int = option(1, "Machines taking part (multi-node)", min=1, group="distributed",
+                               label_zh="机器数")
+    machine_rank: int = option(0, "This machine's rank (0 = the main machine)", min=0, group="distributed",
+                               label_zh="机器编号")
+    main_process_ip: str | None = option(None, "Address of machine 0 (multi-node)", group="distributed",
+                                         label_zh="主节点地址")
+    main_process_port: int | None = option(None, "Port on machine 0 (multi-node; empty: accelerate's default)",
+                                           min=1, max=65535, group="distributed", label_zh="主节点端口")
+    accelerate_config: str | None = option(None, "An accelerate config file (from `accelerate config`)",
+                                           group="distributed", label_zh="accelerate 配置文件")
+
+    def validate(self) -> None:
+        if self.num_machines > 1 and not self.main_process_ip:
+            raise OptionError("main_process_ip", "is required when num_machines > 1")
+        if self.machine_rank >= self.num_machines:
+            raise OptionError("machine_rank", f"{self.machine_rank} must be below num_machines ({self.num_machines})")
+        if self.accelerate_config and not Path(self.accelerate_config).expanduser().is_file():
+            raise OptionError("accelerate_config", f"{self.accelerate_config} does not exist")
+
+
+@dataclass
+class TrainConfig:
+    """One training run: the four option groups plus warnings about ignored keys."""
+
+    model: ModelArgs
+    data: DataArgs
+    finetuning: FinetuningArgs
+    train: TrainArgs
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as flat LLaMA-Factory-style keys (what config.yaml holds)."""
+        out: dict[str, Any] = {}
+        for part in (self.model, self.data, self.finetuning, self.train):
+            for key, value in part.to_dict().items():
+                out.setdefault(key, value)
+        return out
+
+
+TRAIN_CLASSES = (ModelArgs, DataArgs, FinetuningArgs, TrainArgs)
+
+
+def parse_train_config(values: Mapping[str, Any]) -> TrainConfig:
+    """Flat mapping (YAML merged with CLI overrides) → validated TrainConfig; no model or data is touched."""
+    values = dict(values)
+    for key, reason in UNSUPPORTED_KEYS.items():
+        if key in values and values[key] not in (None, False, "", "none"):
+            raise OptionError(key, reason)
+        values.pop(key, None)
+    if str(values.get("pref_loss", "")).lower() in ("orpo", "simpo", "kto_pair"):
+        raise OptionError("pref_loss", f"{values['pref_loss']!r} is not a DPO loss in TRL; choose one of: "
+                                       f"{', '.join(PREF_LOSSES)}")
+    if str(values.get("stage", "")).lower() in ("ppo", "kto"):
+        raise OptionError("stage", f"{values['stage']!r} is not supported; choose one of: {', '.join(STAGES)}")
+    (model, data, finetuning, train), warnings = split_mapping(TRAIN_CLASSES, values, ignored=IGNORED_KEYS)
+    config = TrainConfig(model, data, finetuning, train, warnings)
+    check_combination(config)
+    return config
+
+
+def check_combination(cfg: TrainConfig) -> None:
+    """Rules that span option groups; they need no model and no data."""
+    ft, tr, data, model = cfg.finetuning, cfg.train, cfg.data, cfg.model
+    if not data.dataset_names():
+        raise OptionError("dataset", "name at least one dataset (see data/dataset_info.json)")
+    if model.quantization_bit and ft.finetuning_type != "lora":
+        raise OptionError(
+            "quantization_bit",
+            f"a {model.quantization_bit}-bit quantized model can only be trained with finetuning_type lora (QLoRA), "
+            f"not {ft.finetuning_type}",
+        )
+    if model.adapter_name_or_path and ft.finetuning_type != "lora":
+        raise OptionError("adapter_name_or_path", "continuing from an adapter needs finetuning_type lora")
+    if model.adapter_name_or_path and len(model.adapter_map()) > 1:
+        raise OptionError("adapter_name_or_path", "training continues from one adapter; give a single directory")
+    if data.packing and ft.stage not in ("pt", "sft"):
+        raise OptionError("packing", f"packing applies to pt and sft, not {ft.stage}")
+    if data.streaming and tr.max_steps <= 0:
+        raise OptionError("max_steps", "streaming datasets have no length: set max_steps")
+    has_eval = bool(data.val_size) or bool(data.eval_dataset_names())
+    if tr.eval_strategy in ("steps", "epoch") and not has_eval:
+        raise OptionError("eval_strategy", f"{tr.eval_strategy} needs an eval set: set val_size or eval_dataset")
+    if tr.deepspeed:
+        resolve_deepspeed_config(tr.deepspeed)
+    for backend in tr.report_backends():
+        if backend in ("wandb", "mlflow"):
+            import importlib.util
+
+            if importlib.util.find_spec(backend) is None:
+                raise OptionError("report_to", f"{backend} is not installed (pip install {backend})")
+
+
+def resolve_deepspeed_config(value: str) -> Path:
+    """A DeepSpeed JSON path or preset name → an existing JSON file (checked to be a JSON object)."""
+    from workbench.paths import project_presets_dir
+
+    name = value.strip()
+    if name in DEEPSPEED_PRESETS:
+        path = project_presets_dir() / "deepspeed" / DEEPSPEED_PRESETS[name]
+    else:
+        path = Path(name).expanduser()
+        if not path.is_file() and (project_presets_dir() / "deepspeed" / name).is_file():
+            path = project_presets_dir() / "deepspeed" / name
+    if not path.is_file():
+        raise OptionError(
+            "deepspeed", f"{value}: no such file (give a JSON path or one of {', '.join(DEEPSPEED_PRESETS)})"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise OptionError("deepspeed", f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise OptionError("deepspeed", f"{path}: expected a JSON object")
+    return path.resolve()
+
+
+def check_deepspeed_installed() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is None:
+        raise WorkbenchError(
+            "deepspeed is set but the deepspeed package is not installed (pip install deepspeed; it needs a CUDA "
+            "toolkit matching torch)"
+        )

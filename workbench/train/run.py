@@ -1,0 +1,320 @@
+"""One training run, start to finish: check → data → model → method → trainer → outputs.
+
+Everything that can be checked without the weights is checked first (options, output_dir,
+checkpoint, dataset/stage fit, LoRA targets and layer counts on a weightless model skeleton,
+precision support, tokenisation), so a mistake costs seconds, not a model load.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from workbench.config.base import OptionError, WorkbenchError
+from workbench.config.train import TrainConfig, check_deepspeed_installed, resolve_deepspeed_config
+from workbench.train import outputs as out
+
+LAUNCHED_ENV = "WORKBENCH_LAUNCHED"  # set by --launch: the parent already prepared output_dir
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def cpu_supports_bf16() -> bool:
+    """Native bf16 matmuls (AVX512-BF16 or AMX); elsewhere torch emulates them, slower than float32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def check_precision(tr, device: str, log: Callable[[str], None]) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        if tr.bf16 and not torch.cuda.is_bf16_supported():
+            raise OptionError("bf16", "this GPU does not support bfloat16; use fp16")
+        return
+    if tr.fp16:
+        raise OptionError("fp16", f"float16 mixed precision needs a CUDA GPU (device here: {device}); "
+                                  "use bf16 on CPUs that support it, or neither")
+    if tr.bf16 and device == "cpu" and not cpu_supports_bf16():
+        log("warning: bf16: this CPU has no native bfloat16 instructions; autocast will be emulated and slow")
+
+
+def check_datasets_fit_stage(data, stage: str) -> None:
+    """A ranking dataset for sft (or the reverse) is refused from dataset_info.json alone."""
+    from workbench.data.registry import get_spec
+
+    for name in data.dataset_names() + data.eval_dataset_names():
+        spec = get_spec(name, data.dataset_path())
+        if stage in ("rm", "dpo") and not spec.ranking:
+            raise OptionError("dataset", f"{name!r} is not a ranking (preference) dataset, which stage {stage} "
+                                         "needs (dataset_info.json: \"ranking\": true)")
+        if stage in ("pt", "sft") and spec.ranking:
+            raise OptionError("dataset", f"{name!r} is a ranking (preference) dataset: train it with stage rm or "
+                                         f"dpo, not {stage}")
+
+
+def training_arguments(cfg: TrainConfig, output_dir: Path, device: str, has_eval: bool) -> dict[str, Any]:
+    """TrainArgs → keyword arguments of transformers' TrainingArguments (and TRL's configs)."""
+    tr = cfg.train
+    eval_strategy = tr.eval_strategy or ("steps" if has_eval else "no")
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=tr.per_device_train_batch_size,
+        per_device_eval_batch_size=tr.per_device_eval_batch_size,
+        gradient_accumulation_steps=tr.gradient_accumulation_steps,
+        learning_rate=tr.learning_rate,
+        num_train_epochs=tr.num_train_epochs,
+        max_steps=tr.max_steps,
+        lr_scheduler_type=tr.lr_scheduler_type,
+        # transformers 5 reads a value below 1 as a fraction of all steps (LLaMA-Factory's warmup_ratio).
+        warmup_steps=tr.warmup_steps or tr.warmup_ratio,
+        weight_decay=tr.weight_decay,
+        max_grad_norm=tr.max_grad_norm,
+        optim=tr.optim,
+        bf16=tr.bf16,
+        fp16=tr.fp16,
+        # transformers 5's name for gradient_checkpointing (which TRL's configs default to true).
+        activation_checkpointing=tr.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if tr.gradient_checkpointing else None,
+        logging_steps=tr.logging_steps,
+        save_strategy=tr.save_strategy,
+        save_steps=tr.save_steps,
+        save_total_limit=tr.save_total_limit,
+        eval_strategy=eval_strategy,
+        eval_steps=(tr.eval_steps or tr.save_steps) if eval_strategy == "steps" else None,
+        prediction_loss_only=True,
+        seed=tr.seed,
+        data_seed=tr.seed,
+        full_determinism=tr.full_determinism,
+        report_to=tr.report_backends() or "none",
+        run_name=tr.run_name or output_dir.name,
+        train_sampling_strategy="group_by_length" if tr.group_by_length else "random",
+        use_cpu=device == "cpu",
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=tr.disable_tqdm,
+        torch_compile=tr.torch_compile,
+        ddp_find_unused_parameters=tr.ddp_find_unused_parameters,
+        deepspeed=str(resolve_deepspeed_config(tr.deepspeed)) if tr.deepspeed else None,
+        save_only_model=False,
+        dataloader_num_workers=0,
+    )
+    if cfg.data.streaming:
+        kwargs["accelerator_config"] = {"dispatch_batches": False}
+    return kwargs
+
+
+def load_reward_model(margs, model_path: str):
+    """Like loader.load_model, but with a one-output sequence-classification head (TRL's reward model)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from workbench.models.loader import pick_device, pick_dtype, quantization_config
+
+    device = pick_device(margs.device)
+    dtype = pick_dtype(margs.infer_dtype, device)
+    quant = quantization_config(margs, dtype)
+    kwargs: dict[str, Any] = {"dtype": dtype, "num_labels": 1, "trust_remote_code": margs.trust_remote_code}
+    if margs.attn_implementation != "auto":
+        kwargs["attn_implementation"] = margs.attn_implementation
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = {"": device if device != "cuda" else torch.cuda.current_device()}
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(model_path, **kwargs)
+    except (ImportError, RuntimeError, ValueError) as exc:
+        raise WorkbenchError(f"cannot load {margs.model_name_or_path} as a reward model: {exc}") from None
+    if quant is None:
+        model.to(device)
+    model.train()
+    return model
+
+
+def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = _log) -> dict[str, Any]:
+    """Train as configured; returns a summary (output_dir, metrics). Raises WorkbenchError on bad input."""
+    started = time.perf_counter()
+    ft, tr, data, margs = cfg.finetuning, cfg.train, cfg.data, cfg.model
+    launched = os.environ.get(LAUNCHED_ENV) == "1"
+    main = is_main_process()
+    if main:
+        for warning in cfg.warnings:
+            log(f"warning: {warning}")
+
+    # ---- 1. checks that need neither weights nor data --------------------------------------------
+    output_dir = (Path(tr.output_dir).expanduser().resolve() if tr.output_dir
+                  else out.default_output_dir(ft.stage, ft.finetuning_type))
+    tr.output_dir = str(output_dir)
+    resume = out.resolve_resume(tr.resume_from_checkpoint, output_dir)
+    if main and not launched:
+        out.prepare_output_dir(output_dir, overwrite=tr.overwrite_output_dir, resuming=resume is not None)
+    check_datasets_fit_stage(data, ft.stage)
+    from workbench.models.loader import load_model, load_tokenizer, pick_device, resolve_model_path
+
+    device = pick_device(margs.device)
+    check_precision(tr, device, log)
+    if tr.deepspeed:
+        check_deepspeed_installed()
+        if not device.startswith("cuda"):
+            raise OptionError("deepspeed", "DeepSpeed needs CUDA GPUs; leave deepspeed empty on a CPU")
+    model_path = resolve_model_path(margs.model_name_or_path)
+    from workbench.train.methods import count_parameters, preflight, prepare_model
+
+    plan = preflight(model_path, ft, trust_remote_code=margs.trust_remote_code)
+
+    # ---- 2. data (the tokenizer only) ---------------------------------------------------------------
+    from transformers import TrainingArguments, set_seed
+
+    tokenizer = load_tokenizer(model_path, padding_side="right", trust_remote_code=margs.trust_remote_code)
+    has_eval = bool(data.val_size) or bool(data.eval_dataset_names())
+    args_kwargs = training_arguments(cfg, output_dir, device, has_eval)
+    probe_args = TrainingArguments(**{**args_kwargs, "report_to": "none"})  # sets up the process group
+    with probe_args.main_process_first(desc="tokenising the dataset"):
+        from workbench.data.loader import build_dataset
+
+        built = build_dataset(data, tokenizer, ft.stage, model_name_or_path=margs.model_name_or_path, log=log)
+    train_set, eval_set = built["train"], built.get("eval")
+    template = built.get("stats", {}).get("template", data.template)
+    if main:
+        rows = len(train_set) if hasattr(train_set, "__len__") else "streaming"
+        log(f"Data: {rows} training rows, {len(eval_set) if eval_set is not None else 0} eval rows "
+            f"(template {template})")
+
+    # ---- 3. model and method ----------------------------------------------------------------------
+    set_seed(tr.seed)  # the LoRA / score-head initialisation is part of the reproducible run
+    if ft.stage == "rm":
+        model = load_reward_model(margs, model_path)
+    else:
+        loaded = load_model(margs, adapters={}, padding_side="right", for_training=True)
+        model, tokenizer = loaded.model, loaded.tokenizer
+    quantized = bool(margs.quantization_bit)
+    import torch
+
+    half = next(model.parameters()).dtype in (torch.float16, torch.bfloat16)
+    model, peft_config = prepare_model(model, ft, plan, quantized=quantized,
+                                       gradient_checkpointing=tr.gradient_checkpointing,
+                                       upcast_trainable=half and (tr.bf16 or tr.fp16))
+    if tr.gradient_checkpointing:
+        model.config.use_cache = False
+    if ft.stage in ("pt", "sft") and peft_config is not None:
+        from peft import PeftModel, get_peft_model
+
+        if margs.adapter_name_or_path:
+            adapter_dir = next(iter(margs.adapter_map().values()))
+            from workbench.models.adapters import check_adapter_fits, read_adapter_config
+
+            read_adapter_config(adapter_dir)
+            check_adapter_fits(model, adapter_dir, margs.model_name_or_path)
+            model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
+        else:
+            model = get_peft_model(model, peft_config)
+        if tr.gradient_checkpointing:
+            model.enable_input_require_grads()
+    elif margs.adapter_name_or_path:
+        raise OptionError("adapter_name_or_path", f"continuing from an adapter is supported for pt and sft, "
+                                                  f"not {ft.stage}")
+
+    # ---- 4. trainer ---------------------------------------------------------------------------------
+    from transformers import PrinterCallback
+
+    from workbench.train.callbacks import ProgressCallback, truncate_progress
+
+    progress_path = output_dir / out.PROGRESS_FILE
+    if main:
+        if resume is not None:
+            import json
+
+            resumed_step = json.loads((resume / "trainer_state.json").read_text()).get("global_step", 0)
+            truncate_progress(progress_path, resumed_step)
+        else:
+            progress_path.write_text("", encoding="utf-8")
+    progress = ProgressCallback(progress_path)
+    if ft.stage in ("pt", "sft"):
+        from workbench.train.collator import CausalLMCollator
+        from workbench.train.trainer import CausalLMTrainer
+
+        attn = getattr(getattr(model, "config", None), "_attn_implementation", None)
+        collator = CausalLMCollator(
+            pad_token_id=tokenizer.pad_token_id, padding_free=tr.padding_free,
+            max_flat_tokens=1 << 30 if attn and "flash" in str(attn) else 8192,
+        )
+        args = TrainingArguments(**args_kwargs, remove_unused_columns=False, label_names=["labels"])
+        trainer = CausalLMTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
+                                  data_collator=collator, processing_class=tokenizer, callbacks=[progress])
+    elif ft.stage == "rm":
+        from trl import RewardConfig, RewardTrainer
+
+        args = RewardConfig(**args_kwargs, max_length=data.cutoff_len, disable_dropout=True)
+        trainer = RewardTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
+                                processing_class=tokenizer, peft_config=peft_config, callbacks=[progress])
+    else:
+        from trl import DPOConfig, DPOTrainer
+
+        losses, weights = [ft.pref_loss], [1.0]
+        if ft.pref_ftx > 0:  # LLaMA-Factory's pref_ftx: an SFT term on the chosen answers
+            losses.append("sft")
+            weights.append(ft.pref_ftx)
+        args = DPOConfig(**args_kwargs, max_length=data.cutoff_len, beta=ft.pref_beta, loss_type=losses,
+                         loss_weights=weights if len(losses) > 1 else None, label_smoothing=ft.dpo_label_smoothing)
+        trainer = DPOTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
+                             processing_class=tokenizer, peft_config=peft_config, callbacks=[progress])
+    trainer.remove_callback(PrinterCallback)
+    if main:
+        trainable, total = count_parameters(trainer.model)
+        log(f"Model: {margs.model_name_or_path} on {device} ({ft.stage}, {ft.finetuning_type}"
+            f"{f', {margs.quantization_bit}-bit' if quantized else ''}); trainable parameters {trainable:,} of "
+            f"{total:,} ({100 * trainable / max(total, 1):.3f}%)")
+        if resume is not None:
+            log(f"Resuming from {resume}")
+
+    # ---- 5. train and save --------------------------------------------------------------------------
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    metrics = dict(result.metrics)
+    metrics["num_input_tokens_seen"] = trainer.state.num_input_tokens_seen
+    trainer.save_model(str(output_dir))
+    trainer.save_metrics("train", metrics)
+    if eval_set is not None:
+        evaluated = [e for e in trainer.state.log_history if "eval_loss" in e]
+        if not evaluated or evaluated[-1].get("step") != trainer.state.global_step:
+            trainer.save_metrics("eval", trainer.evaluate())
+    trainer.save_state()
+    if trainer.is_world_process_zero():
+        _write_run_files(cfg, output_dir, template, plan, tokenizer, metrics, time.perf_counter() - started)
+    return {"output_dir": str(output_dir), "metrics": metrics, "template": template}
+
+
+def _write_run_files(cfg: TrainConfig, output_dir: Path, template: str, plan: dict, tokenizer,
+                     metrics: dict, seconds: float) -> None:
+    ft = cfg.finetuning
+    tokenizer.save_pretrained(str(output_dir))  # chat template included (chat_template.jinja)
+    resolved = cfg.to_dict()
+    resolved["template"] = template
+    resolved["output_dir"] = str(output_dir)
+    out.write_config(output_dir / "config.yaml", resolved)
+    out.write_json(output_dir / out.RUN_FILE, {
+        "stage": ft.stage,
+        "finetuning_type": ft.finetuning_type,
+        "base_model": cfg.model.model_name_or_path,
+        "template": template,
+        "dataset": cfg.data.dataset,
+        "quantization_bit": cfg.model.quantization_bit,
+        "lora_target": plan.get("lora_target"),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "seconds": round(seconds, 1),
+        "train_loss": metrics.get("train_loss"),
+    })
+    if ft.plot_loss:
+        from workbench.train.plot import plot_loss
+
+        plot_loss(output_dir / out.PROGRESS_FILE, output_dir / "loss.png",
+                  title=f"{cfg.model.model_name_or_path} · {ft.stage} · {ft.finetuning_type}")
