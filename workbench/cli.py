@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("workbench.models.cli:models", "list the model registry and what is available locally"),
     "train": ("workbench.train.cli:train", "fine-tune: stages pt/sft/rm/dpo with LoRA, QLoRA, freeze or full (YAML + --key value)"),
     "chat": ("workbench.infer.cli:chat", "chat with a model (and adapters) in the terminal, or answer one --prompt"),
+    "data": ("workbench.data.cli:data", "check, preview and convert datasets (dataset_info.json, templates, seed tasks)"),
 }
 
 

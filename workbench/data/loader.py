@@ -194,11 +194,11 @@ def peek_rows(path: Path, n: int = 20) -> tuple[list[str], list[dict]]:
     return list(columns), rows
 
 
-def _hub_rows(spec: DatasetSpec, streaming: bool) -> Iterator[tuple[str, Any]]:
+def _hub_rows(spec: DatasetSpec, streaming: bool, allow_download: bool = True) -> Iterator[tuple[str, Any]]:
     if spec.load_from != "hf_hub":
         raise WorkbenchError(needs_download_message(spec))
-    if offline() and not hub_cached(spec):
-        raise WorkbenchError(needs_download_message(spec))
+    if (offline() or not allow_download) and not hub_cached(spec):
+        raise WorkbenchError(needs_download_message(spec, offline=offline()))
     import datasets
 
     try:
@@ -213,7 +213,8 @@ def _hub_rows(spec: DatasetSpec, streaming: bool) -> Iterator[tuple[str, Any]]:
         yield f"{spec.source} row {i}", row
 
 
-def spec_rows(spec: DatasetSpec, streaming: bool = False) -> Iterator[tuple[str, Any]]:
+def spec_rows(spec: DatasetSpec, streaming: bool = False, allow_download: bool = True
+              ) -> Iterator[tuple[str, Any]]:
     if spec.load_from == "file":
         if not spec.path.exists():
             raise WorkbenchError(f"dataset {spec.name!r}: file {spec.path} not found")
@@ -225,7 +226,7 @@ def spec_rows(spec: DatasetSpec, streaming: bool = False) -> Iterator[tuple[str,
             return iter_file_rows(local)
         raise WorkbenchError(f"dataset {spec.name!r}: script_url {spec.source} is not a local folder of data files "
                              "(dataset loading scripts are not supported by datasets 4+)")
-    return _hub_rows(spec, streaming)
+    return _hub_rows(spec, streaming, allow_download)
 
 
 # ---- records -------------------------------------------------------------------------------------
@@ -254,9 +255,9 @@ class LoadedDataset:
 class _RowStream:
     """Rows of a dataset → records, lazily; keeps the skip counts."""
 
-    def __init__(self, spec: DatasetSpec, streaming: bool = False):
+    def __init__(self, spec: DatasetSpec, streaming: bool = False, allow_download: bool = True):
         self.spec = spec
-        self.rows = spec_rows(spec, streaming)
+        self.rows = spec_rows(spec, streaming, allow_download)
         self.buffer: list[tuple[str, Any]] = []
         for item in self.rows:  # the first row tells which columns exist
             self.buffer.append(item)
@@ -284,9 +285,14 @@ class _RowStream:
                 self.skip_examples.setdefault(skip.reason, where)
 
 
-def load_spec(spec: DatasetSpec, max_samples: int | None = None, seed: int = 42) -> LoadedDataset:
-    """Read one dataset into records (at most ``max_samples``; ``num_samples`` of the entry applied)."""
-    stream = _RowStream(spec)
+def load_spec(spec: DatasetSpec, max_samples: int | None = None, seed: int = 42, *,
+              allow_download: bool = True) -> LoadedDataset:
+    """Read one dataset into records (at most ``max_samples``; ``num_samples`` of the entry applied).
+
+    With ``allow_download=False`` a hub dataset that is not in the local cache is an error that says it
+    needs download (``data check`` never starts downloads).
+    """
+    stream = _RowStream(spec, allow_download=allow_download)
     out: list[R.Record] = []
     for record in stream:
         out.append(record)

@@ -2,8 +2,8 @@
 
 Each packed row holds whole examples back to back with ``position_ids`` restarting at 0 for each one.
 transformers (``masking_utils.find_packed_sequence_indices``) turns restarting position ids into a
-block-diagonal causal mask when no ``attention_mask`` is passed, so a token never attends to another
-example (sdpa, eager and flash-attention alike). The first label of every example is -100 so no loss
+block-diagonal causal mask when no ``attention_mask`` and no KV cache are passed (``use_cache=False``),
+so a token never attends to another example (sdpa, eager and flash-attention alike). The first label of every example is -100 so no loss
 is computed for "predicting" an example from the end of the previous one.
 """
 
@@ -58,6 +58,7 @@ def collate_packed(features: list[dict[str, Any]], pad_token_id: int):
     """Batch packed rows: pad to the longest row, without an attention mask (so packing is detected).
 
     Padding is one more "example" with its own position ids, labelled -100, so it attends only to itself.
+    ``use_cache=False`` is part of the batch: with a KV cache transformers skips the packed-sequence mask.
     """
     import torch
 
@@ -68,4 +69,5 @@ def collate_packed(features: list[dict[str, Any]], pad_token_id: int):
         ids.append(list(f["input_ids"]) + [pad_token_id] * pad)
         labels.append(list(f["labels"]) + [IGNORE_INDEX] * pad)
         positions.append(list(f["position_ids"]) + list(range(pad)))
-    return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "position_ids": torch.tensor(positions)}
+    return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "position_ids": torch.tensor(positions),
+            "use_cache": False}

@@ -271,6 +271,10 @@ def atomic_write_text(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp makes the file private; give it the mode a normally created file would have.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -295,12 +299,13 @@ def offline() -> bool:
     return any(os.environ.get(k, "").lower() in ("1", "true", "yes") for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
-def needs_download_message(spec: DatasetSpec) -> str:
+def needs_download_message(spec: DatasetSpec, offline: bool = True) -> str:
     others = "".join(f"; also listed: {k} {v}" for k, v in spec.alternatives.items())
     if spec.load_from == "hf_hub":
+        why = "this machine is offline" if offline else "checking does not download"
         return (f"dataset {spec.name!r} is on the Hugging Face hub ({spec.source}) and needs download: it is not in "
-                f"the local cache and this machine is offline; run once with network access, or download it and "
-                f"register the local files{others}")
+                f"the local cache and {why}; train with network access once, or download it and register the "
+                f"local files{others}")
     if spec.load_from in ("ms_hub", "om_hub"):
         hub = "ModelScope" if spec.load_from == "ms_hub" else "Modelers"
         return (f"dataset {spec.name!r} is only on {hub} ({spec.source}) and needs download; Workbench reads local "
