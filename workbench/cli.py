@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("workbench.train.cli:train", "fine-tune: stages pt/sft/rm/dpo with LoRA, QLoRA, freeze or full (YAML + --key value)"),
     "chat": ("workbench.infer.cli:chat", "chat with a model (and adapters) in the terminal, or answer one --prompt"),
     "data": ("workbench.data.cli:data", "check, preview and convert datasets (dataset_info.json, templates, seed tasks)"),
+    "score": ("workbench.evaluate.cli:score", "score predictions: SQuAD v2.0 EM/F1, sacreBLEU, ROUGE (official definitions)"),
 }
 
 

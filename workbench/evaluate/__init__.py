@@ -1,0 +1,1 @@
+"""Evaluation: metrics (pure functions), tasks, the batched models × tasks runner, result tables."""
