@@ -119,18 +119,6 @@ def _check(args) -> int:
     return 0 if all(r["ok"] or not r["available"] for r in rows) else 1
 
 
-def load_tokenizer_for(model: str):
-    from transformers import AutoTokenizer
-
-    from workbench.models.loader import resolve_model_path
-
-    path = resolve_model_path(model)
-    try:
-        return AutoTokenizer.from_pretrained(path)
-    except Exception as exc:
-        raise WorkbenchError(f"could not load the tokenizer of {model} ({type(exc).__name__}: {exc})") from None
-
-
 def _preview(args) -> int:
     from workbench.cli import quiet_libraries
 
@@ -145,7 +133,9 @@ def _preview(args) -> int:
     dataset_dir = _dataset_dir(args.dataset_dir)
     spec = get_spec(args.name, dataset_dir)
     loaded = load_spec(spec, args.max_samples)
-    tokenizer = load_tokenizer_for(args.model)
+    from workbench.data.inspect import tokenizer_for
+
+    tokenizer = tokenizer_for(args.model)
     template = resolve_template(args.template, args.model)
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
     print(f"dataset {spec.name}: {spec.formatting}/{loaded.kind}, {len(loaded.records)} examples; template "

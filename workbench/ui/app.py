@@ -23,6 +23,7 @@ from workbench.ui.i18n import I18N, T
 
 # (English title, Chinese title, module). Add a tab by adding a line.
 TABS: list[tuple[str, str, str]] = [
+    ("Data", "数据", "workbench.ui.data_tab"),
 ]
 
 FALLBACK_TEMPLATES = ["auto", "qwen", "chatml", "smollm2", "llama2", "llama3", "mistral", "alpaca", "default"]

@@ -1,0 +1,280 @@
+"""Data tab: open a registered dataset or upload a file, map its columns, preview it through the chat
+template (trained tokens highlighted, token-length histogram), and register it in dataset_info.json.
+
+All work is done by :mod:`workbench.data.inspect`; this module only wires components to it.
+"""
+
+from __future__ import annotations
+
+import traceback
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from workbench.config.base import WorkbenchError
+from workbench.data import inspect as di
+from workbench.data.registry import DEFAULT_TAGS, FORMATS, TAG_KEYS, dataset_names
+from workbench.data.stats import histogram_figure
+from workbench.data.templates import resolve_template
+from workbench.paths import project_data_dir
+from workbench.ui.context import AppContext
+from workbench.ui.i18n import T
+
+NONE = "(none)"
+UPLOAD_TYPES = [".json", ".jsonl", ".csv", ".parquet", ".arrow", ".txt"]
+ALPACA_ONLY = {"prompt", "query", "response", "history"}
+CONVERSATION_ONLY = {"messages"}
+COLUMN_LABELS = {
+    "prompt": ("prompt (instruction)", "提示（指令）"), "query": ("query (input)", "输入"),
+    "response": ("response (output)", "回答（输出）"), "history": ("history", "历史对话"),
+    "messages": ("messages", "消息列表"), "system": ("system", "系统提示词"), "tools": ("tools", "工具"),
+    "chosen": ("chosen", "优选回答"), "rejected": ("rejected", "劣选回答"), "kto_tag": ("kto_tag", "KTO 标签"),
+}
+MAX_PREVIEW_ROWS = 2000
+
+
+def datasets_changed(ctx: AppContext) -> gr.State:
+    """A state that changes whenever a dataset is registered; other tabs (Train) refresh their dataset
+    lists on its ``.change``. Created by whichever tab asks first."""
+    state = ctx.extras.get("datasets_version")
+    if state is None:
+        state = gr.State(0)
+        ctx.extras["datasets_version"] = state
+    return state
+
+
+def _error(exc: Exception) -> str:
+    if not isinstance(exc, WorkbenchError):
+        traceback.print_exc()
+        return f"❌ {type(exc).__name__}: {exc}"
+    return f"❌ {exc}"
+
+
+def _cell(value: Any, limit: int = 160) -> str:
+    import json
+
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _table(source: di.Source, n: int = 10) -> pd.DataFrame:
+    return pd.DataFrame([[_cell(r.get(c)) for c in source.columns] for r in source.rows[:n]], columns=source.columns)
+
+
+def _column_updates(source: di.Source | None, formatting: str) -> list:
+    if source is None:
+        return [gr.update(choices=[NONE], value=NONE) for _ in di.MAPPABLE_COLUMNS]
+    used = di.effective_columns(formatting, source.columns_map, source.columns)
+    return [gr.update(choices=[NONE, *source.columns], value=used[k] or NONE, visible=_visible(k, formatting))
+            for k in di.MAPPABLE_COLUMNS]
+
+
+def _visible(key: str, formatting: str) -> bool:
+    return key not in (CONVERSATION_ONLY if formatting == "alpaca" else ALPACA_ONLY)
+
+
+def _tag_updates(source: di.Source | None) -> list:
+    return [gr.update(value=(source.tags.get(k, "") if source else "")) for k in TAG_KEYS]
+
+
+def _summary(source: di.Source, where: str) -> str:
+    kind = f"{source.formatting}" + (" · ranking" if source.ranking else "")
+    return (f"**{where}** — {len(source.columns)} columns ({', '.join(source.columns) or 'none'}); detected / "
+            f"registered format: **{kind}**. Check the column mapping, then press Preview.")
+
+
+def _mapping(formatting, ranking, columns: list, tags: list) -> tuple[dict, dict]:
+    cols = {k: (v if v and v != NONE else None) for k, v in zip(di.MAPPABLE_COLUMNS, columns)}
+    cols = {k: v for k, v in cols.items() if _visible(k, formatting)}
+    tag_map = {k: (v.strip() or None) if isinstance(v, str) else None for k, v in zip(TAG_KEYS, tags)}
+    return cols, tag_map
+
+
+def build(ctx: AppContext) -> None:
+    version = datasets_changed(ctx)
+    source_state = gr.State(None)  # the di.Source being edited
+    preview_state = gr.State(None)  # the last di.Preview
+
+    gr.Markdown(T(
+        "Pick a registered dataset or upload a file (json, jsonl, csv, parquet, arrow, txt). The format is detected "
+        "and the columns are mapped for you; check the mapping, preview what the model will be trained on, then "
+        "save it into `dataset_info.json`.",
+        "选择已注册的数据集或上传文件（json、jsonl、csv、parquet、arrow、txt）。系统会自动识别格式并映射列；"
+        "检查映射、预览模型实际训练的内容，然后保存到 `dataset_info.json`。"))
+    with gr.Row(equal_height=True):
+        data_dir = gr.Textbox(value=str(project_data_dir()), label=T("Dataset folder", "数据集目录"), scale=3,
+                              elem_id="wb-data-dir")
+        dataset = gr.Dropdown(choices=dataset_names(project_data_dir()), value=None,
+                              label=T("Registered dataset", "已注册的数据集"), scale=3, elem_id="wb-data-dataset")
+        refresh = gr.Button(T("Refresh", "刷新"), scale=1, elem_id="wb-data-refresh")
+    upload = gr.File(label=T("…or upload a data file", "……或上传数据文件"), file_types=UPLOAD_TYPES,
+                     type="filepath", elem_id="wb-data-upload")
+    status = gr.Markdown(elem_id="wb-data-status")
+
+    with gr.Accordion(T("Format and column mapping", "格式与列映射"), open=True):
+        with gr.Row():
+            formatting = gr.Dropdown(choices=list(FORMATS), value="alpaca", label=T("Format", "格式"),
+                                     elem_id="wb-data-format")
+            ranking = gr.Checkbox(value=False, label=T("Preference pairs (ranking: chosen / rejected)",
+                                                       "偏好数据（ranking：优选/劣选）"), elem_id="wb-data-ranking")
+        with gr.Row():
+            column_dds = [
+                gr.Dropdown(choices=[NONE], value=NONE, label=T(*COLUMN_LABELS[k]), elem_id=f"wb-data-col-{k}",
+                            visible=_visible(k, "alpaca"), min_width=140)
+                for k in di.MAPPABLE_COLUMNS
+            ]
+        with gr.Accordion(T("Role tags (sharegpt)", "角色标签（sharegpt）"), open=False):
+            with gr.Row():
+                tag_boxes = [gr.Textbox(value="", label=k, placeholder=DEFAULT_TAGS["sharegpt"][k],
+                                        elem_id=f"wb-data-tag-{k}", min_width=120) for k in TAG_KEYS]
+
+    with gr.Row(equal_height=True):
+        cutoff = gr.Number(value=1024, precision=0, minimum=8, label=T("cutoff_len (tokens)", "截断长度（token）"),
+                           elem_id="wb-data-cutoff")
+        train_on_prompt = gr.Checkbox(value=False, label=T("Train on prompt", "训练提示词"))
+        mask_history = gr.Checkbox(value=False, label=T("Train only the last turn", "仅训练最后一轮"))
+        preview_btn = gr.Button(T("Preview", "预览"), variant="primary", elem_id="wb-data-preview")
+
+    rows_table = gr.Dataframe(label=T("First rows", "前几行"), interactive=False, wrap=True, max_height=320,
+                              elem_id="wb-data-rows")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3):
+            example_no = gr.Number(value=1, precision=0, minimum=1, label=T("Example", "样例序号"),
+                                   elem_id="wb-data-example")
+            rendered = gr.HighlightedText(
+                label=T("Rendered with the chat template — highlighted tokens are trained",
+                        "按对话模板渲染——高亮的 token 参与训练"),
+                color_map={"trained": "#22c55e"}, show_legend=True, combine_adjacent=True,
+                elem_id="wb-data-rendered")
+        with gr.Column(scale=2):
+            stats_md = gr.Markdown(elem_id="wb-data-stats")
+            histogram = gr.Plot(label=T("Token lengths", "Token 长度分布"), elem_id="wb-data-hist")
+
+    with gr.Row(equal_height=True):
+        save_name = gr.Textbox(label=T("Save as (dataset name)", "保存为（数据集名称）"), scale=3,
+                               elem_id="wb-data-name")
+        save_btn = gr.Button(T("Save to dataset_info.json", "保存到 dataset_info.json"), scale=1,
+                             elem_id="wb-data-save")
+    save_status = gr.Markdown(elem_id="wb-data-save-status")
+
+    source_outputs = [source_state, status, formatting, ranking, *column_dds, *tag_boxes, rows_table, save_name,
+                      preview_state, rendered, stats_md, histogram]
+
+    def opened(source: di.Source, where: str, name: str) -> list:
+        return [source, _summary(source, where), gr.update(value=source.formatting), gr.update(value=source.ranking),
+                *_column_updates(source, source.formatting), *_tag_updates(source), _table(source), name,
+                None, None, "", None]
+
+    def failed(exc: Exception) -> list:
+        return [None, _error(exc), gr.update(), gr.update(), *[gr.update() for _ in column_dds],
+                *[gr.update() for _ in tag_boxes], None, gr.update(), None, None, "", None]
+
+    def on_open(folder: str, name: str):
+        if not name:
+            return [gr.update() for _ in source_outputs]
+        try:
+            source = di.open_registered(folder, name)
+        except Exception as exc:
+            return failed(exc)
+        return opened(source, f"{name} ({source.path.name})", f"{name}_copy")
+
+    def on_upload(path: str | None):
+        if not path:
+            return [gr.update() for _ in source_outputs] + [gr.update()]
+        try:
+            source = di.open_upload(path)
+        except Exception as exc:
+            return failed(exc) + [None]  # clear the rejected file so another can be dropped in
+        return opened(source, f"upload {Path(path).name}", di.safe_file_name(Path(path).stem)) + [gr.update()]
+
+    def on_folder(folder: str):
+        try:
+            names = list(di.read_info(folder))
+        except Exception as exc:
+            return gr.update(choices=[], value=None), _error(exc)
+        return gr.update(choices=names or [], value=None), "" if names else \
+            f"No dataset_info.json with datasets in {folder} yet; upload a file to start one."
+
+    def on_format(fmt: str, source: di.Source | None):
+        if source is None:
+            return [gr.update(visible=_visible(k, fmt)) for k in di.MAPPABLE_COLUMNS]
+        return _column_updates(source, fmt)
+
+    def current_spec(source, fmt, rank, columns, tags):
+        if source is None:
+            raise WorkbenchError("open a registered dataset or upload a file first")
+        cols, tag_map = _mapping(fmt, rank, columns, tags)
+        entry = di.make_entry(source.path.name, fmt, bool(rank), cols, tag_map)
+        return di.spec_for(source, entry), entry
+
+    def render(prev: di.Preview | None, index, model, template_name, cut, top, mh):
+        if prev is None or not prev.records:
+            return None
+        tokenizer = di.tokenizer_for(model)
+        template = resolve_template(template_name, model)
+        pieces = prev.pieces(int(index or 1) - 1, template, tokenizer, cutoff_len=int(cut or 0) or None,
+                             train_on_prompt=bool(top), mask_history=bool(mh))
+        return [(text, "trained" if trained else None) for text, trained in pieces]
+
+    def on_preview(source, fmt, rank, *rest):
+        columns = list(rest[: len(column_dds)])
+        tags = list(rest[len(column_dds): len(column_dds) + len(tag_boxes)])
+        model, template_name, cut, top, mh, index = rest[len(column_dds) + len(tag_boxes):]
+        try:
+            spec, _ = current_spec(source, fmt, rank, columns, tags)
+            tokenizer = di.tokenizer_for(model)
+            template = resolve_template(template_name, model)
+            prev = di.preview(spec, template, tokenizer, cutoff_len=int(cut or 1024), max_rows=MAX_PREVIEW_ROWS,
+                              train_on_prompt=bool(top), mask_history=bool(mh))
+            shown = render(prev, index, model, template_name, cut, top, mh)
+        except Exception as exc:
+            return None, _error(exc), None, "", None
+        capped = f" (first {MAX_PREVIEW_ROWS} rows)" if prev.rows_read >= MAX_PREVIEW_ROWS else ""
+        lines = [f"✅ **{len(prev.records)} examples** read as **{fmt}/{prev.kind}**{capped}, template "
+                 f"**{template.name}**, tokenizer of **{model}**.",
+                 "Columns used: " + (", ".join(f"`{k}` ← `{v}`" for k, v in prev.used.items()) or "none")]
+        lines += [f"⚠️ {w}" for w in prev.warnings]
+        stats = prev.stats.text()
+        return prev, "\n\n".join(lines), shown, stats, histogram_figure(prev.stats)
+
+    def on_example(prev, index, model, template_name, cut, top, mh):
+        try:
+            return render(prev, index, model, template_name, cut, top, mh)
+        except Exception:
+            traceback.print_exc()
+            return None
+
+    def on_save(source, folder, name, fmt, rank, *rest):
+        columns = list(rest[: len(column_dds)])
+        tags = list(rest[len(column_dds):len(column_dds) + len(tag_boxes)])
+        ver = rest[-1]
+        try:
+            _, entry = current_spec(source, fmt, rank, columns, tags)
+            path = di.register(folder, name, source, entry)
+        except Exception as exc:
+            return _error(exc), gr.update(), ver
+        names = dataset_names(folder)
+        return (f"✅ Saved **{name.strip()}** into `{path}` (previous version kept as `{path.name}.bak`). It is now "
+                "listed wherever datasets are picked.", gr.update(choices=names, value=name.strip()), ver + 1)
+
+    template_inputs = [ctx.model, ctx.template] if ctx.model is not None else [
+        gr.State("smollm2-135m-instruct"), gr.State("auto")]
+    option_inputs = [cutoff, train_on_prompt, mask_history]
+
+    dataset.input(on_open, inputs=[data_dir, dataset], outputs=source_outputs)
+    upload.upload(on_upload, inputs=upload, outputs=[*source_outputs, upload])
+    refresh.click(on_folder, inputs=data_dir, outputs=[dataset, status])
+    data_dir.submit(on_folder, inputs=data_dir, outputs=[dataset, status])
+    formatting.input(on_format, inputs=[formatting, source_state], outputs=column_dds)
+    preview_btn.click(
+        on_preview,
+        inputs=[source_state, formatting, ranking, *column_dds, *tag_boxes, *template_inputs, *option_inputs,
+                example_no],
+        outputs=[preview_state, status, rendered, stats_md, histogram],
+    )
+    example_no.change(on_example, inputs=[preview_state, example_no, *template_inputs, *option_inputs],
+                      outputs=rendered)
+    save_btn.click(on_save, inputs=[source_state, data_dir, save_name, formatting, ranking, *column_dds, *tag_boxes,
+                                    version], outputs=[save_status, dataset, version])
