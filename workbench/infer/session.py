@@ -1,12 +1,127 @@
-"""The model the app has loaded (one per process): load, unload, and what is loaded now."""
+"""The model the app has loaded (one per process): load, unload, attach/detach named adapters, and what
+is loaded now. Adapters are checked against the loaded base (the model they were trained on, and
+their tensor shapes) before they are attached, unmerged."""
 
 from __future__ import annotations
 
 import gc
+import json
+import os
 import threading
+from pathlib import Path
 
+from workbench.config.base import WorkbenchError
 from workbench.config.model import ModelArgs
+from workbench.models import registry
+from workbench.models.adapters import check_adapter_fits, parse_adapter_specs, read_adapter_config
 from workbench.models.loader import LoadedModel, load_model
+
+RUN_FILE = "workbench_run.json"
+
+
+def _identities(name: str | None) -> set[str]:
+    """Ways to recognise one model: registry alias, resolved local path, directory name."""
+    if not name:
+        return set()
+    name = str(name).strip().rstrip("/")
+    out = {"name:" + name.lower()}
+    info = registry.lookup(name)
+    if info is not None:
+        out.add("alias:" + info.alias)
+    path = Path(name).expanduser()
+    if path.exists():
+        out.add("path:" + os.path.realpath(path))
+    if "/" in name or os.sep in name:
+        out.add("tail:" + name.rsplit("/", 1)[-1].lower())
+    return out
+
+
+def adapter_trained_on(path: str | Path) -> list[str]:
+    """The base model(s) an adapter says it was trained on: our run record, then PEFT's config."""
+    names = []
+    run_file = Path(path).expanduser() / RUN_FILE
+    if run_file.is_file():
+        try:
+            base = json.loads(run_file.read_text(encoding="utf-8")).get("base_model")
+        except (ValueError, AttributeError):
+            base = None
+        if base:
+            names.append(str(base))
+    base = read_adapter_config(path).get("base_model_name_or_path")
+    if base:
+        names.append(str(base))
+    return names
+
+
+def check_adapter_base(loaded: LoadedModel, name: str, path: str | Path) -> None:
+    """Raise a clear error when adapter ``path`` was trained for another base than the loaded one."""
+    trained_on = adapter_trained_on(path)  # also checks the directory (config + weights present)
+    if trained_on:
+        mine = _identities(loaded.label) | _identities(loaded.model_path)
+        theirs = set().union(*(_identities(n) for n in trained_on))
+        if not (mine & theirs):
+            raise WorkbenchError(
+                f"adapter {name} ({path}) was trained on {trained_on[0]}, but the loaded model is {loaded.label}; "
+                f"load {trained_on[0]} to use it"
+            )
+    model = loaded.model
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    check_adapter_fits(base, path, loaded.label)
+
+
+def attach_adapter(loaded: LoadedModel, name: str, path: str | Path) -> None:
+    """Attach one named adapter, unmerged, after the base check; the base stays usable as "base"."""
+    from workbench.models.loader import attach_adapters
+
+    (name, path), = parse_adapter_specs([f"{name}={path}"]).items()
+    model = loaded.model
+    if name in loaded.adapters or name in (getattr(model, "peft_config", None) or {}):
+        raise WorkbenchError(f"an adapter named {name!r} is already attached; detach it or choose another name")
+    check_adapter_base(loaded, name, path)
+    if hasattr(model, "peft_config") and hasattr(model, "load_adapter"):
+        try:
+            model.load_adapter(str(Path(path).expanduser()), adapter_name=name, is_trainable=False)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise WorkbenchError(f"cannot attach adapter {name} from {path}: {exc}") from None
+        model.eval()
+    else:
+        model = attach_adapters(model, {name: str(Path(path).expanduser())}, base_label=loaded.label)
+    loaded.model = model
+    loaded.adapters[name] = str(path)
+
+
+def detach_adapter(loaded: LoadedModel, name: str) -> None:
+    model = loaded.model
+    if name not in loaded.adapters:
+        attached = ", ".join(loaded.adapters) or "none"
+        raise WorkbenchError(f"adapter {name!r} is not attached (attached: {attached})")
+    if len(model.peft_config) <= 1:
+        loaded.model = model.unload()  # back to the plain base model (LoRA layers removed, nothing merged)
+    else:
+        model.delete_adapter(name)
+    del loaded.adapters[name]
+
+
+def load_for_chat(args: ModelArgs, adapters: dict[str, str] | None = None) -> LoadedModel:
+    """The base model, then each adapter attached after its base check (CLI and API use this)."""
+    adapters = dict(adapters if adapters is not None else args.adapter_map())
+    for name, path in adapters.items():
+        adapter_trained_on(path)  # a missing or broken adapter fails before the model loads
+    loaded = load_model(args, adapters={})
+    for name, path in adapters.items():
+        attach_adapter(loaded, name, path)
+    return loaded
+
+
+def free_memory() -> None:
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
 
 
 class ModelManager:
@@ -23,7 +138,7 @@ class ModelManager:
     def load(self, args: ModelArgs, adapters: dict[str, str] | None = None) -> LoadedModel:
         with self._lock:
             self.unload()
-            self.loaded = load_model(args, adapters=adapters)
+            self.loaded = load_for_chat(args, adapters)
             self.args = args
             return self.loaded
 
@@ -33,17 +148,57 @@ class ModelManager:
                 return
             self.loaded = None
             self.args = None
-            gc.collect()
-            try:
-                import torch
-
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-            except ImportError:
-                pass
+            free_memory()
 
     def current(self) -> LoadedModel | None:
         return self.loaded
+
+    def require(self) -> LoadedModel:
+        if self.loaded is None:
+            raise WorkbenchError("no model is loaded; choose a model in the top bar and press Load model")
+        return self.loaded
+
+    # -- adapters ------------------------------------------------------------------------------
+    @property
+    def adapters(self) -> dict[str, str]:
+        return dict(self.loaded.adapters) if self.loaded else {}
+
+    def attach(self, name: str, path: str | Path) -> None:
+        with self._lock:
+            attach_adapter(self.require(), name, path)
+
+    def detach(self, name: str) -> None:
+        with self._lock:
+            detach_adapter(self.require(), name)
+            free_memory()
+
+    def set_adapters(self, wanted: dict[str, str]) -> tuple[list[str], list[str]]:
+        """Make the attached adapters exactly ``wanted`` ({name: dir}); returns (attached, detached).
+
+        Everything is checked before anything changes, so a bad entry leaves the model as it was.
+        """
+        with self._lock:
+            loaded = self.require()
+            current = dict(loaded.adapters)
+            to_detach = [n for n, p in current.items() if n not in wanted or os.path.realpath(
+                os.path.expanduser(wanted[n])) != os.path.realpath(os.path.expanduser(p))]
+            to_attach = {n: p for n, p in wanted.items() if n not in current or n in to_detach}
+            for name, path in to_attach.items():
+                parse_adapter_specs([f"{name}={path}"])
+                check_adapter_base(loaded, name, path)
+            for name in to_detach:
+                detach_adapter(loaded, name)
+            for name, path in to_attach.items():
+                attach_adapter(loaded, name, path)
+            if to_detach:
+                free_memory()
+            return list(to_attach), to_detach
+
+    def engine(self, template: str | None = "auto"):
+        """A chat engine over the loaded model that shares this manager's lock."""
+        from workbench.infer.engine import ChatEngine
+
+        return ChatEngine(self.require(), template, lock=self._lock)
 
     def status(self) -> str:
         loaded = self.loaded
