@@ -382,8 +382,10 @@ def resolve_deepspeed_config(value: str) -> Path:
         path = project_presets_dir() / "deepspeed" / DEEPSPEED_PRESETS[name]
     else:
         path = Path(name).expanduser()
-        if not path.is_file() and (project_presets_dir() / "deepspeed" / name).is_file():
-            path = project_presets_dir() / "deepspeed" / name
+        # LLaMA-Factory YAML names examples/deepspeed/ds_z3_config.json: the same file names live in presets/deepspeed/.
+        shipped = project_presets_dir() / "deepspeed" / path.name
+        if not path.is_file() and shipped.is_file():
+            path = shipped
     if not path.is_file():
         raise OptionError(
             "deepspeed", f"{value}: no such file (give a JSON path or one of {', '.join(DEEPSPEED_PRESETS)})"

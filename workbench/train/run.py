@@ -115,6 +115,11 @@ def training_arguments(cfg: TrainConfig, output_dir: Path, device: str, has_eval
     return kwargs
 
 
+def attn_name(model) -> str:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return str(getattr(getattr(base, "config", None), "_attn_implementation", "default"))
+
+
 def load_reward_model(margs, model_path: str):
     """Like loader.load_model, but with a one-output sequence-classification head (TRL's reward model)."""
     import torch
@@ -200,6 +205,12 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = _log) -> dict
     quantized = bool(margs.quantization_bit)
     import torch
 
+    varlen = False
+    if ft.stage in ("pt", "sft") and device == "cpu" and margs.attn_implementation == "auto":
+        from workbench.train.attention import use_varlen_attention
+
+        varlen = use_varlen_attention(model)
+
     half = next(model.parameters()).dtype in (torch.float16, torch.bfloat16)
     model, peft_config = prepare_model(model, ft, plan, quantized=quantized,
                                        gradient_checkpointing=tr.gradient_checkpointing,
@@ -243,10 +254,11 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = _log) -> dict
         from workbench.train.collator import CausalLMCollator
         from workbench.train.trainer import CausalLMTrainer
 
-        attn = getattr(getattr(model, "config", None), "_attn_implementation", None)
+        attn = str(getattr(getattr(model, "config", None), "_attn_implementation", None))
         collator = CausalLMCollator(
             pad_token_id=tokenizer.pad_token_id, padding_free=tr.padding_free,
-            max_flat_tokens=1 << 30 if attn and "flash" in str(attn) else 8192,
+            # Kernels that read position_ids need no dense mask, so a flattened row may be any length.
+            max_flat_tokens=1 << 30 if varlen or "flash" in attn else 8192,
         )
         args = TrainingArguments(**args_kwargs, remove_unused_columns=False, label_names=["labels"])
         trainer = CausalLMTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
@@ -271,9 +283,15 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = _log) -> dict
     trainer.remove_callback(PrinterCallback)
     if main:
         trainable, total = count_parameters(trainer.model)
+        world = trainer.args.world_size
+        procs = f"; {world} processes ({trainer.accelerator.state.backend})" if world > 1 else ""
         log(f"Model: {margs.model_name_or_path} on {device} ({ft.stage}, {ft.finetuning_type}"
             f"{f', {margs.quantization_bit}-bit' if quantized else ''}); trainable parameters {trainable:,} of "
-            f"{total:,} ({100 * trainable / max(total, 1):.3f}%)")
+            f"{total:,} ({100 * trainable / max(total, 1):.3f}%){procs}")
+        precision = "bf16 autocast" if tr.bf16 else "fp16 autocast" if tr.fp16 else str(next(
+            trainer.model.parameters()).dtype).replace("torch.", "")
+        log(f"Precision: {precision}; attention: {'varlen (per example)' if varlen else attn_name(trainer.model)}; "
+            f"batches: {'padding-free' if tr.padding_free and ft.stage in ('pt', 'sft') else 'padded'}")
         if resume is not None:
             log(f"Resuming from {resume}")
 
