@@ -40,6 +40,7 @@ from workbench.data.templates import IGNORE_INDEX, Template, resolve_template
 
 STAGES = ("pt", "sft", "rm", "dpo")
 CACHE_VERSION = 1
+PEEK_ROWS = 100  # rows read ahead to learn a file's columns
 csv.field_size_limit(1 << 30)
 
 
@@ -259,13 +260,15 @@ class _RowStream:
         self.spec = spec
         self.rows = spec_rows(spec, streaming, allow_download)
         self.buffer: list[tuple[str, Any]] = []
-        for item in self.rows:  # the first row tells which columns exist
-            self.buffer.append(item)
-            break
-        first = self.buffer[0][1] if self.buffer else {}
-        if self.buffer and not isinstance(first, dict):
-            raise WorkbenchError(f"{self.buffer[0][0]}: expected an object with columns, got {type(first).__name__}")
-        self.columns = list(first) if isinstance(first, dict) else []
+        columns: dict[str, None] = {}
+        for where, row in self.rows:  # the first rows tell which columns exist (JSON rows may differ)
+            if not isinstance(row, dict):
+                raise WorkbenchError(f"{where}: expected an object with columns, got {type(row).__name__}")
+            self.buffer.append((where, row))
+            columns.update(dict.fromkeys(row))
+            if len(self.buffer) >= PEEK_ROWS:
+                break
+        self.columns = list(columns)
         self.converter = RowConverter(spec, self.columns)
         self.rows_read = 0
         self.skipped: Counter = Counter()
