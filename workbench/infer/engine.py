@@ -23,6 +23,16 @@ from workbench.config.base import WorkbenchError
 from workbench.config.generation import GenerationArgs
 
 BASE = "base"
+
+
+class ContextLengthError(WorkbenchError):
+    """The prompt (plus the answer asked for) does not fit the model's context."""
+
+
+class ToolsNotSupportedError(WorkbenchError):
+    """Tools were given to a template without a tool-calling format."""
+
+
 _PEFT_BASE = "__base__"  # PEFT's name for "no adapter" in adapter_names
 
 
@@ -430,7 +440,7 @@ class ChatEngine:
         new tokens that fit. ``strict_length`` makes prompt + max_new_tokens > context an error (the API);
         otherwise the answer is shortened to fit (chat)."""
         if tools and not self.template.supports_tools:
-            raise WorkbenchError(
+            raise ToolsNotSupportedError(
                 f"template {self.template.name!r} has no tool-calling format, but tools were given; "
                 "choose a tool-capable template (qwen, chatml, smollm2) or remove the tools"
             )
@@ -438,14 +448,14 @@ class ChatEngine:
         limit = self.context_length
         if limit:
             if len(ids) >= limit:
-                raise WorkbenchError(
+                raise ContextLengthError(
                     f"the prompt is {len(ids)} tokens, but {self.loaded.label} has a context of {limit} tokens; "
                     "shorten the conversation (clear the history) or the system prompt"
                 )
             room = limit - len(ids)
             if max_new_tokens is not None and max_new_tokens > room:
                 if strict_length:
-                    raise WorkbenchError(
+                    raise ContextLengthError(
                         f"the prompt is {len(ids)} tokens and max_tokens is {max_new_tokens}, which exceeds the "
                         f"context of {limit} tokens; lower max_tokens to at most {room} or shorten the messages"
                     )
@@ -506,3 +516,93 @@ class ChatEngine:
             seconds=(row.finished_at or row.created_at) - row.created_at,
             ttft=None if row.first_token_at is None else row.first_token_at - row.created_at,
         )
+
+
+# -- a queue that batches concurrent requests (the API) ----------------------------------------------
+
+class BatchScheduler:
+    """Requests wait in a queue; one worker runs them, taking every waiting request with the same
+    sampling settings into ONE batch (up to ``max_batch`` rows). Batches run one after another under
+    the engine's lock, so two requests are never interleaved into one another's generation."""
+
+    def __init__(self, engine: ChatEngine, max_batch: int = 8):
+        if max_batch < 1:
+            raise WorkbenchError(f"max_batch must be at least 1, got {max_batch}")
+        self.engine = engine
+        self.max_batch = max_batch
+        self._pending: list[tuple[RowHandle, GenerationArgs]] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self.batches = 0
+        self.rows = 0
+        self.largest_batch = 0
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="workbench-batcher")
+        self._thread.start()
+
+    @staticmethod
+    def _key(gen: GenerationArgs, handle: RowHandle):
+        if gen.seed is not None:
+            return ("seeded", id(handle))  # a seed reproduces an answer only when it runs alone
+        if not gen.do_sample:
+            return ("greedy", gen.repetition_penalty)
+        return ("sample", gen.temperature, gen.top_p, gen.top_k, gen.repetition_penalty)
+
+    def submit(self, spec: RowSpec, gen: GenerationArgs) -> RowHandle:
+        self.engine.check_variant(spec.adapter)
+        if spec.max_new_tokens is None:
+            spec.max_new_tokens = gen.max_new_tokens
+        handle = RowHandle(spec)
+        with self._cond:
+            if self._closed:
+                raise WorkbenchError("the server is shutting down")
+            self._pending.append((handle, gen))
+            self._cond.notify()
+        return handle
+
+    def _take(self) -> tuple[list[RowHandle], GenerationArgs] | None:
+        with self._cond:
+            while not self._pending and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return None
+            first, gen = self._pending[0]
+            key = self._key(gen, first)
+            group = [(h, g) for h, g in self._pending if self._key(g, h) == key][: self.max_batch]
+            taken = {id(h) for h, _ in group}
+            self._pending = [(h, g) for h, g in self._pending if id(h) not in taken]
+        rows = []
+        for handle, _ in group:
+            if handle.cancelled:  # the client left while waiting
+                handle._finish("cancelled")
+            else:
+                rows.append(handle)
+        return rows, gen
+
+    def _loop(self) -> None:
+        while True:
+            taken = self._take()
+            if taken is None:
+                return
+            rows, gen = taken
+            if not rows:
+                continue
+            for i, row in enumerate(rows):
+                row.index = i
+            self.batches += 1
+            self.rows += len(rows)
+            self.largest_batch = max(self.largest_batch, len(rows))
+            self.engine.run(rows, gen)
+
+    def stats(self) -> dict:
+        with self._cond:
+            waiting = len(self._pending)
+        return {"batches": self.batches, "rows": self.rows, "largest_batch": self.largest_batch,
+                "waiting": waiting, "max_batch": self.max_batch}
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            pending, self._pending = self._pending, []
+            self._cond.notify_all()
+        for handle, _ in pending:
+            handle._finish(error=WorkbenchError("the server is shutting down"))
