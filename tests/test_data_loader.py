@@ -245,3 +245,54 @@ def test_spec_entry_validation(tmp_path):
         spec_from_entry("x", {"file_name": "a.json", "columns": {"promt": "q"}}, tmp_path)
     with pytest.raises(WorkbenchError, match="no source"):
         spec_from_entry("x", {"formatting": "alpaca"}, tmp_path)
+
+
+def test_num_samples_folder_and_eval_dataset(tmp_path, tokenizer, wb_home):
+    rows = [{"instruction": f"q{i}", "output": f"a{i}"} for i in range(10)]
+    (tmp_path / "d.json").write_text(json.dumps(rows))
+    (tmp_path / "parts").mkdir()
+    for k in range(3):
+        (tmp_path / "parts" / f"p{k}.jsonl").write_text(json.dumps(rows[k]) + "\n")
+    write_registry(tmp_path, {
+        "few": {"file_name": "d.json", "num_samples": 4},
+        "many": {"file_name": "d.json", "num_samples": 25},
+        "folder": {"file_name": "parts"},
+    })
+    few = load_records(DataArgs(dataset="few", dataset_dir=str(tmp_path)))
+    assert len(few) == 4 and len({r.messages[0]["content"] for r in few}) == 4
+    assert len(load_records(DataArgs(dataset="many", dataset_dir=str(tmp_path)))) == 25
+    assert [r.messages[0]["content"] for r in load_records(DataArgs(dataset="folder", dataset_dir=str(tmp_path)))] \
+        == ["q0", "q1", "q2"]
+    out = build_dataset(DataArgs(dataset="few", eval_dataset="folder", dataset_dir=str(tmp_path)), tokenizer, "sft",
+                        log=lambda m: None)
+    assert (len(out["train"]), len(out["eval"])) == (4, 3)
+
+
+def test_auto_template_for_a_model_outside_the_registry_uses_its_jinja(tiny_model_dir, lf_dir, wb_home):
+    from transformers import AutoTokenizer
+
+    tiny = AutoTokenizer.from_pretrained(tiny_model_dir)
+    out = build_dataset(DataArgs(dataset="identity", dataset_dir=str(lf_dir), max_samples=5), tiny, "sft",
+                        log=lambda m: None)
+    assert out["stats"]["template"] == "jinja"
+    row = out["train"][0]
+    assert row["input_ids"] == list(tiny.apply_chat_template(
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content":
+         "Hello! I am {{name}}, an AI assistant developed by {{author}}. How can I assist you today?"}],
+        tokenize=True)["input_ids"])
+
+
+@pytest.mark.parametrize("file_name,kind,rows", [
+    ("alpaca_en_demo.json", "sft", 999),
+    ("glaive_toolcall_en_demo.json", "tools", 300),
+    ("dpo_en_demo.json", "ranking", 300),
+    ("kto_en_demo.json", "kto", 300),
+    ("c4_demo.jsonl", "text", 300),
+    ("wiki_demo.txt", "text", 30),
+])
+def test_detected_format_of_unregistered_files_loads_like_the_registry(lf_dir, file_name, kind, rows):
+    from workbench.data.formats import detect_spec
+
+    spec = detect_spec(lf_dir / file_name)
+    loaded = load_spec(spec)
+    assert (loaded.kind, len(loaded.records), dict(loaded.skipped)) == (kind, rows, {})
