@@ -114,3 +114,26 @@ def test_bad_uploads_are_clear_messages(page, tmp_path):
     expect(status).to_contain_text("broken.jsonl line 2")
     expect(status).to_contain_text("not valid JSON")
     assert "Traceback" not in status.inner_text()
+
+
+def test_convert_seed_task_in_the_ui(page, tmp_path, shared_data):
+    folder = tmp_path / "converted"
+    open_data_tab(page)
+    set_folder(page, folder)
+    page.get_by_text("Convert seed-task data").click()
+    choose(page, "wb-conv-task", "squad_v2")
+    page.locator("#wb-conv-name textarea, #wb-conv-name input").first.fill("squad_small")
+    page.locator("#wb-conv-input textarea, #wb-conv-input input").first.fill(
+        str(shared_data / "eval" / "squad_v2_dev_2articles.json"))
+    page.locator("#wb-conv-max input").fill("12")
+    page.locator("#wb-conv-run").click()
+    conv_status = page.locator("#wb-conv-status")
+    expect(conv_status).to_contain_text("dropped 320: unanswerable", timeout=60_000)
+    expect(conv_status).to_contain_text("wrote 12 rows")
+    rows = json.loads((folder / "squad_small.json").read_text())
+    assert len(rows) == 12 and rows[0]["instruction"].startswith("Please answer the question in the context above")
+    assert json.loads((folder / "dataset_info.json").read_text()) == {"squad_small": {"file_name": "squad_small.json"}}
+    assert dropdown_value(page, "wb-data-dataset") == "squad_small"
+    # Again under the same name: refused, nothing written.
+    page.locator("#wb-conv-run").click()
+    expect(conv_status).to_contain_text("already exists")

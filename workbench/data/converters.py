@@ -335,3 +335,40 @@ def example_rows(task: str, **kwargs: Any) -> list[dict]:
             if opts.max_samples and len(out) >= opts.max_samples:
                 break
     return out
+
+
+def convert_and_register(opts: ConvertOptions, dataset_dir: str | Path, name: str) -> ConvertReport:
+    """Convert into ``dataset_dir/<name>.json`` and register it under ``name`` (the UI's Convert button).
+
+    The name is checked first and the output removed again if the registry cannot be written, so a
+    failure leaves nothing behind.
+    """
+    from workbench.data.inspect import safe_file_name
+    from workbench.data.registry import read_info, save_entry
+
+    dataset_dir = Path(dataset_dir).expanduser()
+    name = (name or "").strip()
+    if not name:
+        raise WorkbenchError("give the converted dataset a name")
+    existing = read_info(dataset_dir)
+    for taken in (name, f"{name}_test") if opts.test_output is not None else (name,):
+        if taken in existing:
+            raise WorkbenchError(f"{dataset_dir / 'dataset_info.json'}: a dataset named {taken!r} already exists; "
+                                 "choose another name")
+    opts.output = dataset_dir / f"{safe_file_name(name)}.json"
+    if opts.test_output is not None:
+        opts.test_output = dataset_dir / f"{safe_file_name(name)}_test.json"
+    dataset_dir.mkdir(parents=True, exist_ok=True)
+    report = convert(opts)
+    written = [p for p in (opts.output, opts.test_output) if p is not None]
+    try:
+        save_entry(dataset_dir, name, {"file_name": opts.output.name})
+        if opts.test_output is not None:
+            save_entry(dataset_dir, f"{name}_test", {"file_name": opts.test_output.name})
+    except BaseException:
+        for p in written:
+            Path(p).unlink(missing_ok=True)
+        raise
+    report.outputs.append(f"registered {name!r}" + (f" and {name + '_test'!r}" if opts.test_output else "")
+                          + f" in {dataset_dir / 'dataset_info.json'}")
+    return report

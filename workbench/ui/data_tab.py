@@ -159,6 +159,41 @@ def build(ctx: AppContext) -> None:
                              elem_id="wb-data-save")
     save_status = gr.Markdown(elem_id="wb-data-save-status")
 
+    with gr.Accordion(T("Convert seed-task data (summarization, QA, translation)",
+                        "转换种子任务数据（摘要、问答、翻译）"), open=False):
+        gr.Markdown(T(
+            "Turns CNN/DailyMail, SQuAD v2 or WMT19 files on this machine into alpaca data with the reference "
+            "instruction prompts, and registers the result in the dataset folder above. Same as "
+            "`python -m workbench data convert`.",
+            "把本机上的 CNN/DailyMail、SQuAD v2 或 WMT19 文件转换为带参考指令提示词的 alpaca 数据，并注册到上面的数据集目录。"
+            "等同于 `python -m workbench data convert`。"))
+        with gr.Row():
+            conv_task = gr.Dropdown(choices=["cnn_dailymail", "squad_v2", "wmt19"], value="cnn_dailymail",
+                                    label=T("Task", "任务"), elem_id="wb-conv-task")
+            conv_direction = gr.Dropdown(choices=["zh-en", "en-zh"], value="zh-en",
+                                         label=T("Translation direction", "翻译方向"), elem_id="wb-conv-direction")
+            conv_name = gr.Textbox(label=T("Dataset name", "数据集名称"), elem_id="wb-conv-name")
+        with gr.Row():
+            conv_input = gr.Textbox(label=T("Input file (json / jsonl / parquet / csv)", "输入文件"),
+                                    elem_id="wb-conv-input")
+            conv_source = gr.Textbox(label=T("WMT: source text file (one sentence per line)", "WMT：源语言文本文件"),
+                                     elem_id="wb-conv-source")
+            conv_target = gr.Textbox(label=T("WMT: target text file (line-aligned)", "WMT：目标语言文本文件"),
+                                     elem_id="wb-conv-target")
+        with gr.Row():
+            # No minimum: an empty box arrives as 0 and means "no limit".
+            conv_max = gr.Number(value=None, precision=0, label=T("Max samples (random; empty: all)",
+                                                                  "最大样本数（随机；留空为全部）"), elem_id="wb-conv-max")
+            conv_seed = gr.Number(value=42, precision=0, label=T("Seed", "随机种子"))
+            conv_keywords = gr.Textbox(label=T("Drop rows containing (comma-separated)", "过滤关键词（逗号分隔）"),
+                                       elem_id="wb-conv-keywords")
+            conv_max_chars = gr.Number(value=None, precision=0, label=T("Max input characters (empty: no limit)",
+                                                                        "最大输入字符数（留空不限）"))
+            conv_keep = gr.Checkbox(value=False, label=T("SQuAD: keep unanswerable (answer: unanswerable)",
+                                                         "SQuAD：保留无法回答的问题"))
+        conv_btn = gr.Button(T("Convert and register", "转换并注册"), elem_id="wb-conv-run")
+        conv_status = gr.Markdown(elem_id="wb-conv-status")
+
     source_outputs = [source_state, status, formatting, ranking, *column_dds, *tag_boxes, rows_table, save_name,
                       preview_state, rendered, stats_md, histogram]
 
@@ -259,6 +294,27 @@ def build(ctx: AppContext) -> None:
         return (f"✅ Saved **{name.strip()}** into `{path}` (previous version kept as `{path.name}.bak`). It is now "
                 "listed wherever datasets are picked.", gr.update(choices=names, value=name.strip()), ver + 1)
 
+    def on_convert(folder, task, direction, name, inp, src, tgt, max_samples, seed, keywords, max_chars, keep, ver):
+        from workbench.data.converters import ConvertOptions, convert_and_register
+
+        def path(value):
+            return Path(value.strip()).expanduser() if value and value.strip() else None
+
+        try:
+            opts = ConvertOptions(
+                task=task, output=Path("unset.json"), input=path(inp), source=path(src), target=path(tgt),
+                max_samples=int(max_samples) if max_samples else None, seed=int(seed or 42),
+                drop_keywords=[k for k in (keywords or "").split(",") if k.strip()],
+                max_input_chars=int(max_chars) if max_chars else None, direction=direction,
+                keep_unanswerable=bool(keep),
+            )
+            report = convert_and_register(opts, folder, name)
+        except Exception as exc:
+            return _error(exc), gr.update(), ver
+        names = dataset_names(folder)
+        text = "✅ " + "  \n".join(report.lines())
+        return text, gr.update(choices=names, value=name.strip()), ver + 1
+
     template_inputs = [ctx.model, ctx.template] if ctx.model is not None else [
         gr.State("smollm2-135m-instruct"), gr.State("auto")]
     option_inputs = [cutoff, train_on_prompt, mask_history]
@@ -278,3 +334,6 @@ def build(ctx: AppContext) -> None:
                       outputs=rendered)
     save_btn.click(on_save, inputs=[source_state, data_dir, save_name, formatting, ranking, *column_dds, *tag_boxes,
                                     version], outputs=[save_status, dataset, version])
+    conv_btn.click(on_convert, inputs=[data_dir, conv_task, conv_direction, conv_name, conv_input, conv_source,
+                                       conv_target, conv_max, conv_seed, conv_keywords, conv_max_chars, conv_keep,
+                                       version], outputs=[conv_status, dataset, version])
