@@ -1,0 +1,619 @@
+"""Export: merge LoRA adapters into their base model (a standalone model that plain transformers
+loads), or combine several adapters into one new adapter with PEFT's weighted adapter merging.
+
+Both write into a hidden temporary directory beside the target and rename it into place at the end,
+so a failure or an interruption leaves nothing half-written under the requested name.
+
+Memory: the base model is loaded once and the adapters are merged into it in place
+(``merge_and_unload``), so the peak is about one copy of the base plus the adapters and one layer's
+scratch space; the peak resident memory is measured and recorded with every export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from workbench.config.base import OptionError, WorkbenchError, add_arguments, from_mapping
+from workbench.config.export import (
+    DENSITY_METHODS,
+    SAME_RANK_METHODS,
+    ExportArgs,
+    MergeAdaptersArgs,
+)
+from workbench.config.model import ModelArgs
+from workbench.paths import home, runs_dir
+
+EXPORT_RECORD = "workbench_export.json"  # written into a merged model directory
+RUN_RECORD = "workbench_run.json"  # written into a merged adapter directory (what adapter pickers list)
+# What marks a directory as an earlier export that --overwrite may replace.
+EXPORT_MARKERS = (EXPORT_RECORD, RUN_RECORD, "config.json", "adapter_config.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+# Internal adapter names: users' names may collide with PEFT's "default" (the name saved at the top level).
+_MERGED = "default"
+
+
+def exports_dir() -> Path:
+    """Where merged models go by default; the model pickers list what is here."""
+    return Path(os.environ.get("WORKBENCH_EXPORTS") or home() / "exports").expanduser()
+
+
+def list_exported_models() -> list[str]:
+    """Merged model directories under :func:`exports_dir`, newest first (for the model pickers)."""
+    root = exports_dir()
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+             and (p / EXPORT_RECORD).is_file() and (p / "config.json").is_file()]
+    return [str(p) for p in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)]
+
+
+# ---- progress ------------------------------------------------------------------------------------
+
+class Progress:
+    """Numbered steps on stdout, and one JSON line per step in ``progress_file`` (what a Job's UI reads)."""
+
+    def __init__(self, total: int, progress_file: str | Path | None = None,
+                 echo: Callable[[str], None] | None = None):
+        self.total, self.step_no, self.started = total, 0, time.perf_counter()
+        self.file = Path(progress_file) if progress_file else None
+        self.echo = echo or (lambda line: print(line, flush=True))
+
+    def step(self, message: str) -> None:
+        self.step_no += 1
+        self._emit(message, self.step_no)
+
+    def note(self, message: str) -> None:
+        self.echo(f"note: {message}")
+
+    def _emit(self, message: str, step: int) -> None:
+        elapsed = time.perf_counter() - self.started
+        self.echo(f"[{step}/{self.total}] {message}")
+        if self.file is not None:
+            record = {"step": step, "total_steps": self.total, "message": message, "elapsed": round(elapsed, 2),
+                      "peak_rss_mb": peak_rss_mb()}
+            with self.file.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB, macOS bytes)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
+# ---- inputs --------------------------------------------------------------------------------------
+
+@dataclass
+class AdapterInfo:
+    name: str
+    path: Path
+    config: dict
+    run: dict = field(default_factory=dict)  # workbench_run.json of a training run, if any
+
+    @property
+    def rank(self) -> int:
+        pattern = self.config.get("rank_pattern") or {}
+        return max([int(self.config.get("r") or 0), *map(int, pattern.values())])
+
+    @property
+    def recorded_base(self) -> str | None:
+        return self.run.get("base_model") or self.config.get("base_model_name_or_path")
+
+    @property
+    def quantization_bit(self) -> int | None:
+        bits = self.run.get("quantization_bit")
+        return int(bits) if bits else None
+
+    @property
+    def uses_dora(self) -> bool:
+        return bool(self.config.get("use_dora"))
+
+
+def read_adapters(adapters: dict[str, str]) -> list[AdapterInfo]:
+    from workbench.models.adapters import read_adapter_config
+
+    infos = []
+    for name, path in adapters.items():
+        path = Path(path).expanduser()
+        config = read_adapter_config(path)
+        peft_type = str(config.get("peft_type", "LORA")).upper()
+        if peft_type != "LORA":
+            raise WorkbenchError(f"adapter {name} ({path}) is a {peft_type} adapter; only LoRA adapters can be merged here")
+        run: dict = {}
+        run_file = path / RUN_RECORD
+        if run_file.is_file():
+            try:
+                run = json.loads(run_file.read_text(encoding="utf-8"))
+            except ValueError as exc:
+                raise WorkbenchError(f"{run_file}: not valid JSON ({exc})") from None
+        infos.append(AdapterInfo(name, path.resolve(), config, run))
+    return infos
+
+
+def base_key(name_or_path: str) -> str:
+    """A comparable identity for a base model: registry alias, else an absolute path, else the hub id."""
+    from workbench.models import registry
+
+    text = str(name_or_path).strip().rstrip("/")
+    info = registry.lookup(text)
+    if info is not None:
+        return info.alias
+    path = Path(text).expanduser()
+    if path.exists():
+        return str(path.resolve())
+    return text.lower()
+
+
+def check_bases(model_name: str, infos: list[AdapterInfo]) -> None:
+    """Adapters must come from one base model, and that base must be the model given."""
+    recorded = [(i, i.recorded_base) for i in infos if i.recorded_base]
+    keys = {base_key(base) for _, base in recorded}
+    if len(keys) > 1:
+        listed = "; ".join(f"{i.name} → {base}" for i, base in recorded)
+        raise WorkbenchError(
+            f"the adapters were trained on different base models ({listed}); merge only adapters of one base model"
+        )
+    if keys and base_key(model_name) not in keys:
+        info, base = recorded[0]
+        raise WorkbenchError(
+            f"adapter {info.name} was trained on {base}, not on {model_name}; pass --model {base} "
+            "(or --check_base false if that base model moved to another directory)"
+        )
+
+
+# ---- output directory ----------------------------------------------------------------------------
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-")[:80] or "export"
+
+
+def default_output(root: Path, stem: str) -> Path:
+    path = root / _safe_name(stem)
+    if path.exists() and any(path.iterdir()):
+        path = root / f"{_safe_name(stem)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return path
+
+
+def _describe(path: Path, limit: int = 5) -> str:
+    names = sorted(p.name for p in path.iterdir())
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def check_output(out: Path, *, overwrite: bool, inputs: list[Path]) -> Path:
+    """Refuse an unusable target before any work is done; return it absolute."""
+    out = Path(os.path.abspath(out.expanduser()))
+    if out.exists() and not out.is_dir():
+        raise OptionError("out", f"{out} exists and is not a directory")
+    for src in inputs:
+        src = Path(os.path.abspath(src))
+        if out == src or src in out.parents or out in src.parents:
+            raise OptionError("out", f"{out} overlaps an input ({src}); write the result somewhere else")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise OptionError(
+                "out", f"{out} is not empty ({_describe(out)}); choose a new or empty directory, "
+                "or pass --overwrite to replace an earlier export there",
+            )
+        if not any((out / marker).exists() for marker in EXPORT_MARKERS):
+            raise OptionError(
+                "out", f"{out} holds files that are not a model or adapter export ({_describe(out)}); "
+                "--overwrite only replaces an earlier export, so remove them yourself or choose another directory",
+            )
+    # The nearest existing ancestor must let us create the temporary directory beside the target.
+    ancestor = out.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OptionError("out", f"cannot write to {out}: {ancestor} is not a writable directory")
+    return out
+
+
+class StagingDir:
+    """A hidden directory beside the target that becomes the target only when everything is written."""
+
+    def __init__(self, out: Path, overwrite: bool):
+        self.out, self.overwrite = out, overwrite
+        self.created_parents: list[Path] = []
+        self.path = out.parent / f".{out.name}.partial-{os.getpid()}"
+
+    def __enter__(self) -> "StagingDir":
+        missing = []
+        parent = self.out.parent
+        while not parent.exists():
+            missing.append(parent)
+            parent = parent.parent
+        try:
+            for directory in reversed(missing):
+                directory.mkdir()
+                self.created_parents.append(directory)
+            self.path.mkdir()
+        except OSError as exc:
+            self._cleanup()
+            raise OptionError("out", f"cannot write to {self.out} ({exc.strerror or exc})") from None
+        return self
+
+    def publish(self) -> None:
+        """Rename the finished directory into place (replacing an earlier export only with overwrite)."""
+        out = self.out
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        if out.exists():
+            if not self.overwrite:  # something appeared while we worked
+                raise OptionError("out", f"{out} was created by someone else while exporting; nothing was replaced")
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            out.rename(old)
+            self.path.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            self.path.rename(out)
+        self.created_parents = []
+
+    def _cleanup(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        for directory in reversed(self.created_parents):
+            try:
+                directory.rmdir()
+            except OSError:
+                pass
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None or self.path.exists():
+            self._cleanup()
+
+
+# ---- export: adapters merged into the base model ------------------------------------------------
+
+def _config_dtype(model_path: str) -> str:
+    try:
+        config = json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "float32"
+    dtype = str(config.get("dtype") or config.get("torch_dtype") or "float32").replace("torch.", "")
+    return dtype if dtype in ("bfloat16", "float16", "float32") else "float32"
+
+
+def _quantization_of(infos: list[AdapterInfo], model_args: ModelArgs) -> dict:
+    """The 4/8-bit settings the adapters were trained with (QLoRA), from their run records."""
+    if model_args.quantization_bit:
+        return {"quantization_bit": model_args.quantization_bit, "quantization_type": model_args.quantization_type,
+                "double_quantization": model_args.double_quantization}
+    bits = {i.name: i.quantization_bit for i in infos}
+    if len(set(bits.values())) > 1:
+        listed = ", ".join(f"{n}: {b or 'none'}" for n, b in bits.items())
+        raise WorkbenchError(f"the adapters were trained on differently quantized bases ({listed}); export them one at a time")
+    first = infos[0]
+    if not first.quantization_bit:
+        return {}
+    settings = {"quantization_bit": first.quantization_bit}
+    config_file = first.path / "config.yaml"
+    if config_file.is_file():  # the training run's resolved options hold the 4-bit type and double quantization
+        import yaml
+
+        try:
+            resolved = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError:
+            resolved = {}
+        flat = {k: v for section in resolved.values() if isinstance(section, dict) for k, v in section.items()}
+        flat.update({k: v for k, v in resolved.items() if not isinstance(v, dict)})
+        for key in ("quantization_type", "double_quantization"):
+            if key in flat:
+                settings[key] = flat[key]
+    return settings
+
+
+def _template_note(infos: list[AdapterInfo], tokenizer) -> tuple[str | None, str | None]:
+    """The chat template the adapter was trained with, and a note when the saved tokenizer's differs."""
+    names = {i.run.get("template") for i in infos if i.run.get("template")}
+    if len(names) != 1:
+        return None, None
+    name = names.pop()
+    if name in ("auto", "jinja") or not getattr(tokenizer, "chat_template", None):
+        return name, None
+    try:
+        from workbench.data.templates import get_template
+
+        sample = [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi!"},
+                  {"role": "user", "content": "What is 2+2?"}]
+        ours = get_template(name).render(tokenizer, sample, add_generation_prompt=True)
+        theirs = tokenizer.apply_chat_template(sample, tokenize=False, add_generation_prompt=True)
+    except Exception:  # a template that cannot render this sample; nothing to compare
+        return name, None
+    if ours.strip() == theirs.strip():
+        return name, None
+    return name, (f"the adapter was trained with chat template {name!r}, which differs from the tokenizer's own "
+                  f"chat template saved with the model: pick template {name!r} when chatting with it")
+
+
+def _verify_saved(staging: Path, expected: int) -> None:
+    """Every tensor made it to disk, and no adapter weights leaked into the merged model."""
+    from safetensors import safe_open
+
+    keys: list[str] = []
+    for shard in sorted(staging.glob("*.safetensors")):
+        with safe_open(str(shard), framework="pt") as f:
+            keys.extend(f.keys())
+    leftovers = [k for k in keys if ".lora_" in k or "base_layer" in k]
+    if leftovers:
+        raise WorkbenchError(f"internal error: the merged weights still hold adapter tensors ({leftovers[0]})")
+    if len(keys) < expected:
+        raise WorkbenchError(f"internal error: {len(keys)} tensors saved, {expected} expected")
+
+
+def merge_into_model(model_args: ModelArgs, adapters: dict[str, str], opts: ExportArgs, *,
+                     progress: Progress | None = None) -> dict[str, Any]:
+    """Merge ``adapters`` into the base model and save a standalone model into ``opts.out``.
+
+    Returns the record also written to ``workbench_export.json`` (output path, dtype, shards, notes,
+    peak memory).
+    """
+    import torch
+
+    from workbench.models.loader import attach_adapters, load_model, load_tokenizer, resolve_model_path
+
+    progress = progress or Progress(7)
+    started = time.perf_counter()
+    if not adapters:
+        raise OptionError("adapter", "give the adapter to merge: --adapter DIR (or NAME=DIR; repeat for several)")
+    progress.step("checking the model, the adapter(s) and the output directory")
+    infos = read_adapters(adapters)
+    if opts.check_base:
+        check_bases(model_args.model_name_or_path, infos)
+    model_path = resolve_model_path(model_args.model_name_or_path)
+    stem = f"{Path(model_path).name}-{'-'.join(i.name for i in infos)}"
+    out = Path(opts.out) if opts.out else default_output(exports_dir(), stem)
+    out = check_output(out, overwrite=opts.overwrite, inputs=[Path(model_path), *(i.path for i in infos)])
+    dtype_name = opts.dtype if opts.dtype != "auto" else _config_dtype(model_path)
+    quant = _quantization_of(infos, model_args)
+    notes: list[str] = []
+
+    with StagingDir(out, opts.overwrite) as staging:
+        load_args = ModelArgs(**{**model_args.to_dict(), "model_name_or_path": model_path, "infer_dtype": dtype_name,
+                                 "adapter_name_or_path": None, **quant})
+        progress.step(f"loading the base model {model_args.model_name_or_path} ({dtype_name}"
+                      f"{', %d-bit as in training' % quant['quantization_bit'] if quant else ''})")
+        loaded = load_model(load_args, adapters={})
+        model = loaded.model
+        if quant:
+            # A QLoRA adapter learned its update against the quantized weights, so it is merged into those
+            # weights dequantized: the merged model then answers like the quantized base + adapter did.
+            model = model.dequantize(dtype=loaded.dtype)
+            notes.append(
+                f"QLoRA: the adapter was trained on a {quant['quantization_bit']}-bit base, so it was merged into the "
+                f"dequantized {quant['quantization_bit']}-bit weights (saved as {dtype_name}), not into the original "
+                "full-precision weights, so the merged model answers like the quantized base + adapter did"
+            )
+        progress.step(f"attaching {len(infos)} adapter(s): {', '.join(i.name for i in infos)}")
+        named = {i.name: str(i.path) for i in infos}
+        peft_model = attach_adapters(model, named, base_label=model_args.model_name_or_path)
+        progress.step("merging the adapter weights into the base weights")
+        # In place (not PEFT's safe_merge, which clones each weight): the loaded weights are memory-mapped
+        # copy-on-write, so adding the update in place costs no second copy of the model.
+        model = peft_model.merge_and_unload(safe_merge=False, adapter_names=list(named))
+        del peft_model
+        broken = next((name for name, p in model.named_parameters() if not torch.isfinite(p).all()), None)
+        if broken is not None:
+            raise WorkbenchError(f"merging produced NaN or infinite values in {broken}: the adapter seems to be broken")
+        target_dtype = getattr(torch, dtype_name)
+        if model.dtype != target_dtype:
+            model = model.to(target_dtype)
+        model.config.dtype = target_dtype
+        # Tied weights (lm_head = embed_tokens) are stored once: count distinct tensors.
+        expected = len({t.data_ptr() for t in model.state_dict().values()})
+
+        progress.step(f"saving safetensors shards of at most {opts.shard_size} into {out}")
+        model.save_pretrained(staging.path, max_shard_size=opts.shard_size)
+        if model.generation_config is not None and not (staging.path / "generation_config.json").exists():
+            model.generation_config.save_pretrained(staging.path)
+        _verify_saved(staging.path, expected)
+
+        progress.step("saving the tokenizer and chat template")
+        tokenizer_src = next((str(i.path) for i in infos if any((i.path / f).is_file() for f in TOKENIZER_FILES)),
+                             model_path)
+        tokenizer = load_tokenizer(tokenizer_src, padding_side="left", trust_remote_code=model_args.trust_remote_code)
+        tokenizer.save_pretrained(str(staging.path))
+        template, template_note = _template_note(infos, tokenizer)
+        if template_note:
+            notes.append(template_note)
+        shards = sorted(p.name for p in staging.path.glob("*.safetensors"))
+        record = {
+            "kind": "merged_model",
+            "base_model": model_args.model_name_or_path,
+            "base_model_path": model_path,
+            "adapters": {i.name: str(i.path) for i in infos},
+            "template": template,
+            "dtype": dtype_name,
+            "shard_size": opts.shard_size,
+            "shards": shards,
+            "quantization_merged_from": quant.get("quantization_bit"),
+            "notes": notes,
+            "device": loaded.device,
+            "seconds": round(time.perf_counter() - started, 1),
+            "peak_rss_mb": peak_rss_mb(),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        if str(loaded.device).startswith("cuda"):
+            record["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        (staging.path / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        progress.step(f"moving the finished model into place: {out}")
+        staging.publish()
+    record["out"] = str(out)
+    return record
+
+
+# ---- merge-adapters: several adapters combined into one -----------------------------------------
+
+def _check_combinable(infos: list[AdapterInfo], method: str) -> None:
+    for info in infos:
+        if info.uses_dora:
+            raise WorkbenchError(
+                f"adapter {info.name} ({info.path}) uses DoRA; PEFT's weighted merging does not combine DoRA "
+                "magnitudes, so merge it into the model with export instead"
+            )
+    ranks = {i.name: i.rank for i in infos}
+    if method in SAME_RANK_METHODS and len(set(ranks.values())) > 1:
+        listed = ", ".join(f"{n}: r={r}" for n, r in ranks.items())
+        raise OptionError(
+            "method",
+            f"{method} needs adapters of equal rank, but they differ ({listed}); use cat (exact, rank "
+            f"{sum(ranks.values())}) or svd (approximate, rank {max(ranks.values())} unless svd_rank is set)",
+        )
+    kinds = {type(i.config.get("target_modules")).__name__ for i in infos}
+    if len(kinds) > 1:
+        listed = ", ".join(f"{i.name}: {i.config.get('target_modules')!r}" for i in infos)
+        raise WorkbenchError(
+            f"the adapters name their target modules in different forms (a list vs a regular expression: {listed}); "
+            "PEFT cannot combine those"
+        )
+
+
+def _fix_rslora_scaling(peft_model, name: str) -> None:
+    """PEFT gives the combined adapter lora_alpha = r, i.e. scaling 1, but keeps use_rslora from the first
+    input, which would scale it by sqrt(r) instead; the inputs' scalings are already folded in."""
+    from peft.tuners.lora import LoraLayer
+
+    config = peft_model.peft_config[name]
+    if not getattr(config, "use_rslora", False):
+        return
+    config.use_rslora = False
+    for module in peft_model.modules():
+        if isinstance(module, LoraLayer) and name in module.scaling:
+            module.scaling[name] = 1.0
+
+
+def combine_adapters(model_args: ModelArgs, adapters: dict[str, str], opts: MergeAdaptersArgs, *,
+                     progress: Progress | None = None) -> dict[str, Any]:
+    """Combine ``adapters`` into one new adapter (standard PEFT layout) in ``opts.out``."""
+    from workbench.models.loader import load_model, resolve_model_path
+
+    progress = progress or Progress(5)
+    started = time.perf_counter()
+    if len(adapters) < 2:
+        raise OptionError("adapter", f"merge-adapters needs at least two adapters, got {len(adapters)}; "
+                          "to merge one adapter into the model, use export")
+    weights = opts.weight_list(len(adapters))
+    progress.step("checking the adapters and the output directory")
+    infos = read_adapters(adapters)
+    _check_combinable(infos, opts.method)
+    if opts.check_base:
+        check_bases(model_args.model_name_or_path, infos)
+    model_path = resolve_model_path(model_args.model_name_or_path)
+    out = Path(opts.out) if opts.out else default_output(
+        runs_dir(), f"merged-{'-'.join(i.name for i in infos)}-{opts.method}")
+    out = check_output(out, overwrite=opts.overwrite, inputs=[Path(model_path), *(i.path for i in infos)])
+
+    with StagingDir(out, opts.overwrite) as staging:
+        progress.step(f"loading the base model {model_args.model_name_or_path} and {len(infos)} adapters")
+        internal = {f"input{n}": str(i.path) for n, i in enumerate(infos)}
+        load_args = ModelArgs(**{**model_args.to_dict(), "model_name_or_path": model_path,
+                                 "adapter_name_or_path": None, "quantization_bit": None})
+        loaded = load_model(load_args, adapters=internal)
+        peft_model = loaded.model
+        density = opts.effective_density
+        progress.step(f"combining with {opts.method} (weights {', '.join(f'{w:g}' for w in weights)}"
+                      f"{f', density {density:g}' if density is not None else ''})")
+        try:
+            peft_model.add_weighted_adapter(
+                adapters=list(internal), weights=weights, adapter_name=_MERGED, combination_type=opts.method,
+                svd_rank=opts.svd_rank, density=density,
+            )
+        except (ValueError, TypeError, RuntimeError) as exc:
+            raise WorkbenchError(f"PEFT could not combine the adapters with {opts.method}: {exc}") from None
+        _fix_rslora_scaling(peft_model, _MERGED)
+        merged_config = peft_model.peft_config[_MERGED]
+
+        progress.step(f"saving the combined adapter (rank {merged_config.r}) into {out}")
+        peft_model.save_pretrained(str(staging.path), selected_adapters=[_MERGED])
+        loaded.tokenizer.save_pretrained(str(staging.path))
+        templates = {i.run.get("template") for i in infos if i.run.get("template")}
+        record = {
+            "stage": next((i.run["stage"] for i in infos if i.run.get("stage")), "sft"),
+            "finetuning_type": "lora",
+            "base_model": model_args.model_name_or_path,
+            "template": templates.pop() if len(templates) == 1 else None,
+            "dataset": ",".join(i.run["dataset"] for i in infos if i.run.get("dataset")) or None,
+            "quantization_bit": None,
+            "merged_from": [{"name": i.name, "path": str(i.path), "weight": w, "r": i.rank}
+                            for i, w in zip(infos, weights)],
+            "merge_method": opts.method,
+            "density": density,
+            "r": merged_config.r,
+            "target_modules": sorted(merged_config.target_modules) if isinstance(merged_config.target_modules, (set, list))
+            else merged_config.target_modules,
+            "seconds": round(time.perf_counter() - started, 1),
+            "peak_rss_mb": peak_rss_mb(),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        (staging.path / RUN_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        progress.step(f"moving the finished adapter into place: {out}")
+        staging.publish()
+    record["out"] = str(out)
+    return record
+
+
+# ---- CLI -----------------------------------------------------------------------------------------
+
+_MODEL_SKIP = ("adapter_name_or_path", "infer_dtype", "attn_implementation")
+
+
+def _common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", dest="model_name_or_path", default=argparse.SUPPRESS,
+                        help="base model: alias, local directory or hub id (default: smollm2-135m-instruct)")
+    parser.add_argument("--adapter", action="append", default=[], metavar="[NAME=]DIR",
+                        help="adapter directory (repeatable)")
+    parser.add_argument("--progress-file", dest="progress_file", default=None, metavar="FILE",
+                        help="also append one JSON line per step to FILE (the Export tab's job reads it)")
+
+
+def _split(args, cls):
+    from workbench.models.adapters import parse_adapter_specs
+
+    values = {k: v for k, v in vars(args).items() if k not in ("command", "adapter", "progress_file")}
+    model_keys = set(ModelArgs.__dataclass_fields__)
+    model_args = from_mapping(ModelArgs, {k: v for k, v in values.items() if k in model_keys})
+    opts = from_mapping(cls, {k: v for k, v in values.items() if k not in model_keys})
+    return model_args, parse_adapter_specs(args.adapter), opts
+
+
+def configure_export(parser: argparse.ArgumentParser) -> None:
+    _common_arguments(parser)
+    shard = ExportArgs.__dataclass_fields__["shard_size"]
+    parser.add_argument("--shard-size", "--shard_size", dest="shard_size", default=argparse.SUPPRESS, metavar="SIZE",
+                        help=f"{shard.metadata['help']} (default: {shard.default})")
+    add_arguments(parser, ExportArgs)
+    add_arguments(parser, ModelArgs, skip=_MODEL_SKIP)
+
+
+def run_export(args) -> int:
+    model_args, adapters, opts = _split(args, ExportArgs)
+    record = merge_into_model(model_args, adapters, opts, progress=Progress(7, args.progress_file))
+    for note in record["notes"]:
+        print(f"note: {note}")
+    print(f"Merged model saved to {record['out']} ({record['dtype']}, {len(record['shards'])} shard(s); "
+          f"peak memory {record['peak_rss_mb']:.0f} MiB). Load it with --model {record['out']}")
+    return 0
+
+
+def configure_merge_adapters(parser: argparse.ArgumentParser) -> None:
+    _common_arguments(parser)
+    add_arguments(parser, MergeAdaptersArgs)
+    add_arguments(parser, ModelArgs, skip=_MODEL_SKIP + ("quantization_bit", "quantization_type",
+                                                          "double_quantization"))
+
+
+def run_merge_adapters(args) -> int:
+    model_args, adapters, opts = _split(args, MergeAdaptersArgs)
+    record = combine_adapters(model_args, adapters, opts, progress=Progress(5, args.progress_file))
+    print(f"Combined adapter (rank {record['r']}, {record['merge_method']}) saved to {record['out']}; "
+          f"use it with --adapter {record['out']}")
+    return 0
