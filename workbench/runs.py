@@ -1,0 +1,201 @@
+"""Finished and running training runs, read from the runs directory (no UI here).
+
+A finished training run is a directory with ``workbench_run.json`` and ``adapter_config.json``
+(written by the trainer at the end); :func:`list_adapters` is what the Chat, Evaluate and Export
+pickers call, so a run appears there as soon as it has finished. :func:`list_runs` summarises
+every run for the runs table (jobs started from the UI and runs trained on the command line
+alike), :func:`config_diff` compares the configs of several runs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from workbench import jobs
+from workbench.paths import runs_dir
+
+RUN_FILE = "workbench_run.json"  # written by workbench.train.outputs at the end of training
+ADAPTER_FILE = "adapter_config.json"
+# Keys that differ between any two runs by construction; a diff of them says nothing.
+DIFF_SKIP = frozenset({"output_dir", "run_name"})
+
+
+def _root(root: Path | str | None) -> Path:
+    return Path(root).expanduser() if root is not None else runs_dir()
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def list_adapters(root: Path | str | None = None) -> list[tuple[str, str, str]]:
+    """Finished LoRA runs as (name, adapter directory, base model as given), newest first."""
+    base = _root(root)
+    found = []
+    try:
+        dirs = [p for p in base.iterdir() if p.is_dir()]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    for path in dirs:
+        record = path / RUN_FILE
+        if not record.is_file() or not (path / ADAPTER_FILE).is_file():
+            continue
+        info = _read_json(record) or {}
+        found.append((record.stat().st_mtime, path.name, str(path), str(info.get("base_model") or "")))
+    return [(name, where, model) for _, name, where, model in sorted(found, reverse=True)]
+
+
+# ---- run summaries ---------------------------------------------------------------------------------
+
+@dataclass
+class RunSummary:
+    name: str
+    path: str
+    kind: str
+    state: str               # queued / running / finished / failed / aborted (or "incomplete" for a CLI run)
+    stage: str = ""
+    model: str = ""
+    dataset: str = ""
+    step: int | None = None
+    total_steps: int | None = None
+    loss: float | None = None  # the last logged training loss
+    started: float | None = None
+    ended: float | None = None
+    error: str | None = None
+    queue_position: int | None = None
+
+    @property
+    def progress(self) -> float | None:
+        if self.state == "finished":
+            return 1.0
+        if self.step is None or not self.total_steps:
+            return None
+        return min(1.0, self.step / self.total_steps)
+
+    @property
+    def duration(self) -> float | None:
+        if self.started is None:
+            return None
+        return (self.ended or time.time()) - self.started
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(progress=self.progress, duration=self.duration)
+        return out
+
+
+def last_progress(path: Path) -> dict[str, Any] | None:
+    """The last training line of a progress.jsonl (read from the end of the file)."""
+    for line in reversed(jobs._last_lines(path / jobs.PROGRESS_FILE, 20)):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("kind", "train") == "train" and entry.get("loss") is not None:
+            return entry
+    return None
+
+
+def _config(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load((path / jobs.CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def summarize(path: Path) -> RunSummary | None:
+    """A run directory → its summary; None for a directory that is neither a job nor a training run."""
+    path = Path(path)
+    status = jobs.Job(path).status() if (path / jobs.STATUS_FILE).is_file() else None
+    record = _read_json(path / RUN_FILE)
+    if status is None and record is None and not (path / jobs.PROGRESS_FILE).is_file():
+        return None
+    config = _config(path)
+    record = record or {}
+    if status is not None:
+        kind, state = str(status.get("kind", "job")), str(status.get("state"))
+        started, ended, error = status.get("started"), status.get("ended"), status.get("error")
+    else:  # trained on the command line straight into the runs directory
+        kind, state, error = "train", "finished" if record else "incomplete", None
+        ended = (path / RUN_FILE).stat().st_mtime if record else None
+        started = ended - float(record["seconds"]) if ended and record.get("seconds") else None
+    last = last_progress(path)
+    return RunSummary(
+        name=path.name, path=str(path), kind=kind, state=state,
+        stage=str(record.get("stage") or config.get("stage") or ("sft" if kind == "train" and config else "")),
+        model=str(record.get("base_model") or config.get("model_name_or_path") or ""),
+        dataset=str(record.get("dataset") or config.get("dataset") or ""),
+        step=last.get("step") if last else None, total_steps=last.get("total_steps") if last else None,
+        loss=last.get("loss") if last else record.get("train_loss"),
+        started=started, ended=ended, error=error,
+        queue_position=status.get("queue_position") if status else None,
+    )
+
+
+def list_runs(root: Path | str | None = None, kind: str | None = "train") -> list[RunSummary]:
+    """Every run in the runs directory (of ``kind``; None for all), newest first."""
+    base = _root(root)
+    try:
+        dirs = [p for p in base.iterdir() if p.is_dir()]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    out = []
+    for path in dirs:
+        summary = summarize(path)
+        if summary is not None and (kind is None or summary.kind == kind):
+            created = (jobs.Job(path).raw_status().get("created") if (path / jobs.STATUS_FILE).is_file()
+                       else None) or summary.started or path.stat().st_mtime
+            out.append((created, summary))
+    return [s for _, s in sorted(out, key=lambda t: (t[0], t[1].name), reverse=True)]
+
+
+def read_curve(path: Path | str) -> list[dict[str, Any]]:
+    """Every complete line of a run's progress.jsonl."""
+    return jobs.Job(Path(path)).read_progress(0).entries
+
+
+# ---- config comparison --------------------------------------------------------------------------------
+
+def full_config(values: dict[str, Any]) -> dict[str, Any]:
+    """A run's config with every option filled in (defaults included), so runs configured with
+    different subsets compare fairly; a config that no longer validates is compared as written."""
+    from workbench.config.base import WorkbenchError, option_fields
+    from workbench.config.train import LaunchArgs, parse_train_config
+
+    launch_keys = set(option_fields(LaunchArgs))
+    try:
+        train_values = {k: v for k, v in values.items() if k not in launch_keys}
+        full = parse_train_config(train_values).to_dict()
+        full.update(LaunchArgs(**{k: v for k, v in values.items() if k in launch_keys}).to_dict())
+        return full
+    except (WorkbenchError, TypeError, ValueError):
+        return dict(values)
+
+
+def config_diff(paths: list[Path | str]) -> tuple[list[str], list[list[Any]]]:
+    """(header, rows): one row per option whose value differs between the runs, as
+    [option, value in run 1, value in run 2, ...]; '—' where a run does not set it."""
+    paths = [Path(p) for p in paths]
+    configs = [full_config(_config(p)) for p in paths]
+    keys: list[str] = []
+    for config in configs:
+        keys += [k for k in config if k not in keys]
+    rows = []
+    for key in keys:
+        if key in DIFF_SKIP:
+            continue
+        values = [config.get(key, "—") for config in configs]
+        if any(v != values[0] for v in values[1:]):
+            rows.append([key, *["none" if v is None else v for v in values]])
+    return ["option", *[p.name for p in paths]], rows
