@@ -536,6 +536,7 @@ class BatchScheduler:
         self.batches = 0
         self.rows = 0
         self.largest_batch = 0
+        self.cancelled = 0
         self._thread = threading.Thread(target=self._loop, daemon=True, name="workbench-batcher")
         self._thread.start()
 
@@ -574,6 +575,7 @@ class BatchScheduler:
         for handle, _ in group:
             if handle.cancelled:  # the client left while waiting
                 handle._finish("cancelled")
+                self.cancelled += 1
             else:
                 rows.append(handle)
         return rows, gen
@@ -592,12 +594,13 @@ class BatchScheduler:
             self.rows += len(rows)
             self.largest_batch = max(self.largest_batch, len(rows))
             self.engine.run(rows, gen)
+            self.cancelled += sum(r.finish_reason == "cancelled" for r in rows)
 
     def stats(self) -> dict:
         with self._cond:
             waiting = len(self._pending)
         return {"batches": self.batches, "rows": self.rows, "largest_batch": self.largest_batch,
-                "waiting": waiting, "max_batch": self.max_batch}
+                "cancelled": self.cancelled, "waiting": waiting, "max_batch": self.max_batch}
 
     def close(self) -> None:
         with self._cond:
