@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("workbench.data.cli:data", "check, preview and convert datasets (dataset_info.json, templates, seed tasks)"),
     "jobs": ("workbench.jobs_cli:jobs", "list, follow, abort, delete and start jobs in the runs directory (training queues one at a time)"),
     "score": ("workbench.evaluate.cli:score", "score predictions: SQuAD v2.0 EM/F1, sacreBLEU, ROUGE (official definitions)"),
+    "eval": ("workbench.evaluate.cli:eval", "evaluate the base model and adapters on tasks (BLEU, ROUGE-1, EM) in mixed batches; writes the matrix"),
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from workbench.config.base import WorkbenchError
@@ -73,3 +74,107 @@ def run_score(args: argparse.Namespace) -> int:
         raise WorkbenchError(f"unknown metric {args.metric!r}; choose from squad_v2, bleu, rouge")
     print(json.dumps(out, ensure_ascii=False))
     return 0
+
+
+# ---- eval -------------------------------------------------------------------------------------
+
+_EVAL_FLAGS = ("task", "metric", "max_samples", "batch_size", "max_new_tokens", "output_dir", "merged")
+
+
+def configure_eval(parser: argparse.ArgumentParser) -> None:
+    from workbench.config.base import add_arguments
+    from workbench.config.eval import EvalArgs
+    from workbench.config.generation import GenerationArgs
+    from workbench.config.model import ModelArgs
+
+    parser.description = ("Generate answers with the base model and adapters (together, in mixed batches) for each "
+                          "task, score them (BLEU / ROUGE-1 / EM), and write predictions, results.json and the matrix.")
+    S = argparse.SUPPRESS
+    parser.add_argument("--model", "--model_name_or_path", dest="model_name_or_path", default=S, metavar="MODEL",
+                        help="model alias, local directory or hub id (default: smollm2-135m-instruct)")
+    parser.add_argument("--adapter", "--adapter_name_or_path", dest="adapter", action="append", default=[],
+                        metavar="NAME=DIR", help="a LoRA adapter to evaluate next to the base (repeat; NAME= optional)")
+    parser.add_argument("--merged", dest="merged", action="append", default=[], metavar="NAME=DIR",
+                        help="a merged standalone model to evaluate too (repeat)")
+    parser.add_argument("--task", dest="task", action="append", default=[], metavar="NAME[=DATASET]",
+                        help="translation, summarization, qa (demo sets by default) or NAME=DATASET (repeat; "
+                             "default: all three built-in tasks)")
+    parser.add_argument("--metric", dest="metric", action="append", default=[], metavar="TASK=METRIC",
+                        help="metric of a task: bleu, rouge1, rouge2, rougeL, em, f1 (repeat)")
+    parser.add_argument("--max-samples", "--max_samples", dest="max_samples", default=S, metavar="N",
+                        help="at most N examples per task")
+    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", default=S, metavar="B",
+                        help="rows per generate call (a row = one example under one model; default 8)")
+    parser.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", default=S, metavar="T",
+                        help="most tokens per answer (default: per task)")
+    parser.add_argument("--output", "--output_dir", dest="output_dir", default=S, metavar="DIR",
+                        help="output directory (default: a new eval-… run under the runs directory)")
+    parser.add_argument("--num-processes", "--num_processes", dest="num_processes", type=int, default=1,
+                        metavar="N", help="shard the examples over N processes with accelerate launch (one per GPU)")
+    add_arguments(parser, ModelArgs, skip=("model_name_or_path", "adapter_name_or_path"))
+    add_arguments(parser, GenerationArgs, skip=("max_new_tokens",))
+    add_arguments(parser, EvalArgs, skip=_EVAL_FLAGS)
+
+
+def _eval_options(args: argparse.Namespace):
+    from workbench.config.base import option_fields
+    from workbench.config.eval import EvalArgs
+    from workbench.config.generation import GenerationArgs
+    from workbench.config.model import ModelArgs
+    from workbench.models.adapters import parse_adapter_specs
+
+    values = {k: v for k, v in vars(args).items() if k not in ("command", "adapter", "num_processes")}
+    values["task"] = ",".join(values.get("task") or []) or None
+    values["metric"] = ",".join(values.get("metric") or []) or None
+    values["merged"] = ",".join(values.get("merged") or []) or None
+    picked = {}
+    for cls in (ModelArgs, GenerationArgs, EvalArgs):
+        names = option_fields(cls)
+        picked[cls] = cls(**{k: v for k, v in values.items() if k in names and v is not None})
+    adapters = parse_adapter_specs(args.adapter)
+    return picked[ModelArgs], picked[GenerationArgs], picked[EvalArgs], adapters
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from workbench.cli import quiet_libraries
+
+    quiet_libraries()
+    model_args, gen, eval_args, adapters = _eval_options(args)  # options are checked before any launch
+    if args.num_processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return _launch(args.num_processes)
+    from workbench.evaluate.runner import evaluate
+
+    evaluate(model_args, eval_args, gen, adapters=adapters)
+    return 0
+
+
+def _launch(num_processes: int) -> int:
+    """Re-run this very command under ``accelerate launch`` with N processes (data-parallel generation)."""
+    import shlex
+    import subprocess
+
+    import torch
+
+    argv = list(sys.argv[1:])
+    cleaned, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in ("--num-processes", "--num_processes"):
+            skip = True
+            continue
+        if a.startswith(("--num-processes=", "--num_processes=")):
+            continue
+        cleaned.append(a)
+    if torch.cuda.is_available() and torch.cuda.device_count() < num_processes:
+        raise WorkbenchError(f"--num-processes {num_processes}: only {torch.cuda.device_count()} GPU(s) are visible")
+    # --multi_gpu is accelerate's torchrun-style launcher; on a machine without GPUs its ranks talk over gloo.
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "-m", "workbench", *cleaned]
+    print("Launching: " + shlex.join(launch), flush=True)
+    try:
+        return subprocess.call(launch)
+    except KeyboardInterrupt:
+        return 130

@@ -289,8 +289,10 @@ def squad_v2(golds: dict[str, list[str]], predictions: dict[str, str], *,
             raise WorkbenchError(f"SQuAD: the prediction for {qid} is {type(pred).__name__}, not text")
         exact[qid], f1[qid] = qa_scores(answers, pred, no_answer_phrase)
     unknown = [q for q in predictions if q not in golds]
-    has_ans = [q for q, a in golds.items() if a]
-    no_ans = [q for q, a in golds.items() if not a]
+    # Official split: a question has an answer when it lists one (here: one that is not the no-answer phrase).
+    has_ans = [q for q, a in golds.items() if any(as_no_answer(x, no_answer_phrase) for x in a)]
+    answerable = set(has_ans)
+    no_ans = [q for q in golds if q not in answerable]
 
     def block(ids: list[str]) -> dict:
         n = len(ids)
