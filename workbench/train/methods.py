@@ -161,6 +161,8 @@ def lora_config(fargs: FinetuningArgs, targets: list[str], modules_to_save: list
         modules_to_save=modules_to_save,
         use_dora=fargs.use_dora,
         use_rslora=fargs.use_rslora,
+        # An embedding trained in full must stay tied to the output head when the model ties them.
+        ensure_weight_tying=bool(modules_to_save),
         task_type=TaskType.SEQ_CLS if reward else TaskType.CAUSAL_LM,
     )
 
