@@ -32,6 +32,7 @@ from workbench.config.export import (
 from workbench.config.model import ModelArgs
 from workbench.paths import home, runs_dir
 
+EXPORT, MERGE = "export", "merge-adapters"  # the two commands
 EXPORT_RECORD = "workbench_export.json"  # written into a merged model directory
 RUN_RECORD = "workbench_run.json"  # written into a merged adapter directory (what adapter pickers list)
 # What marks a directory as an earlier export that --overwrite may replace.
@@ -178,7 +179,13 @@ def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-")[:80] or "export"
 
 
-def default_output(root: Path, stem: str) -> Path:
+def default_out(command: str, model_name: str, adapter_names: list[str], method: str | None = None) -> Path:
+    """A new directory for the result: exports/<model>-<adapters> for a merged model, runs/merged-<adapters>-<method>
+    for a combined adapter (the runs directory is where the adapter pickers look)."""
+    if command == EXPORT:
+        root, stem = exports_dir(), f"{Path(model_name.rstrip('/')).name}-{'-'.join(adapter_names)}"
+    else:
+        root, stem = runs_dir(), f"merged-{'-'.join(adapter_names)}-{method}"
     path = root / _safe_name(stem)
     if path.exists() and any(path.iterdir()):
         path = root / f"{_safe_name(stem)}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -219,6 +226,16 @@ def check_output(out: Path, *, overwrite: bool, inputs: list[Path]) -> Path:
     return out
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class StagingDir:
     """A hidden directory beside the target that becomes the target only when everything is written."""
 
@@ -228,6 +245,7 @@ class StagingDir:
         self.path = out.parent / f".{out.name}.partial-{os.getpid()}"
 
     def __enter__(self) -> "StagingDir":
+        self._remove_stale()
         missing = []
         parent = self.out.parent
         while not parent.exists():
@@ -242,6 +260,15 @@ class StagingDir:
             self._cleanup()
             raise OptionError("out", f"cannot write to {self.out} ({exc.strerror or exc})") from None
         return self
+
+    def _remove_stale(self) -> None:
+        """Leftovers of an earlier export to this target whose process was killed outright (SIGKILL)."""
+        if not self.out.parent.is_dir():
+            return
+        for path in self.out.parent.glob(f".{self.out.name}.partial-*"):
+            pid = path.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+                shutil.rmtree(path, ignore_errors=True)
 
     def publish(self) -> None:
         """Rename the finished directory into place (replacing an earlier export only with overwrite)."""
@@ -370,8 +397,7 @@ def merge_into_model(model_args: ModelArgs, adapters: dict[str, str], opts: Expo
     if opts.check_base:
         check_bases(model_args.model_name_or_path, infos)
     model_path = resolve_model_path(model_args.model_name_or_path)
-    stem = f"{Path(model_path).name}-{'-'.join(i.name for i in infos)}"
-    out = Path(opts.out) if opts.out else default_output(exports_dir(), stem)
+    out = Path(opts.out) if opts.out else default_out(EXPORT, model_args.model_name_or_path, [i.name for i in infos])
     out = check_output(out, overwrite=opts.overwrite, inputs=[Path(model_path), *(i.path for i in infos)])
     dtype_name = opts.dtype if opts.dtype != "auto" else _config_dtype(model_path)
     quant = _quantization_of(infos, model_args)
@@ -508,8 +534,8 @@ def combine_adapters(model_args: ModelArgs, adapters: dict[str, str], opts: Merg
     if opts.check_base:
         check_bases(model_args.model_name_or_path, infos)
     model_path = resolve_model_path(model_args.model_name_or_path)
-    out = Path(opts.out) if opts.out else default_output(
-        runs_dir(), f"merged-{'-'.join(i.name for i in infos)}-{opts.method}")
+    out = Path(opts.out) if opts.out else default_out(MERGE, model_args.model_name_or_path, [i.name for i in infos],
+                                                      opts.method)
     out = check_output(out, overwrite=opts.overwrite, inputs=[Path(model_path), *(i.path for i in infos)])
 
     with StagingDir(out, opts.overwrite) as staging:
@@ -561,9 +587,76 @@ def combine_adapters(model_args: ModelArgs, adapters: dict[str, str], opts: Merg
     return record
 
 
+# ---- as a Job (what the Export tab runs) ---------------------------------------------------------
+
+def command_argv(command: str, model_name: str, adapters: dict[str, str], opts: ExportArgs | MergeAdaptersArgs,
+                 progress_file: str | Path | None = None) -> list[str]:
+    """The exact ``python -m workbench export|merge-adapters ...`` argv for these options."""
+    argv = [sys.executable, "-m", "workbench", command, "--model", model_name]
+    for name, path in adapters.items():
+        argv += ["--adapter", f"{name}={path}"]
+    for key, value in opts.to_dict(non_default_only=True).items():
+        if value is not None:
+            argv += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
+    if progress_file is not None:
+        argv += ["--progress-file", str(progress_file)]
+    return argv
+
+
+def preflight(command: str, model_name: str, adapters: dict[str, str], opts: ExportArgs | MergeAdaptersArgs) -> Path:
+    """The quick checks the command makes before loading anything, so a form gets its answer at once;
+    returns the output directory the command will write."""
+    if command == MERGE:
+        if len(adapters) < 2:
+            raise OptionError("adapter", f"combining needs at least two adapters, got {len(adapters)}")
+        opts.weight_list(len(adapters))
+    elif not adapters:
+        raise OptionError("adapter", "choose the adapter to merge into the model")
+    infos = read_adapters(adapters)
+    if command == MERGE:
+        _check_combinable(infos, opts.method)
+    if opts.check_base:
+        check_bases(model_name, infos)
+    names = [i.name for i in infos]
+    out = Path(opts.out) if opts.out else default_out(command, model_name, names, getattr(opts, "method", None))
+    model_dir = Path(model_name).expanduser()
+    return check_output(out, overwrite=opts.overwrite, inputs=[*(i.path for i in infos),
+                                                              *([model_dir] if model_dir.exists() else [])])
+
+
+def start_export_job(command: str, model_name: str, adapters: dict[str, str],
+                     opts: ExportArgs | MergeAdaptersArgs):
+    """Check the request, then run the command as a Job; returns (job, output directory)."""
+    from dataclasses import replace
+
+    from workbench import jobs
+    from workbench.paths import PROJECT_ROOT, run_path
+
+    out = preflight(command, model_name, adapters, opts)
+    opts = replace(opts, out=str(out))
+    name = _safe_name(f"{command}-{out.name}")[:100]
+    if run_path(name).exists():
+        name = f"{name[:80]}-{time.strftime('%Y%m%d-%H%M%S')}"
+    argv = command_argv(command, model_name, adapters, opts, progress_file=run_path(name) / jobs.PROGRESS_FILE)
+    config = {"command": command, "model_name_or_path": model_name, "adapters": dict(adapters), **opts.to_dict()}
+    # Exclusive: a merge holds a whole model in memory, so it waits for training or evaluation to finish.
+    job = jobs.start_job("export", name, argv, config, exclusive=True, cwd=PROJECT_ROOT)
+    return job, out
+
+
 # ---- CLI -----------------------------------------------------------------------------------------
 
 _MODEL_SKIP = ("adapter_name_or_path", "infer_dtype", "attn_implementation")
+
+
+def _interrupt_on_sigterm() -> None:
+    """Aborting a job sends SIGTERM: turn it into KeyboardInterrupt so the staging directory is removed."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -595,6 +688,7 @@ def configure_export(parser: argparse.ArgumentParser) -> None:
 
 
 def run_export(args) -> int:
+    _interrupt_on_sigterm()
     model_args, adapters, opts = _split(args, ExportArgs)
     record = merge_into_model(model_args, adapters, opts, progress=Progress(7, args.progress_file))
     for note in record["notes"]:
@@ -612,6 +706,7 @@ def configure_merge_adapters(parser: argparse.ArgumentParser) -> None:
 
 
 def run_merge_adapters(args) -> int:
+    _interrupt_on_sigterm()
     model_args, adapters, opts = _split(args, MergeAdaptersArgs)
     record = combine_adapters(model_args, adapters, opts, progress=Progress(5, args.progress_file))
     print(f"Combined adapter (rank {record['r']}, {record['merge_method']}) saved to {record['out']}; "

@@ -24,6 +24,7 @@ from workbench.ui.i18n import I18N, T
 # (English title, Chinese title, module). Add a tab by adding a line.
 TABS: list[tuple[str, str, str]] = [
     ("Data", "数据", "workbench.ui.data_tab"),
+    ("Export", "导出", "workbench.ui.export_tab"),
 ]
 
 FALLBACK_TEMPLATES = ["auto", "qwen", "chatml", "smollm2", "llama2", "llama3", "mistral", "alpaca", "default"]
@@ -45,7 +46,9 @@ def template_choices() -> list[str]:
 
 
 def model_choices() -> list[str]:
-    return list(registry.MODELS)
+    from workbench.export import list_exported_models  # merged models appear next to the registry's
+
+    return list(registry.MODELS) + list_exported_models()
 
 
 def error_text(exc: Exception) -> str:

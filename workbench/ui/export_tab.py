@@ -1,0 +1,252 @@
+"""Export tab: merge adapter(s) into a standalone model, or combine several adapters into one.
+
+The work runs as a Job (``python -m workbench export|merge-adapters``, see :mod:`workbench.export`);
+this module only builds the form, starts the job and shows its progress. A finished merged model is
+added to the top bar's model picker, a combined adapter to the adapter pickers.
+"""
+
+from __future__ import annotations
+
+import shlex
+import traceback
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from workbench.config.base import WorkbenchError
+from workbench.config.export import DENSITY_METHODS, ExportArgs, MergeAdaptersArgs, OutputOptions
+from workbench.export import EXPORT, MERGE, command_argv, start_export_job
+from workbench.models.adapters import adapter_name_for
+from workbench.ui.context import AppContext
+from workbench.ui.forms import collect, option_components
+from workbench.ui.i18n import T
+
+EXPORT_FIELDS = ("dtype", "shard_size")
+MERGE_FIELDS = ("method", "weights", "density", "svd_rank")
+OUTPUT_FIELDS = ("out", "overwrite", "check_base")
+POLL_SECONDS = 1.0
+
+
+def adapters_changed(ctx: AppContext) -> gr.State:
+    """A state that changes whenever an adapter appears on disk (a combined adapter here, a finished
+    training run elsewhere); Chat and Evaluate refresh their adapter pickers on its ``.change``."""
+    state = ctx.extras.get("adapters_version")
+    if state is None:
+        state = gr.State(0)
+        ctx.extras["adapters_version"] = state
+    return state
+
+
+def adapter_choices() -> list[tuple[str, str]]:
+    """Finished runs as (label, adapter directory) for the picker."""
+    from workbench.runs import list_adapters
+
+    return [(f"{name} ({base})" if base else name, path) for name, path, base in list_adapters()]
+
+
+def _base_of(path: str) -> str | None:
+    from workbench.runs import list_adapters
+
+    return next((base for _, where, base in list_adapters() if where == path and base), None)
+
+
+def _model_choices() -> list[str]:
+    from workbench.ui.app import model_choices
+
+    return model_choices()
+
+
+def adapter_map(selected: list[str] | None) -> dict[str, str]:
+    """Picked runs or typed directories → {name: dir}, names made unique."""
+    out: dict[str, str] = {}
+    for path in selected or []:
+        path = str(path).strip()
+        if not path:
+            continue
+        base = name = adapter_name_for(path)
+        n = 2
+        while name in out:
+            name, n = f"{base}_{n}", n + 1
+        out[name] = path
+    return out
+
+
+def _error(exc: Exception) -> str:
+    if not isinstance(exc, WorkbenchError):
+        traceback.print_exc()
+        return f"❌ {type(exc).__name__}: {exc}"
+    return f"❌ {exc}"
+
+
+def _request(mode: str, model: str, adapters: list[str] | None, values: dict[str, Any]):
+    """Form values → (command, model, adapters, options); option errors name the option."""
+    command = MERGE if mode == MERGE else EXPORT
+    cls = MergeAdaptersArgs if command == MERGE else ExportArgs
+    fields = OUTPUT_FIELDS + (MERGE_FIELDS if command == MERGE else EXPORT_FIELDS)
+    picked = {k: v for k, v in values.items() if k in fields}
+    if command == MERGE and picked.get("method") not in DENSITY_METHODS:
+        picked["density"] = None  # the box is hidden for methods that do not prune
+    if command == MERGE and picked.get("method") != "svd":
+        picked["svd_rank"] = None
+    opts = collect(cls, picked)
+    model = (model or "").strip()
+    if not model:
+        raise WorkbenchError("choose the base model")
+    return command, model, adapter_map(adapters), opts
+
+
+def _progress_text(job) -> tuple[str, bool, bool]:
+    """(markdown, ended, finished) for a job."""
+    status = job.status()
+    state = status.get("state")
+    entries = job.read_progress(0).entries
+    last = entries[-1] if entries else None
+    if state == "queued":
+        where = status.get("queue_position")
+        return f"⏳ Queued{f' (position {where})' if where else ''}: waiting for the running job to finish.", False, False
+    if state == "running":
+        if last:
+            return (f"⏳ Step {last['step']}/{last['total_steps']}: {last['message']} "
+                    f"({last.get('elapsed', 0):.0f}s)"), False, False
+        return "⏳ Starting…", False, False
+    if state == "finished":
+        return "✅ Finished.", True, True
+    error = status.get("error") or "see the log"
+    return f"❌ {str(state).capitalize()}: {error}", True, False
+
+
+def build(ctx: AppContext) -> None:
+    version = adapters_changed(ctx)
+    job_state = gr.State(None)  # {"name": job name, "out": output dir, "command": ...}
+
+    gr.Markdown(T(
+        "**Merge into a model** writes a standalone model (safetensors shards, config, tokenizer and chat template) "
+        "that loads without PEFT; it then appears in the model picker above. **Combine adapters** merges several "
+        "LoRA adapters into one new adapter (PEFT format) that appears in the adapter pickers. Both run as a job.",
+        "**合并到模型**：生成独立模型（safetensors 分片、配置、分词器和对话模板），无需 PEFT 即可加载，完成后出现在上方的模型选择中。"
+        "**合并适配器**：把多个 LoRA 适配器合并为一个新适配器（PEFT 格式），完成后出现在适配器选择中。两者都作为任务运行。"))
+    with gr.Column(elem_id="wb-export"):
+        mode = gr.Radio(choices=[(T("Merge adapter(s) into the model", "将适配器合并到模型"), EXPORT),
+                                 (T("Combine adapters into one adapter", "合并多个适配器"), MERGE)],
+                        value=EXPORT, label=T("What to do", "操作"), elem_id="wb-export-mode")
+        with gr.Row(equal_height=True):
+            model = gr.Dropdown(choices=_model_choices(), value="smollm2-135m-instruct", allow_custom_value=True,
+                                label=T("Base model", "基座模型"), scale=2, elem_id="wb-export-model")
+            adapters = gr.Dropdown(choices=adapter_choices(), value=[], multiselect=True, allow_custom_value=True,
+                                   label=T("Adapters (finished runs, or type a directory)", "适配器（已完成的训练，或输入目录）"),
+                                   scale=3, elem_id="wb-export-adapters")
+            refresh = gr.Button(T("Refresh", "刷新"), scale=0, min_width=90, elem_id="wb-export-refresh")
+        with gr.Group(visible=False) as merge_group:
+            with gr.Row():
+                merge_inputs = option_components(MergeAdaptersArgs, only=MERGE_FIELDS)
+        merge_inputs["density"].visible = False
+        merge_inputs["svd_rank"].visible = False
+        with gr.Group() as export_group:
+            with gr.Row():
+                export_inputs = option_components(ExportArgs, only=EXPORT_FIELDS)
+        with gr.Row():
+            output_inputs = option_components(OutputOptions, only=OUTPUT_FIELDS[:2])
+        with gr.Accordion(T("Advanced", "高级"), open=False):
+            output_inputs.update(option_components(OutputOptions, only=OUTPUT_FIELDS[2:]))
+        command = gr.Code(label=T("Command", "命令"), language="shell", interactive=False, elem_id="wb-export-command")
+        with gr.Row():
+            start = gr.Button(T("Start", "开始"), variant="primary", elem_id="wb-export-start")
+            abort = gr.Button(T("Abort", "中止"), variant="stop", elem_id="wb-export-abort")
+        status = gr.Markdown(elem_id="wb-export-status")
+        log = gr.Textbox(label=T("Log", "日志"), lines=8, max_lines=16, interactive=False, autoscroll=True,
+                         elem_id="wb-export-log")
+    timer = gr.Timer(POLL_SECONDS, active=False)
+
+    value_inputs = {**merge_inputs, **export_inputs, **output_inputs}
+    names = list(value_inputs)
+    form = [mode, model, adapters, *value_inputs.values()]
+
+    def unpack(args) -> tuple[str, str, list[str], dict[str, Any]]:
+        mode_v, model_v, adapters_v, *rest = args
+        return mode_v, model_v, adapters_v, dict(zip(names, rest))
+
+    def on_mode(mode_v: str, method_v: str):
+        merging = mode_v == MERGE
+        return (gr.update(visible=merging), gr.update(visible=not merging),
+                gr.update(visible=merging and method_v in DENSITY_METHODS),
+                gr.update(visible=merging and method_v == "svd"))
+
+    def on_adapters(selected, model_v):
+        """Follow the base model the picked run was trained on."""
+        for path in selected or []:
+            base = _base_of(str(path))
+            if base:
+                return gr.update(value=base)
+        return gr.update(value=model_v)
+
+    def on_preview(*args):
+        mode_v, model_v, adapters_v, values = unpack(args)
+        try:
+            cmd, model_name, adapter_dirs, opts = _request(mode_v, model_v, adapters_v, values)
+            return shlex.join(["python", *command_argv(cmd, model_name, adapter_dirs, opts)[1:]])
+        except WorkbenchError as exc:
+            return f"# {exc}"
+
+    def on_start(*args):
+        mode_v, model_v, adapters_v, values = unpack(args)
+        try:
+            cmd, model_name, adapter_dirs, opts = _request(mode_v, model_v, adapters_v, values)
+            job, out = start_export_job(cmd, model_name, adapter_dirs, opts)
+        except Exception as exc:  # shown in the tab; nothing was started
+            return None, _error(exc), "", gr.update(active=False)
+        return ({"name": job.name, "out": str(out), "command": cmd}, f"⏳ Started job {job.name} → {out}",
+                job.tail_log(20), gr.update(active=True))
+
+    def on_tick(state, version_v):
+        from workbench.jobs import get_job
+
+        keep = (gr.update(), gr.update(), version_v)
+        if not state:
+            return ("", gr.update(), gr.update(active=False), *keep)
+        try:
+            job = get_job(state["name"])
+            text, ended, finished = _progress_text(job)
+            tail = job.tail_log(20)
+        except WorkbenchError as exc:
+            return (_error(exc), gr.update(), gr.update(active=False), *keep)
+        if not ended:
+            return (text, tail, gr.update(active=True), *keep)
+        if not finished:
+            return (text, tail, gr.update(active=False), *keep)
+        out = state["out"]
+        if state["command"] == EXPORT:
+            text = (f"✅ Merged model saved to `{out}`. It is now in the model picker at the top: choose it and "
+                    "press Load model to chat with it.")
+        else:
+            text = f"✅ Combined adapter saved to `{out}`. It is now in the adapter pickers (Chat, Evaluate)."
+        return (text, tail, gr.update(active=False), gr.update(choices=_model_choices()),
+                gr.update(choices=adapter_choices()), version_v + 1)
+
+    def on_abort(state):
+        from workbench.jobs import get_job
+
+        if not state:
+            return "Nothing is running."
+        try:
+            st = get_job(state["name"]).abort()
+        except WorkbenchError as exc:
+            return _error(exc)
+        return f"⏹ {st.get('state', 'aborted').capitalize()}: {state['name']} (nothing was written to {state['out']})"
+
+    def on_refresh():
+        return gr.update(choices=adapter_choices()), gr.update(choices=_model_choices())
+
+    method = merge_inputs["method"]
+    mode.change(on_mode, inputs=[mode, method], outputs=[merge_group, export_group, merge_inputs["density"],
+                                                         merge_inputs["svd_rank"]])
+    method.change(on_mode, inputs=[mode, method], outputs=[merge_group, export_group, merge_inputs["density"],
+                                                           merge_inputs["svd_rank"]])
+    adapters.input(on_adapters, inputs=[adapters, model], outputs=model)
+    gr.on([c.change for c in form], on_preview, inputs=form, outputs=command)
+    start.click(on_start, inputs=form, outputs=[job_state, status, log, timer]).then(
+        on_preview, inputs=form, outputs=command)
+    timer.tick(on_tick, inputs=[job_state, version],
+               outputs=[status, log, timer, ctx.model, adapters, version])
+    abort.click(on_abort, inputs=job_state, outputs=status)
+    refresh.click(on_refresh, outputs=[adapters, model])
