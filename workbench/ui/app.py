@@ -24,6 +24,7 @@ from workbench.ui.i18n import I18N, T
 # (English title, Chinese title, module). Add a tab by adding a line.
 TABS: list[tuple[str, str, str]] = [
     ("Data", "数据", "workbench.ui.data_tab"),
+    ("Train", "训练", "workbench.ui.train_tab"),
     ("Export", "导出", "workbench.ui.export_tab"),
 ]
 

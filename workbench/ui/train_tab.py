@@ -1,0 +1,535 @@
+"""Train tab: a form generated from the training option dataclasses, Preview / Start / Abort, live
+progress of the run (status, progress bar, loss curve, log tail) and a table of all runs with
+curve overlays and config diffs.
+
+The form is built from the options' metadata (``group`` decides the section); the run is planned,
+validated and started by :mod:`workbench.runs` as a :mod:`workbench.jobs` job, and everything shown
+here is read back from the run directory — so a page reload or a restart of the app re-attaches.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import MISSING
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from workbench import jobs, presets, runs
+from workbench.config.base import OptionError, WorkbenchError, coerce, option_fields
+from workbench.data.registry import dataset_names
+from workbench.paths import project_data_dir
+from workbench.ui.context import AppContext
+from workbench.ui.forms import NONE_CHOICE, form_value, option_components
+from workbench.ui.i18n import T
+from workbench.ui.plots import duration, loss_figure, overlay_figure, progress_html
+
+# Options set in the shared top bar, not in this form.
+TOP_BAR = ("model_name_or_path", "infer_dtype", "quantization_bit", "template")
+# The run directory is the output directory; its name is the run name.
+SKIP = ("output_dir", "overwrite_output_dir", "run_name")
+GROUPS = [  # (group metadata value, English title, Chinese title, open)
+    ("basic", "Basics", "基础设置", True),
+    ("lora", "LoRA", "LoRA", False),
+    ("freeze", "Freeze tuning (train only some layers)", "冻结微调（只训练部分层）", False),
+    ("rlhf", "Preference training (RM / DPO)", "偏好训练（RM / DPO）", False),
+    ("quantization", "Quantization (QLoRA) — the number of bits is chosen in the top bar",
+     "量化（QLoRA）——比特数在顶部栏选择", False),
+    ("eval", "Evaluation split", "验证集", False),
+    ("template", "Prompt formatting and loss masking", "提示格式与损失掩码", False),
+    ("output", "Checkpoints, resume and logging", "检查点、恢复与日志", False),
+    ("distributed", "Distributed (processes, DeepSpeed)", "分布式（进程数、DeepSpeed）", False),
+    ("advanced", "Advanced", "高级", False),
+]
+BASIC_ORDER = ("stage", "finetuning_type", "dataset", "dataset_dir", "num_train_epochs", "max_steps", "learning_rate",
+               "per_device_train_batch_size", "gradient_accumulation_steps", "cutoff_len", "max_samples",
+               "lr_scheduler_type", "warmup_steps", "warmup_ratio", "weight_decay", "max_grad_norm", "bf16", "fp16")
+PER_ROW = 4
+LOG_LINES = 30
+RUN_COLUMNS = ["Run", "Stage", "Model", "Dataset", "Status", "Progress", "Final loss", "Started", "Duration"]
+
+
+# ---- the form ----------------------------------------------------------------------------------------
+
+def form_fields() -> dict[str, tuple[type, str]]:
+    """Option name → (declaring class, section), in declaration order; first declaration wins."""
+    known = {g for g, *_ in GROUPS}
+    out: dict[str, tuple[type, str]] = {}
+    for cls in runs.train_option_classes():
+        for name, f in option_fields(cls).items():
+            if name in out or name in TOP_BAR or name in SKIP or not f.metadata.get("ui", True):
+                continue
+            group = f.metadata.get("group", "basic")
+            out[name] = (cls, group if group in known else "advanced")
+    return out
+
+
+def section_names(fields: dict[str, tuple[type, str]], group: str) -> list[str]:
+    names = [n for n, (_, g) in fields.items() if g == group]
+    if group == "basic":
+        names = [n for n in BASIC_ORDER if n in names] + [n for n in names if n not in BASIC_ORDER]
+    return names
+
+
+def _dataset_dir(value: Any) -> Path:
+    text = form_value(value)
+    return Path(str(text)).expanduser() if text else project_data_dir()
+
+
+def collect_values(names: list[str], raw: list[Any], model: Any, template: Any, dtype: Any,
+                   quantization: Any) -> dict[str, Any]:
+    """Raw component values → a flat option mapping (YAML keys). An emptied box of an option that
+    needs a value is an error naming that option, never a silent default."""
+    defaults = runs.option_defaults()
+    dropdowns = {n for cls in runs.train_option_classes() for n, f in option_fields(cls).items()
+                 if f.metadata.get("choices")}
+    values: dict[str, Any] = {
+        "model_name_or_path": str(model or "").strip(),
+        "infer_dtype": dtype or "auto",
+        "quantization_bit": form_value(quantization),
+        "template": form_value(template) or "auto",
+    }
+    for name, value in zip(names, raw):
+        if name == "dataset" and isinstance(value, (list, tuple)):
+            value = ",".join(str(v).strip() for v in value if str(v).strip())
+        # "none" is the not-set entry of a dropdown; in a text box it is just text (report_to: none)
+        value = form_value(value) if name in dropdowns or not isinstance(value, str) else (value.strip() or None)
+        if value is None and defaults.get(name) is not None:
+            raise OptionError(name, "a value is required")
+        values[name] = value
+    if not values["model_name_or_path"]:
+        raise OptionError("model_name_or_path", "pick a model in the top bar")
+    order = list(defaults)
+    return dict(sorted(values.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+
+
+def component_value(component: Any, name: str, value: Any) -> Any:
+    """An option value as the component generated for it shows it."""
+    if name == "dataset":
+        return [v.strip() for v in str(value or "").split(",") if v.strip()]
+    if isinstance(component, gr.Dropdown):
+        return NONE_CHOICE if value is None else str(value)
+    if isinstance(component, gr.Number):
+        return value
+    if isinstance(component, gr.Checkbox):
+        return bool(value)
+    if value is None:
+        return ""
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def _default(cls: type, name: str) -> Any:
+    f = option_fields(cls)[name]
+    return f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+
+
+def _message(exc: Exception, what: str) -> str:
+    if not isinstance(exc, WorkbenchError):
+        traceback.print_exc()
+        return f"❌ **{what}** {type(exc).__name__}: {exc}"
+    return f"❌ **{what}** {exc}"
+
+
+# ---- rendering a run -------------------------------------------------------------------------------------
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else ""
+
+
+def _short_model(model: str) -> str:
+    return Path(model).name if "/" in model and Path(model).expanduser().exists() else model
+
+
+def runs_frame() -> pd.DataFrame:
+    rows = []
+    for s in runs.list_runs():
+        status = s.state + (f" (#{s.queue_position})" if s.queue_position else "")
+        rows.append([s.name, s.stage, _short_model(s.model), s.dataset, status,
+                     f"{s.progress:.0%}" if s.progress is not None else "",
+                     f"{s.loss:.4f}" if s.loss is not None else "", _when(s.started), duration(s.duration)])
+    return pd.DataFrame(rows, columns=RUN_COLUMNS)
+
+
+def run_names() -> list[str]:
+    return [s.name for s in runs.list_runs()]
+
+
+def _run_status(path: Path) -> dict[str, Any]:
+    """status.json for a job; for a run trained on the command line, what its files say."""
+    if (path / jobs.STATUS_FILE).is_file():
+        return jobs.Job(path).status()
+    summary = runs.summarize(path)
+    return {"name": path.name, "state": summary.state if summary else "missing",
+            "started": summary.started if summary else None, "ended": summary.ended if summary else None}
+
+
+def status_markdown(path: Path, st: dict[str, Any], log_tail: str) -> str:
+    state = st.get("state")
+    name = path.name
+    icon = {"queued": "⏳", "running": "🏃", "finished": "✅", "failed": "❌", "aborted": "⏹️"}.get(state, "•")
+    lines = [f"{icon} **{name}** — **{state}**"]
+    if state == "queued":
+        active = jobs.active_job("train")
+        ahead = f"; waiting for **{active.name}**" if active is not None and active.name != name else ""
+        lines[0] += f" (position {st.get('queue_position') or '?'} in the queue{ahead})"
+    elif state == "running" and st.get("pid"):
+        lines[0] += f" · pid {st['pid']}"
+    if st.get("started"):
+        lines.append(f"Started {_when(st['started'])}" + (f", ended {_when(st['ended'])}" if st.get("ended") else "")
+                     + (f" · exit code {st['exit_code']}" if st.get("exit_code") is not None else ""))
+    if state == "failed":
+        lines.append(f"**Error:** {st.get('error') or 'the run failed'}")
+        if log_tail:
+            tail = "\n".join(log_tail.splitlines()[-12:])
+            lines.append("Last lines of log.txt:\n```\n" + tail + "\n```")
+    lines.append(f"Output directory: `{path}`")
+    return "\n\n".join(lines)
+
+
+def new_watch(name: str | None) -> dict[str, Any]:
+    return {"name": name, "offset": 0, "entries": [], "state": None, "plotted": False}
+
+
+# ---- the tab -----------------------------------------------------------------------------------------------
+
+def runs_changed(ctx: AppContext) -> gr.State:
+    """A state that changes whenever a training run finishes (or is deleted); adapter pickers in other
+    tabs refresh on its ``.change``. Created by whichever tab asks first."""
+    state = ctx.extras.get("runs_version")
+    if state is None:
+        state = gr.State(0)
+        ctx.extras["runs_version"] = state
+    return state
+
+
+def build(ctx: AppContext) -> None:
+    from workbench.ui.data_tab import datasets_changed
+
+    datasets_version = datasets_changed(ctx)
+    runs_version = runs_changed(ctx)
+    fields = form_fields()
+    watch = gr.State(new_watch(None))
+
+    gr.Markdown(T(
+        "Fill in the form (the model, template, precision and quantization come from the top bar), check the exact "
+        "command with **Preview**, then **Start**. Runs are processes of their own: they go on if you close or "
+        "reload this page, and one training run uses the device at a time — further starts wait in a queue.",
+        "填写表单（模型、模板、精度和量化来自顶部栏），用**预览**查看将要运行的确切命令，然后点击**开始**。"
+        "训练在独立进程中运行：关闭或刷新页面不会中断；同一时间只有一个训练任务占用设备，其余排队等待。"))
+    with gr.Row(equal_height=True):
+        run_name = gr.Textbox(value=lambda: runs.default_run_name(), label=T("Run name", "运行名称"), scale=2,
+                              info=T("Also the output directory under the runs directory",
+                                     "也是运行目录下的输出目录名"), elem_id="wb-train-run-name")
+        preset = gr.Dropdown(choices=list(presets.list_presets()), value=None, label=T("Preset", "预设"), scale=2,
+                             elem_id="wb-train-preset")
+        load_preset = gr.Button(T("Load preset", "加载预设"), scale=1, elem_id="wb-train-preset-load")
+        preset_name = gr.Textbox(label=T("Save as preset", "另存为预设"), scale=2, elem_id="wb-train-preset-name")
+        save_preset = gr.Button(T("Save preset", "保存预设"), scale=1, elem_id="wb-train-preset-save")
+
+    components: dict[str, Any] = {}
+    with gr.Column(elem_id="wb-train-form"):
+        for group, title_en, title_zh, is_open in GROUPS:
+            names = section_names(fields, group)
+            if not names:
+                continue
+            with gr.Accordion(T(title_en, title_zh), open=is_open, elem_id=f"wb-train-group-{group}"):
+                for i in range(0, len(names), PER_ROW):
+                    with gr.Row():
+                        for name in names[i:i + PER_ROW]:
+                            cls, _ = fields[name]
+                            if name == "dataset":
+                                components[name] = gr.Dropdown(
+                                    choices=dataset_names(project_data_dir()), value=[], multiselect=True,
+                                    allow_custom_value=True, label=T("Datasets", "数据集"), elem_id="opt-dataset",
+                                    info=T("From dataset_info.json in the dataset folder (register more in the "
+                                           "Data tab); several are combined",
+                                           "来自数据集目录中的 dataset_info.json（可在数据标签页注册）；可多选合并"))
+                            else:
+                                components.update(option_components(cls, only=[name]))
+    names = list(components)
+    form_inputs = [components[n] for n in names]
+    top_inputs = [ctx.model, ctx.template, ctx.dtype, ctx.quantization]
+
+    with gr.Row():
+        preview_btn = gr.Button(T("Preview command", "预览命令"), elem_id="wb-train-preview")
+        start_btn = gr.Button(T("Start", "开始"), variant="primary", elem_id="wb-train-start")
+        abort_btn = gr.Button(T("Abort", "中止"), variant="stop", elem_id="wb-train-abort")
+    message = gr.Markdown(elem_id="wb-train-message")
+    with gr.Accordion(T("Command and config that Start runs", "开始时运行的命令与配置"), open=False,
+                      elem_id="wb-train-preview-box") as preview_box:
+        command_box = gr.Textbox(label=T("Command", "命令"), interactive=False, buttons=["copy"],
+                                 elem_id="wb-train-command")
+        yaml_box = gr.Code(label="config.yaml", language="yaml", interactive=False, elem_id="wb-train-yaml")
+
+    gr.Markdown(T("### Current run", "### 当前运行"))
+    with gr.Row(equal_height=True):
+        run_pick = gr.Dropdown(choices=run_names(), value=None, label=T("Show run", "显示运行"), scale=3,
+                               elem_id="wb-train-run-pick")
+        refresh_btn = gr.Button(T("Refresh", "刷新"), scale=1, elem_id="wb-train-refresh")
+    status_md = gr.Markdown(T("No training run yet.", "还没有训练运行。"), elem_id="wb-train-status")
+    progress = gr.HTML(progress_html(None, None, state="none"), elem_id="wb-train-progress")
+    with gr.Row():
+        plot = gr.Plot(label=T("Loss", "损失"), elem_id="wb-train-plot", scale=3)
+        log_box = gr.Textbox(label=T("log.txt (last lines)", "log.txt（最后几行）"), lines=16, max_lines=16,
+                             interactive=False, autoscroll=True, elem_id="wb-train-log", scale=2)
+
+    gr.Markdown(T("### Runs", "### 全部运行"))
+    runs_table = gr.Dataframe(value=runs_frame, headers=RUN_COLUMNS, interactive=False, wrap=True, max_height=360,
+                              elem_id="wb-train-runs")
+    with gr.Row(equal_height=True):
+        compare = gr.Dropdown(choices=run_names(), value=[], multiselect=True, scale=4,
+                              label=T("Compare runs (loss curves and config differences)", "对比运行（损失曲线与配置差异）"),
+                              elem_id="wb-train-compare")
+        delete_btn = gr.Button(T("Delete run…", "删除运行…"), variant="stop", scale=1, elem_id="wb-train-delete")
+    with gr.Row(visible=False, elem_id="wb-train-delete-row") as confirm_row:
+        confirm_md = gr.Markdown(elem_id="wb-train-delete-question")
+        confirm_btn = gr.Button(T("Yes, delete it", "确认删除"), variant="stop", elem_id="wb-train-delete-confirm")
+        cancel_btn = gr.Button(T("Cancel", "取消"), elem_id="wb-train-delete-cancel")
+    with gr.Row():
+        overlay = gr.Plot(label=T("Loss of the selected runs", "所选运行的损失"), elem_id="wb-train-overlay", scale=3)
+        diff = gr.Dataframe(label=T("Options that differ", "不同的选项"), interactive=False, wrap=True,
+                            elem_id="wb-train-diff", scale=2)
+    timer = gr.Timer(2.0)
+
+    # -- handlers --
+    def plan_from(name: str, raw: list[Any]) -> runs.TrainPlan:
+        form, top = raw[:len(names)], raw[len(names):]
+        return runs.plan_training(collect_values(names, form, *top), name)
+
+    def on_preview(name, *raw):
+        try:
+            plan = plan_from(name, list(raw))
+        except Exception as exc:
+            return _message(exc, "Cannot preview:"), gr.skip(), gr.skip(), gr.skip()
+        notes = "".join(f"\n\n⚠️ {w}" for w in plan.warnings)
+        return ("This is what **Start** runs." + notes, plan.command, plan.yaml, gr.update(open=True))
+
+    def on_start(name, *raw):
+        try:
+            plan = plan_from(name, list(raw))
+            runs.check_train_memory(plan, ctx.manager.current())
+            job = runs.start_training(plan)
+        except Exception as exc:
+            return _message(exc, "Cannot start:"), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        st = job.status()
+        if st.get("state") == "queued":
+            text = (f"⏳ **{job.name}** is queued (position {st.get('queue_position')}): it starts when the "
+                    "training run ahead of it ends.")
+        else:
+            text = f"🚀 Started **{job.name}**."
+        text += "".join(f"\n\n⚠️ {w}" for w in plan.warnings)
+        choices = run_names()
+        return (text, new_watch(job.name), plan.command, plan.yaml,
+                gr.update(value=runs.default_run_name(plan.train_config.finetuning.stage,
+                                                      plan.train_config.finetuning.finetuning_type)),
+                gr.update(choices=choices, value=job.name))
+
+    def on_abort(state):
+        name = (state or {}).get("name")
+        job = None
+        if name:
+            try:
+                job = jobs.get_job(name)
+            except WorkbenchError:
+                job = None
+        if job is None or not job.is_active():
+            job = jobs.active_job("train")
+        if job is None:
+            return "Nothing to abort: no training run is running or queued."
+        was = job.state
+        try:
+            st = job.abort()
+        except Exception as exc:
+            return _message(exc, "Cannot abort:")
+        if was == "queued":
+            return f"⏹️ **{job.name}** was removed from the queue."
+        return f"⏹️ **{job.name}**: {st.get('state')}."
+
+    def on_tick(state, version):
+        state = dict(state or new_watch(None))
+        name = state.get("name")
+        path = runs.run_path_for(name) if name else None
+        if path is not None and not state.get("pinned") and state.get("state") in jobs.FINAL_STATES:
+            active = jobs.active_job("train")  # the run shown has ended and another started: follow it
+            if active is not None and active.name != name:
+                path = None
+        if path is None or not path.is_dir():
+            job = jobs.active_job("train")
+            if job is None:
+                latest = runs.list_runs()
+                job_path = Path(latest[0].path) if latest else None
+            else:
+                job_path = job.path
+            if job_path is None:
+                if name:  # the run shown was deleted
+                    return (new_watch(None), T("No training run yet.", "还没有训练运行。"),
+                            progress_html(None, None, state="none"), None, "", gr.skip(), gr.skip())
+                return (gr.skip(),) * 7
+            state, path = new_watch(job_path.name), job_path
+        st = _run_status(path)
+        chunk = jobs.Job(path).read_progress(state["offset"])
+        if chunk.reset:
+            state["entries"] = []
+        state["entries"] = state["entries"] + chunk.entries
+        state["offset"] = chunk.offset
+        entries = state["entries"]
+        fig = gr.skip()
+        if chunk.entries or chunk.reset or not state.get("plotted"):
+            fig = loss_figure(entries, title=path.name)
+            state["plotted"] = True
+        train = [e for e in entries if e.get("kind", "train") == "train"]
+        last = train[-1] if train else {}
+        elapsed = None
+        if st.get("started"):
+            elapsed = (st.get("ended") or time.time()) - st["started"]
+        bar = progress_html(last.get("step"), last.get("total_steps"), state=str(st.get("state")), elapsed=elapsed,
+                            eta=last.get("eta"), tokens_per_second=last.get("tokens_per_second"))
+        tail = jobs.Job(path).tail_log(LOG_LINES)
+        changed = st.get("state") != state.get("state")
+        state["state"] = st.get("state")
+        state["ticks"] = state.get("ticks", 0) + 1
+        # The table moves with the run, but not every tick: a redraw resets its scroll position.
+        table = runs_frame() if changed or (st.get("state") == "running" and state["ticks"] % 5 == 0) else gr.skip()
+        bump = version + 1 if changed and st.get("state") in jobs.FINAL_STATES else gr.skip()
+        if changed and st.get("state") == "finished":
+            for refresh in ctx.refreshers:
+                try:
+                    refresh()
+                except Exception:
+                    traceback.print_exc()
+        return state, status_markdown(path, st, tail), bar, fig, tail, table, bump
+
+    def on_pick(name):
+        return {**new_watch(name), "pinned": True} if name else gr.skip()
+
+    def on_refresh():
+        names_now = run_names()
+        return runs_frame(), gr.update(choices=names_now), gr.update(choices=names_now)
+
+    def on_compare(selected):
+        selected = [s for s in (selected or []) if s]
+        if not selected:
+            return None, None
+        paths = []
+        for name in selected:
+            path = runs.run_path_for(name)
+            if path is not None and path.is_dir():
+                paths.append(path)
+        if not paths:
+            return None, None
+        fig = overlay_figure({p.name: runs.read_curve(p) for p in paths})
+        if len(paths) < 2:
+            return fig, pd.DataFrame([["(select two or more runs to compare their configs)"]], columns=["option"])
+        header, rows = runs.config_diff(paths)
+        if not rows:
+            rows = [["(no differences)", *[""] * len(paths)]]
+        return fig, pd.DataFrame([[str(c) for c in r] for r in rows], columns=header)
+
+    def on_delete(state):
+        name = (state or {}).get("name")
+        if not name:
+            return gr.update(visible=False), "", "Pick a run under **Show run** first."
+        path = runs.run_path_for(name)
+        if path is None or not path.is_dir():
+            return gr.update(visible=False), "", f"Run {name!r} no longer exists."
+        st = _run_status(path)
+        if st.get("state") in ("queued", "running"):
+            return gr.update(visible=False), "", f"❌ **{name}** is {st['state']}: abort it before deleting it."
+        return (gr.update(visible=True),
+                f"Delete run **{name}** and every file in `{path}` (adapter, checkpoints, logs)? This cannot be undone.",
+                "")
+
+    def on_confirm(state, version):
+        name = (state or {}).get("name")
+        try:
+            path = runs.run_path_for(name)
+            if path is None:
+                raise WorkbenchError(f"run {name!r} does not exist")
+            runs.delete_run(path)
+        except Exception as exc:
+            return gr.update(visible=False), _message(exc, "Cannot delete:"), gr.skip(), gr.skip(), gr.skip(), \
+                gr.skip(), gr.skip()
+        names_now = run_names()
+        return (gr.update(visible=False), f"🗑️ Deleted **{name}**.", new_watch(None), runs_frame(),
+                gr.update(choices=names_now, value=None), gr.update(choices=names_now, value=[]), version + 1)
+
+    def on_load_preset(name):
+        try:
+            if not name:
+                raise WorkbenchError("pick a preset first")
+            values, path = presets.load_preset(name)
+        except Exception as exc:
+            return [_message(exc, "Cannot load the preset:")] + [gr.skip()] * (len(names) + 4)
+        updates = []
+        for field_name in names:
+            cls, _ = fields[field_name]
+            value = values.get(field_name, _default(cls, field_name))
+            updates.append(gr.update(value=component_value(components[field_name], field_name, value)))
+        top = [
+            gr.update(value=values["model_name_or_path"]) if values.get("model_name_or_path") else gr.skip(),
+            gr.update(value=values.get("template") or "auto"),
+            gr.update(value=values.get("infer_dtype") or "auto"),
+            gr.update(value=str(values["quantization_bit"]) if values.get("quantization_bit") else NONE_CHOICE),
+        ]
+        from workbench.config.train import IGNORED_KEYS
+
+        ignored = [k for k in values if k in IGNORED_KEYS]
+        note = f"✅ Loaded preset **{name}** (`{path}`)." + (
+            f" Ignored: {', '.join(ignored)}." if ignored else "")
+        return [note, *updates, *top]
+
+    def on_save_preset(name, *raw):
+        try:
+            values = collect_values(names, list(raw[:len(names)]), *raw[len(names):])
+            for key, value in list(values.items()):  # field-level checks; a preset needs no dataset
+                cls = next(c for c in runs.train_option_classes() if key in option_fields(c))
+                values[key] = coerce(cls, key, value)
+            path = presets.save_preset(name, runs.compact_config(values))
+        except Exception as exc:
+            return _message(exc, "Cannot save the preset:"), gr.skip()
+        saved = next((k for k, v in presets.list_presets().items() if v == path), path.stem)
+        return f"✅ Saved preset **{saved}** to `{path}`.", gr.update(choices=list(presets.list_presets()),
+                                                                     value=saved)
+
+    def on_dataset_dir(folder, current, _version=None):
+        names_now = dataset_names(_dataset_dir(folder))
+        keep = [c for c in (current or []) if c in names_now or Path(str(c)).expanduser().exists()]
+        return gr.update(choices=names_now, value=keep)
+
+    # Raw values (preprocess=False): range and type checks are ours, so errors name the option.
+    preview_btn.click(on_preview, inputs=[run_name, *form_inputs, *top_inputs],
+                      outputs=[message, command_box, yaml_box, preview_box], preprocess=False)
+    start_btn.click(on_start, inputs=[run_name, *form_inputs, *top_inputs],
+                    outputs=[message, watch, command_box, yaml_box, run_name, run_pick], preprocess=False,
+                    concurrency_limit=1).then(
+        on_tick, inputs=[watch, runs_version], outputs=[watch, status_md, progress, plot, log_box, runs_table,
+                                                        runs_version], show_progress="hidden")
+    abort_btn.click(on_abort, inputs=[watch], outputs=[message])
+    tick_outputs = [watch, status_md, progress, plot, log_box, runs_table, runs_version]
+    timer.tick(on_tick, inputs=[watch, runs_version], outputs=tick_outputs, show_progress="hidden")
+    run_pick.input(on_pick, inputs=[run_pick], outputs=[watch]).then(
+        on_tick, inputs=[watch, runs_version], outputs=tick_outputs, show_progress="hidden")
+    refresh_btn.click(on_refresh, outputs=[runs_table, run_pick, compare])
+    compare.change(on_compare, inputs=[compare], outputs=[overlay, diff])
+    delete_btn.click(on_delete, inputs=[watch], outputs=[confirm_row, confirm_md, message])
+    confirm_btn.click(on_confirm, inputs=[watch, runs_version],
+                      outputs=[confirm_row, message, watch, runs_table, run_pick, compare, runs_version])
+    cancel_btn.click(lambda: (gr.update(visible=False), ""), outputs=[confirm_row, confirm_md])
+    load_preset.click(on_load_preset, inputs=[preset], outputs=[message, *form_inputs, *top_inputs])
+    save_preset.click(on_save_preset, inputs=[preset_name, *form_inputs, *top_inputs], outputs=[message, preset],
+                      preprocess=False)
+    def on_page_load():
+        names_now = run_names()
+        return (gr.update(choices=list(presets.list_presets())), gr.update(choices=names_now),
+                gr.update(choices=names_now))
+
+    # Every page load sees presets and runs created since the app started (by the CLI too).
+    gr.on(triggers=None, fn=on_page_load, inputs=None, outputs=[preset, run_pick, compare])
+    if "dataset_dir" in components:
+        components["dataset_dir"].change(on_dataset_dir, inputs=[components["dataset_dir"], components["dataset"]],
+                                         outputs=[components["dataset"]])
+        datasets_version.change(on_dataset_dir, inputs=[components["dataset_dir"], components["dataset"]],
+                                outputs=[components["dataset"]])
