@@ -243,9 +243,10 @@ def test_cat_merge_is_exact_with_different_ranks_and_targets(cli, tiny_model_dir
     import torch
     from peft import PeftModel
 
-    a = make_adapter(tiny_model_dir, tmp_path / "a", r=4, seed=1, run={"template": "auto"})
+    # The first adapter uses rsLoRA: PEFT copies the combined adapter's config from the first input.
+    a = make_adapter(tiny_model_dir, tmp_path / "a", r=4, seed=1, use_rslora=True, run={"template": "auto"})
     b = make_adapter(tiny_model_dir, tmp_path / "b", r=8, seed=2, targets=("k_proj", "v_proj", "o_proj"),
-                     use_rslora=True, run={"template": "auto"})
+                     run={"template": "auto"})
     out = tmp_path / "merged-ab"
     result = cli("merge-adapters", "--model", str(tiny_model_dir), "--adapter", f"a={a}", "--adapter", f"b={b}",
                  "--method", "cat", "--weights", "0.7,1.3", "--out", str(out))
@@ -328,6 +329,8 @@ def test_bad_merge_inputs_are_refused_before_anything_is_written(cli, tiny_model
     other_base = make_tiny_model(tiny_model_dir, tmp_path / "other-base", seed=1)
     foreign = make_adapter(other_base, tmp_path / "foreign", run={})
     r8 = make_adapter(tiny_model_dir, tmp_path / "r8", r=8, seed=9)
+    dora = make_adapter(tiny_model_dir, tmp_path / "dora", use_dora=True)
+    biased = make_adapter(tiny_model_dir, tmp_path / "biased", lora_bias=True)
     out = tmp_path / "out"
     model = ["--model", str(tiny_model_dir)]
     cases = [
@@ -348,6 +351,8 @@ def test_bad_merge_inputs_are_refused_before_anything_is_written(cli, tiny_model
         (["--adapter", str(tiny_adapter), "--adapter", str(tmp_path / "missing")], "does not exist"),
         (["--adapter", str(tiny_adapter), "--adapter", f"b={tiny_adapter}", "--method", "magic"],
          "method: 'magic' is not one of"),
+        (["--adapter", str(dora), "--adapter", str(tiny_adapter)], "uses DoRA, which PEFT's weighted adapter"),
+        (["--adapter", str(biased), "--adapter", str(tiny_adapter)], "uses a LoRA bias (lora_bias)"),
     ]
     for args, message in cases:
         result = cli("merge-adapters", *model, *args, "--out", str(out))
@@ -443,3 +448,44 @@ def test_exported_models_are_listed_for_the_pickers(cli, tiny_model_dir, tiny_ad
     assert result.returncode == 0, result.stderr
     listed = list_exported_models()
     assert len(listed) == 1 and Path(listed[0]).parent == exports_dir() and Path(listed[0]).name.endswith("-demo")
+
+
+def test_abort_mid_export_leaves_nothing(bundled_model_dir, tmp_path):
+    """A job's abort sends SIGTERM: the export stops and removes its staging directory."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    adapter = make_adapter(bundled_model_dir, tmp_path / "adapter", r=4, run={"base_model": "smollm2-135m-instruct"})
+    out, progress = tmp_path / "merged", tmp_path / "progress.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workbench", "export", "--adapter", str(adapter), "--out", str(out),
+         "--progress-file", str(progress)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if progress.exists() and len(progress.read_text().splitlines()) >= 2:  # loading the base model
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()
+    assert any(p.name.startswith(".merged.partial-") for p in tmp_path.iterdir())
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_command_argv_round_trips_through_the_cli_parser(tiny_model_dir, tiny_adapter):
+    from workbench.cli import build_parser
+    from workbench.config.export import MergeAdaptersArgs
+    from workbench.export import MERGE, _split, command_argv
+
+    opts = MergeAdaptersArgs(method="dare_ties", weights="1,0.5", density=0.3, out="/tmp/x", overwrite=True)
+    adapters = {"a": str(tiny_adapter), "b": str(tiny_adapter)}
+    argv = command_argv(MERGE, str(tiny_model_dir), adapters, opts, progress_file="/tmp/p.jsonl")
+    assert argv[1:4] == ["-m", "workbench", MERGE]
+    args = build_parser(MERGE).parse_args(argv[3:])
+    model_args, parsed_adapters, parsed = _split(args, MergeAdaptersArgs)
+    assert parsed == opts and parsed_adapters == adapters and model_args.model_name_or_path == str(tiny_model_dir)
+    assert args.progress_file == "/tmp/p.jsonl"

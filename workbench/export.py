@@ -116,10 +116,6 @@ class AdapterInfo:
         bits = self.run.get("quantization_bit")
         return int(bits) if bits else None
 
-    @property
-    def uses_dora(self) -> bool:
-        return bool(self.config.get("use_dora"))
-
 
 def read_adapters(adapters: dict[str, str]) -> list[AdapterInfo]:
     from workbench.models.adapters import read_adapter_config
@@ -480,12 +476,16 @@ def merge_into_model(model_args: ModelArgs, adapters: dict[str, str], opts: Expo
 # ---- merge-adapters: several adapters combined into one -----------------------------------------
 
 def _check_combinable(infos: list[AdapterInfo], method: str) -> None:
+    # PEFT's add_weighted_adapter silently builds a wrong adapter from these variants (peft issue #3761):
+    # refuse them rather than write one. (rsLoRA is corrected below, see _fix_rslora_scaling.)
+    unsupported = {"use_dora": "DoRA", "lora_bias": "a LoRA bias (lora_bias)", "kasa_config": "KaSA"}
     for info in infos:
-        if info.uses_dora:
-            raise WorkbenchError(
-                f"adapter {info.name} ({info.path}) uses DoRA; PEFT's weighted merging does not combine DoRA "
-                "magnitudes, so merge it into the model with export instead"
-            )
+        for key, what in unsupported.items():
+            if info.config.get(key):
+                raise WorkbenchError(
+                    f"adapter {info.name} ({info.path}) uses {what}, which PEFT's weighted adapter merging does not "
+                    "combine correctly; merge it into the model with export instead"
+                )
     ranks = {i.name: i.rank for i in infos}
     if method in SAME_RANK_METHODS and len(set(ranks.values())) > 1:
         listed = ", ".join(f"{n}: r={r}" for n, r in ranks.items())
@@ -505,7 +505,8 @@ def _check_combinable(infos: list[AdapterInfo], method: str) -> None:
 
 def _fix_rslora_scaling(peft_model, name: str) -> None:
     """PEFT gives the combined adapter lora_alpha = r, i.e. scaling 1, but keeps use_rslora from the first
-    input, which would scale it by sqrt(r) instead; the inputs' scalings are already folded in."""
+    input, which would scale it by sqrt(r) instead; the inputs' scalings are already folded in.
+    (peft 0.21 has this bug, see peft PR #3449 / issue #3761; on a fixed peft this changes nothing.)"""
     from peft.tuners.lora import LoraLayer
 
     config = peft_model.peft_config[name]
@@ -663,7 +664,7 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", dest="model_name_or_path", default=argparse.SUPPRESS,
                         help="base model: alias, local directory or hub id (default: smollm2-135m-instruct)")
     parser.add_argument("--adapter", action="append", default=[], metavar="[NAME=]DIR",
-                        help="adapter directory (repeatable)")
+                        help="adapter directory (repeatable; export adds every one to the model)")
     parser.add_argument("--progress-file", dest="progress_file", default=None, metavar="FILE",
                         help="also append one JSON line per step to FILE (the Export tab's job reads it)")
 
