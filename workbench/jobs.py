@@ -623,3 +623,12 @@ def active_job(kind: str | None = None, root: Path | str | None = None) -> Job |
         elif state == "queued":
             queued = job  # list is newest first: the last seen is the oldest
     return running or queued
+
+
+def device_holder(root: Path | str | None = None) -> Job | None:
+    """The running exclusive job (training, evaluation, ...) that queued jobs wait for, if any."""
+    for job in list_jobs(root):
+        st = job.raw_status()
+        if st.get("exclusive") and st.get("state") == "running" and job.state == "running":
+            return job
+    return None

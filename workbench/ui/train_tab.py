@@ -172,8 +172,9 @@ def status_markdown(path: Path, st: dict[str, Any], log_tail: str) -> str:
     icon = {"queued": "⏳", "running": "🏃", "finished": "✅", "failed": "❌", "aborted": "⏹️"}.get(state, "•")
     lines = [f"{icon} **{name}** — **{state}**"]
     if state == "queued":
-        active = jobs.active_job("train")
-        ahead = f"; waiting for **{active.name}**" if active is not None and active.name != name else ""
+        holder = jobs.device_holder()
+        ahead = (f"; waiting for **{holder.name}**" + (f" ({holder.kind})" if holder.kind != "train" else "")
+                 if holder is not None and holder.name != name else "")
         lines[0] += f" (position {st.get('queue_position') or '?'} in the queue{ahead})"
     elif state == "running" and st.get("pid"):
         lines[0] += f" · pid {st['pid']}"
@@ -290,8 +291,8 @@ def build(ctx: AppContext) -> None:
         cancel_btn = gr.Button(T("Cancel", "取消"), elem_id="wb-train-delete-cancel")
     with gr.Row():
         overlay = gr.Plot(label=T("Loss of the selected runs", "所选运行的损失"), elem_id="wb-train-overlay", scale=3)
-        diff = gr.Dataframe(label=T("Options that differ", "不同的选项"), interactive=False, wrap=True,
-                            elem_id="wb-train-diff", scale=2)
+        diff = gr.Dataframe(value=pd.DataFrame(columns=["option"]), label=T("Options that differ", "不同的选项"),
+                            interactive=False, wrap=True, elem_id="wb-train-diff", scale=2)
     timer = gr.Timer(2.0)
 
     # -- handlers --

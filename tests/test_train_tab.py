@@ -1,0 +1,173 @@
+"""The Train tab's logic without a browser: the generated form, form values ↔ options, run planning,
+presets, the memory check with a chat model loaded, and the plot helpers."""
+
+from __future__ import annotations
+
+import sys
+
+import gradio as gr
+import pytest
+import yaml
+
+from workbench import presets, resources, runs
+from workbench.config.base import OptionError, WorkbenchError, option_fields
+from workbench.ui import train_tab
+from workbench.ui.plots import loss_figure, overlay_figure, progress_html
+
+
+def test_every_training_option_has_exactly_one_place():
+    fields = train_tab.form_fields()
+    sections = {group: train_tab.section_names(fields, group) for group, *_ in train_tab.GROUPS}
+    placed = [name for names in sections.values() for name in names]
+    assert len(placed) == len(set(placed))
+    expected = set()
+    for cls in runs.train_option_classes():
+        expected |= {n for n, f in option_fields(cls).items() if f.metadata.get("ui", True)}
+    expected -= set(train_tab.TOP_BAR) | set(train_tab.SKIP)
+    assert set(placed) == expected
+    assert sections["basic"][:3] == ["stage", "finetuning_type", "dataset"]
+    assert {"lora_rank", "lora_alpha", "lora_dropout", "lora_target", "use_dora", "use_rslora"} <= set(sections["lora"])
+    assert {"num_processes", "deepspeed"} <= set(sections["distributed"])
+    assert {"quantization_type", "double_quantization"} == set(sections["quantization"])
+    assert {"val_size", "eval_strategy"} <= set(sections["eval"])
+    assert {"save_steps", "resume_from_checkpoint", "report_to"} <= set(sections["output"])
+
+
+def _components(names):
+    fields = train_tab.form_fields()
+    out = {}
+    with gr.Blocks():
+        from workbench.ui.forms import option_components
+
+        for name in names:
+            cls, _ = fields[name]
+            if name == "dataset":
+                out[name] = gr.Dropdown(choices=["identity"], multiselect=True, allow_custom_value=True)
+            else:
+                out.update(option_components(cls, only=[name]))
+    return out
+
+
+def test_preset_values_survive_the_form_and_plan(tmp_path):
+    """A preset shown in the form and read back plans the same config (plus the run's output_dir)."""
+    values, _ = presets.load_preset("cpu_quickstart")
+    names = list(train_tab.form_fields())
+    comps = _components(names)
+    raw = [train_tab.component_value(comps[n], n, values.get(n, train_tab._default(train_tab.form_fields()[n][0], n)))
+           for n in names]
+    collected = train_tab.collect_values(names, raw, values["model_name_or_path"], values.get("template", "auto"),
+                                         "auto", "none")
+    plan = runs.plan_training(collected, "from-preset", root=tmp_path)
+    expected = runs.compact_config({**values, "output_dir": str(tmp_path / "from-preset")})
+    assert plan.config == expected
+    assert plan.argv == [sys.executable, "-m", "workbench", "train", str(tmp_path / "from-preset" / "config.yaml")]
+    assert collected["report_to"] == "none"  # text "none" is a value, not the dropdown's unset entry
+
+
+def test_collect_values_names_the_option_for_emptied_and_bad_boxes():
+    names = ["learning_rate", "lora_alpha", "dataset", "quantization_type"]
+    with pytest.raises(OptionError, match="learning_rate: a value is required"):
+        train_tab.collect_values(names, [None, None, ["identity"], "nf4"], "m", "auto", "auto", "none")
+    values = train_tab.collect_values(names, [1e-4, None, ["identity", "demo_qa"], "nf4"], "m", "auto", "auto", "4")
+    assert values["lora_alpha"] is None and values["dataset"] == "identity,demo_qa" and values["quantization_bit"] == "4"
+    with pytest.raises(OptionError, match="model_name_or_path"):
+        train_tab.collect_values(names, [1e-4, None, [], "nf4"], "  ", "auto", "auto", "none")
+
+
+def _values(**over):
+    values = {"model_name_or_path": "smollm2-135m-instruct", "dataset": "identity", "max_steps": 4}
+    values.update(over)
+    return values
+
+
+def test_plan_launch_resume_and_name_rules(tmp_path):
+    plan = runs.plan_training(_values(num_processes=2), "dp", root=tmp_path)
+    assert plan.argv[-3:] == ["--launch", "--num_processes", "2"]
+    assert "num_processes" not in plan.config  # launch options travel on the command line
+    with pytest.raises(OptionError, match="resume_from_checkpoint: run 'new' does not exist yet"):
+        runs.plan_training(_values(resume_from_checkpoint="true"), "new", root=tmp_path)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "log.txt").write_text("x")
+    with pytest.raises(WorkbenchError, match="run 'old' already exists"):
+        runs.plan_training(_values(), "old", root=tmp_path)
+    with pytest.raises(OptionError, match="resume_from_checkpoint: true, but .* holds no checkpoint"):
+        runs.plan_training(_values(resume_from_checkpoint="true"), "old", root=tmp_path)
+    (tmp_path / "old" / "checkpoint-2").mkdir()
+    (tmp_path / "old" / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    assert runs.plan_training(_values(resume_from_checkpoint="true"), "old", root=tmp_path).reuse
+    with pytest.raises(WorkbenchError, match="not allowed"):
+        runs.plan_training(_values(), "../up", root=tmp_path)
+    with pytest.raises(WorkbenchError, match="dataset 'nope' is not in"):
+        runs.plan_training(_values(dataset="nope"), "x", root=tmp_path)
+    with pytest.raises(OptionError, match="dataset: name at least one dataset"):
+        runs.plan_training(_values(dataset=None), "x", root=tmp_path)
+
+
+def test_presets_save_load_and_bad_files(wb_home):
+    path = presets.save_preset("mine", {"learning_rate": 1e-4, "dataset": "identity", "output_dir": "/x"})
+    assert path == wb_home / "presets" / "mine.yaml"
+    values, where = presets.load_preset("mine")
+    assert values == {"learning_rate": 1e-4, "dataset": "identity"} and where == path  # output_dir is per run
+    presets.save_preset("cpu_quickstart", {"learning_rate": 2e-4})
+    listed = presets.list_presets()
+    assert "cpu_quickstart" in listed and "cpu_quickstart (mine)" in listed
+    assert presets.load_preset("cpu_quickstart (mine)")[0] == {"learning_rate": 2e-4}
+    (wb_home / "presets" / "typo.yaml").write_text("learning_rat: 0.1\n")
+    with pytest.raises(OptionError, match=r"learning_rat: .*typo.yaml: unknown option"):
+        presets.load_preset("typo")
+    (wb_home / "presets" / "broken.yaml").write_text("a: [1,\n")
+    with pytest.raises(WorkbenchError, match="broken.yaml: not valid YAML"):
+        presets.load_preset("broken")
+    for bad in ("../up", "a/b", ""):
+        with pytest.raises(WorkbenchError, match="preset name"):
+            presets.save_preset(bad, {})
+    with pytest.raises(WorkbenchError, match="no preset named 'ghost'"):
+        presets.load_preset("ghost")
+
+
+def test_start_is_refused_when_the_chat_model_leaves_too_little_memory(tiny_model_dir, tmp_path, monkeypatch):
+    from workbench.config.model import ModelArgs
+    from workbench.infer.session import ModelManager
+
+    manager = ModelManager()
+    loaded = manager.load(ModelArgs(model_name_or_path=str(tiny_model_dir)))
+    plan = runs.plan_training(_values(model_name_or_path=str(tiny_model_dir)), "mem", root=tmp_path)
+    runs.check_train_memory(plan, loaded)  # plenty of memory here: no complaint
+    monkeypatch.setenv("WORKBENCH_MAX_MEMORY", "64MiB")  # a small machine
+    with pytest.raises(WorkbenchError) as err:
+        runs.check_train_memory(plan, loaded)
+    text = str(err.value)
+    assert "this training run needs about" in text and "only 64 MiB is available RAM, capped by WORKBENCH_MAX_MEMORY" in text
+    assert f"The chat model {loaded.label} holds about" in text and "Unload" in text
+    with pytest.raises(WorkbenchError, match="Lower the batch size"):
+        runs.check_train_memory(plan, None)
+    monkeypatch.setenv("WORKBENCH_MAX_MEMORY", "lots")
+    with pytest.raises(WorkbenchError, match="WORKBENCH_MAX_MEMORY='lots'"):
+        runs.check_train_memory(plan, None)
+
+
+def test_memory_estimate_orders_methods_sensibly(bundled_model_dir):
+    shape = resources.model_shape(bundled_model_dir)
+    assert 130e6 < shape.params < 140e6 and shape.layers == 30 and shape.hidden == 576
+    common = dict(weight_bytes=4, batch_size=4, cutoff_len=256, gradient_checkpointing=False)
+    lora = resources.estimate_train_memory(shape, finetuning_type="lora", quantization_bit=None, **common)
+    full = resources.estimate_train_memory(shape, finetuning_type="full", quantization_bit=None, **common)
+    qlora = resources.estimate_train_memory(shape, finetuning_type="lora", quantization_bit=4, **common)
+    assert qlora < lora < full
+    assert full - lora > 12 * shape.params * 0.9  # optimizer state for every weight
+    assert resources.parse_size("1.5GiB") == int(1.5 * (1 << 30)) and resources.parse_size("2048") == 2048
+
+
+def test_plot_helpers():
+    entries = [{"kind": "train", "step": i, "total_steps": 4, "loss": 2.0 / i, "reward_accuracy": 0.5 + i / 10}
+               for i in range(1, 5)]
+    entries.append({"kind": "eval", "step": 4, "total_steps": 4, "eval_loss": 0.9, "loss": None})
+    fig = loss_figure(entries, "run")
+    names = [t.name for t in fig.data]
+    assert names == ["loss", "loss (smoothed)", "eval loss", "reward accuracy"]
+    assert list(fig.data[0].y) == [2.0, 1.0, 2.0 / 3, 0.5] and fig.data[3].yaxis == "y2"
+    over = overlay_figure({"a": entries, "b": entries[:2]})
+    assert [t.name for t in over.data] == ["a (raw)", "a", "a eval", "b (raw)", "b"]
+    html = progress_html(2, 4, state="running", elapsed=65, eta=30, tokens_per_second=1234.5)
+    assert "step 2/4 · 50% · elapsed 1m05s · ETA 0m30s · 1,234 tokens/s" in html and 'data-percent="50"' in html
+    assert 'data-percent="100"' in progress_html(3, 4, state="finished")
