@@ -94,6 +94,7 @@ warmup_ratio: 0.1
 bf16: true
 ddp_timeout: 180000000
 resume_from_checkpoint: null
+flash_attn: auto
 """
 
 
@@ -102,10 +103,11 @@ def test_llamafactory_yaml_runs_with_only_the_model_path_changed(tiny_model_dir,
     config.write_text(LLAMAFACTORY_YAML.format(model=tiny_model_dir, out=tmp_path / "saves"))
     cfg = parse_train_config(load_yaml(config))
     assert cfg.train.warmup_ratio == 0.1 and cfg.train.gradient_accumulation_steps == 2
-    assert {w.split("'")[1] for w in cfg.warnings} == {"dataloader_num_workers", "save_only_model", "ddp_timeout"}
+    assert cfg.train.ddp_timeout == 180000000 and cfg.train.dataloader_num_workers == 4
+    assert [w.split("'")[1] for w in cfg.warnings] == ["flash_attn"]
     result = cli("train", str(config), "--max_steps", "2")
     assert result.returncode == 0, result.stderr
-    assert "ignoring option 'ddp_timeout'" in result.stderr
+    assert "ignoring option 'flash_attn'" in result.stderr
     assert len(losses(tmp_path / "saves")) == 2
 
 
@@ -211,6 +213,7 @@ MATRIX = {
     "sft-lora-packing-eval": {"packing": True, "val_size": 0.2, "eval_steps": 2},
     "sft-lora-padded-grouped": {"padding_free": False, "group_by_length": True, "gradient_accumulation_steps": 2,
                                 "gradient_checkpointing": True},
+    "sft-lora-streaming": {"streaming": True, "val_size": 4},
     "pt-lora": {"stage": "pt", "dataset": "c4_demo", "shared": True, "max_samples": 40},
     "pt-full": {"stage": "pt", "dataset": "c4_demo", "shared": True, "max_samples": 40, "finetuning_type": "full"},
     "rm-lora": {"stage": "rm", "dataset": "dpo_en_demo", "shared": True, "cutoff_len": 1024, "max_samples": 24,
@@ -283,6 +286,30 @@ def test_stage_method(name, tiny_model_dir, shared_data, tmp_path):
             assert changed and all(".layers.1." in k for k in changed)  # only the last layer trained
         else:
             assert any(".layers.0." in k for k in changed) and any(".layers.1." in k for k in changed)
+
+
+def test_training_continues_from_an_adapter(tiny_model_dir, tmp_path):
+    first = tmp_path / "first"
+    train(tiny_values(tiny_model_dir, first, max_steps=6, learning_rate=2e-2))
+    second = tmp_path / "second"
+    train(tiny_values(tiny_model_dir, second, adapter_name_or_path=str(first), max_steps=1, learning_rate=1e-9))
+    fresh = tmp_path / "fresh"
+    train(tiny_values(tiny_model_dir, fresh, max_steps=1))
+    # Step 1 of the continued run starts from the trained adapter, so it is where the first run ended up.
+    assert losses(second)[1] < losses(fresh)[1] - 0.05
+    with pytest.raises(OptionError, match="pt and sft"):
+        train(tiny_values(tiny_model_dir, tmp_path / "dpo", stage="dpo", adapter_name_or_path=str(first),
+                          dataset="dpo_en_demo", dataset_dir=str(REPO_ROOT.parent / "shared/data/llamafactory")))
+
+
+@pytest.mark.parametrize("backend", ["wandb", "mlflow"])
+def test_report_to_a_backend_that_is_not_installed(backend):
+    import importlib.util
+
+    if importlib.util.find_spec(backend) is not None:
+        pytest.skip(f"{backend} is installed here")
+    with pytest.raises(OptionError, match=f"{backend} is not installed"):
+        parse_train_config({"dataset": "identity", "report_to": f"tensorboard,{backend}"})
 
 
 # ---- equivalences -------------------------------------------------------------------------------------
@@ -463,7 +490,8 @@ def test_cpu_quickstart_teaches_the_bundled_model_its_identity(bundled_model_dir
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path / "identity"
-    result = cli("train", str(REPO_ROOT / "presets" / "cpu_quickstart.yaml"), "--output_dir", str(out), timeout=900)
+    # About a minute on 2 idle cores; the timeout only guards against a hang on a busy machine.
+    result = cli("train", str(REPO_ROOT / "presets" / "cpu_quickstart.yaml"), "--output_dir", str(out), timeout=3600)
     assert result.returncode == 0, result.stderr[-3000:]
     curve = losses(out)
     steps = sorted(curve)

@@ -55,11 +55,8 @@ IGNORED_KEYS: dict[str, str] = {
     "disable_gradient_checkpointing": "use gradient_checkpointing (off by default)",
     "use_fast_tokenizer": "the fast tokenizer is always used",
     "low_cpu_mem_usage": "weights are always loaded lazily",
-    "ddp_timeout": "the default process-group timeout is used",
     "include_num_input_tokens_seen": "tokens are always counted (tokens_per_second in progress.jsonl)",
     "include_tokens_per_second": "tokens are always counted (tokens_per_second in progress.jsonl)",
-    "save_only_model": "checkpoints always include the optimizer state so runs can resume",
-    "dataloader_num_workers": "data is tokenised up front; batches are collated in the main process",
     "dataloader_pin_memory": "not needed for the collated batches",
     "hf_hub_token": "nothing is downloaded during training",
     "ms_hub_token": "nothing is downloaded during training",
@@ -232,6 +229,14 @@ class TrainArgs(Options):
         None, "DeepSpeed JSON config (a path, or z2, z3, z2_offload, z3_offload for presets/deepspeed/)",
         group="distributed", label_zh="DeepSpeed 配置",
     )
+    ddp_timeout: int = option(1800, "Seconds a process waits for the others (raise for slow multi-node starts)",
+                              min=1, group="distributed", ui=False)
+    save_only_model: bool = option(
+        False, "Checkpoints without optimizer/scheduler state (smaller, but such a run cannot resume)",
+        group="output", ui=False,
+    )
+    dataloader_num_workers: int = option(0, "Worker processes collating batches (0: the main process)", min=0,
+                                         group="advanced", ui=False)
     ddp_find_unused_parameters: bool | None = option(
         None, "DDP: look for parameters without gradients (empty: automatic)", group="distributed", ui=False,
     )

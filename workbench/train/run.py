@@ -107,8 +107,9 @@ def training_arguments(cfg: TrainConfig, output_dir: Path, device: str, has_eval
         torch_compile=tr.torch_compile,
         ddp_find_unused_parameters=tr.ddp_find_unused_parameters,
         deepspeed=str(resolve_deepspeed_config(tr.deepspeed)) if tr.deepspeed else None,
-        save_only_model=False,
-        dataloader_num_workers=0,
+        save_only_model=tr.save_only_model,
+        dataloader_num_workers=tr.dataloader_num_workers,
+        ddp_timeout=tr.ddp_timeout,
     )
     if cfg.data.streaming:
         kwargs["accelerator_config"] = {"dispatch_batches": False}
