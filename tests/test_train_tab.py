@@ -171,3 +171,38 @@ def test_plot_helpers():
     html = progress_html(2, 4, state="running", elapsed=65, eta=30, tokens_per_second=1234.5)
     assert "step 2/4 · 50% · elapsed 1m05s · ETA 0m30s · 1,234 tokens/s" in html and 'data-percent="50"' in html
     assert 'data-percent="100"' in progress_html(3, 4, state="finished")
+
+
+def test_abort_keeps_the_last_checkpoint_and_resume_continues(tiny_model_dir, tmp_path):
+    """Abort a real training job after a checkpoint, then Start again with resume_from_checkpoint=true."""
+    import time
+
+    from workbench import jobs
+
+    root = tmp_path / "runs"
+    values = _values(model_name_or_path=str(tiny_model_dir), max_steps=100000, save_steps=3, logging_steps=1,
+                     per_device_train_batch_size=2, cutoff_len=64)
+    job = runs.start_training(runs.plan_training(values, "resumable", root=root))
+    deadline = time.time() + 300
+    while not (job.path / "checkpoint-3" / "trainer_state.json").is_file():
+        assert time.time() < deadline and job.state == "running", job.tail_log()
+        time.sleep(0.5)
+    assert job.abort(grace=5)["state"] == "aborted"
+    saved = [p for p in runs.jobs.Job(job.path).path.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    last = max(int(p.name.split("-")[1]) for p in saved)
+    # An abort in the middle of a save leaves a checkpoint without trainer_state.json: resume must skip it.
+    (job.path / "checkpoint-999999").mkdir()
+    (job.path / "checkpoint-999999" / "adapter_model.safetensors").write_bytes(b"partial")
+
+    with pytest.raises(WorkbenchError, match="already exists"):
+        runs.plan_training(values, "resumable", root=root)
+    plan = runs.plan_training({**values, "max_steps": last + 2, "resume_from_checkpoint": "true"}, "resumable",
+                              root=root)
+    resumed = runs.start_training(plan)
+    st = resumed.wait(300)
+    assert st["state"] == "finished", resumed.tail_log(40)
+    log = resumed.tail_log(200)
+    assert f"Resuming from {job.path / f'checkpoint-{last}'}" in log
+    steps = [e["step"] for e in resumed.read_progress(0).entries if e.get("kind") == "train"]
+    assert steps[-2:] == [last + 1, last + 2] and steps == sorted(steps)  # lines after the checkpoint were rewritten
+    assert (job.path / "adapter_config.json").is_file() and jobs.get_job("resumable", root=root).state == "finished"

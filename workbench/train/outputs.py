@@ -58,9 +58,11 @@ def resolve_resume(value: str | None, output_dir: Path) -> Path | None:
     if value is None:
         return None
     if value == "true":
-        found = checkpoints(output_dir)
+        # trainer_state.json is written last: a checkpoint without it was cut short (aborted mid-save).
+        found = [p for p in checkpoints(output_dir) if (p / "trainer_state.json").is_file()]
         if not found:
-            raise OptionError("resume_from_checkpoint", f"true, but {output_dir} holds no checkpoint-* directory")
+            raise OptionError("resume_from_checkpoint", f"true, but {output_dir} holds no checkpoint-* directory "
+                                                        "with a trainer_state.json (a complete checkpoint)")
         return found[-1]
     path = Path(value).expanduser()
     if not path.is_absolute() and not path.exists() and (output_dir / value).exists():

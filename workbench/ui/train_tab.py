@@ -369,7 +369,7 @@ def build(ctx: AppContext) -> None:
                     return (new_watch(None), T("No training run yet.", "还没有训练运行。"),
                             progress_html(None, None, state="none"), None, "", gr.skip(), gr.skip())
                 return (gr.skip(),) * 7
-            state, path = new_watch(job_path.name), job_path
+            state, path = {**new_watch(job_path.name), "adapters": state.get("adapters")}, job_path
         st = _run_status(path)
         chunk = jobs.Job(path).read_progress(state["offset"])
         if chunk.reset:
@@ -389,12 +389,16 @@ def build(ctx: AppContext) -> None:
         bar = progress_html(last.get("step"), last.get("total_steps"), state=str(st.get("state")), elapsed=elapsed,
                             eta=last.get("eta"), tokens_per_second=last.get("tokens_per_second"))
         tail = jobs.Job(path).tail_log(LOG_LINES)
+        adapters = [name for name, _, _ in runs.list_adapters()]
+        new_adapter = state.get("adapters") is not None and adapters != state.get("adapters")
+        state["adapters"] = adapters
         changed = st.get("state") != state.get("state")
         state["state"] = st.get("state")
         state["ticks"] = state.get("ticks", 0) + 1
         # The table moves with the run, but not every tick: a redraw resets its scroll position.
         table = runs_frame() if changed or (st.get("state") == "running" and state["ticks"] % 5 == 0) else gr.skip()
-        bump = version + 1 if changed and st.get("state") in jobs.FINAL_STATES else gr.skip()
+        # Any run that finished (not only the one shown) refreshes the adapter pickers of the other tabs.
+        bump = version + 1 if new_adapter or (changed and st.get("state") in jobs.FINAL_STATES) else gr.skip()
         if changed and st.get("state") == "finished":
             for refresh in ctx.refreshers:
                 try:
@@ -507,12 +511,13 @@ def build(ctx: AppContext) -> None:
                     outputs=[message, watch, command_box, yaml_box, run_name, run_pick], preprocess=False,
                     concurrency_limit=1).then(
         on_tick, inputs=[watch, runs_version], outputs=[watch, status_md, progress, plot, log_box, runs_table,
-                                                        runs_version], show_progress="hidden")
+                                                        runs_version], show_progress="hidden", queue=False)
     abort_btn.click(on_abort, inputs=[watch], outputs=[message])
     tick_outputs = [watch, status_md, progress, plot, log_box, runs_table, runs_version]
-    timer.tick(on_tick, inputs=[watch, runs_version], outputs=tick_outputs, show_progress="hidden")
+    timer.tick(on_tick, inputs=[watch, runs_version], outputs=tick_outputs, show_progress="hidden",
+               queue=False)  # a refresh must not wait behind a Start in the queue (nor show its timer)
     run_pick.input(on_pick, inputs=[run_pick], outputs=[watch]).then(
-        on_tick, inputs=[watch, runs_version], outputs=tick_outputs, show_progress="hidden")
+        on_tick, inputs=[watch, runs_version], outputs=tick_outputs, show_progress="hidden", queue=False)
     refresh_btn.click(on_refresh, outputs=[runs_table, run_pick, compare])
     compare.change(on_compare, inputs=[compare], outputs=[overlay, diff])
     delete_btn.click(on_delete, inputs=[watch], outputs=[confirm_row, confirm_md, message])
