@@ -175,20 +175,32 @@ def test_plot_helpers():
 
 def test_abort_keeps_the_last_checkpoint_and_resume_continues(tiny_model_dir, tmp_path):
     """Abort a real training job after a checkpoint, then Start again with resume_from_checkpoint=true."""
-    import time
-
-    from workbench import jobs
-
     root = tmp_path / "runs"
     values = _values(model_name_or_path=str(tiny_model_dir), max_steps=100000, save_steps=3, logging_steps=1,
                      per_device_train_batch_size=2, cutoff_len=64)
     job = runs.start_training(runs.plan_training(values, "resumable", root=root))
+    try:
+        _abort_after_checkpoint(job)
+    finally:
+        if job.is_active():
+            job.abort(grace=2)
+    _resume_and_check(job, values, root)
+
+
+def _abort_after_checkpoint(job) -> None:
+    import time
+
     deadline = time.time() + 300
     while not (job.path / "checkpoint-3" / "trainer_state.json").is_file():
         assert time.time() < deadline and job.state == "running", job.tail_log()
         time.sleep(0.5)
     assert job.abort(grace=5)["state"] == "aborted"
-    saved = [p for p in runs.jobs.Job(job.path).path.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+
+
+def _resume_and_check(job, values, root) -> None:
+    from workbench import jobs
+
+    saved = [p for p in job.path.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
     last = max(int(p.name.split("-")[1]) for p in saved)
     # An abort in the middle of a save leaves a checkpoint without trainer_state.json: resume must skip it.
     (job.path / "checkpoint-999999").mkdir()
@@ -199,7 +211,11 @@ def test_abort_keeps_the_last_checkpoint_and_resume_continues(tiny_model_dir, tm
     plan = runs.plan_training({**values, "max_steps": last + 2, "resume_from_checkpoint": "true"}, "resumable",
                               root=root)
     resumed = runs.start_training(plan)
-    st = resumed.wait(300)
+    try:
+        st = resumed.wait(300)
+    finally:
+        if resumed.is_active():
+            resumed.abort(grace=2)
     assert st["state"] == "finished", resumed.tail_log(40)
     log = resumed.tail_log(200)
     assert f"Resuming from {job.path / f'checkpoint-{last}'}" in log

@@ -32,6 +32,15 @@ def patient_expect():
     expect.set_options(timeout=5_000)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_job_outlives_the_tests(app_server):
+    # Jobs run in sessions of their own and would outlive the app; stop whatever a failed test left.
+    yield
+    for job in jobs.list_jobs(app_server.home / "runs"):
+        if job.is_active():
+            job.abort(grace=2)
+
+
 @pytest.fixture(scope="module")
 def tiny_preset(app_server, tiny_model_dir) -> str:
     """A user preset like cpu_quickstart, on the tiny random model with a few steps (fast on CPU)."""
