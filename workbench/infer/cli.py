@@ -99,12 +99,17 @@ def run_chat(args) -> int:
             (name, history), = histories.items()
             row = engine.stream(history, gen, variant=name, tools=tools)
             shown = ""
-            for delta in row:
-                shown += delta
-                # Stream plain text; a tool call is printed structured at the end.
-                if "<tool_call>" not in shown:
-                    sys.stdout.write(delta)
-                    sys.stdout.flush()
+            try:
+                for delta in row:
+                    shown += delta
+                    # Stream plain text; a tool call is printed structured at the end.
+                    if "<tool_call>" not in shown:
+                        sys.stdout.write(delta)
+                        sys.stdout.flush()
+            except KeyboardInterrupt:
+                row.cancel()  # stop generating, and let the generate thread finish before exiting
+                row.wait()
+                raise
             reply = engine.reply(row)
             if reply.tool_calls:
                 sys.stdout.write(("\n" if reply.content else "") + format_calls(reply.tool_calls))
@@ -113,7 +118,12 @@ def run_chat(args) -> int:
             history.append(reply.message())
             return
         batch = engine.compare(histories, gen, tools=tools)
-        batch.wait()
+        try:
+            batch.wait()
+        except KeyboardInterrupt:
+            batch.cancel()
+            batch.wait()
+            raise
         for name, row in zip(histories, batch.rows):
             reply = engine.reply(row)
             print(f"=== {name} ===")

@@ -121,6 +121,7 @@ class RowHandle:
         self.finished_at: float | None = None
         self._events: queue.Queue = queue.Queue()
         self._done = threading.Event()
+        self._thread: threading.Thread | None = None
 
     # producer side (the streamer)
     def _emit(self, delta: str) -> None:
@@ -169,6 +170,11 @@ class RowHandle:
     def wait(self, timeout: float | None = None) -> "RowHandle":
         if not self._done.wait(timeout):
             raise TimeoutError("generation did not finish in time")
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            # The row is final before generate() returns; joining lets no generate thread outlive its
+            # answer (a daemon thread still inside torch at interpreter exit aborts the process).
+            thread.join(timeout)
         if self.error is not None:
             raise self.error
         return self
@@ -475,6 +481,8 @@ class ChatEngine:
         batch = Batch([RowHandle(spec, i) for i, spec in enumerate(specs)])
         batch.thread = threading.Thread(target=self.run, args=(batch.rows, gen, batch._tick), daemon=True,
                                         name="workbench-generate")
+        for row in batch.rows:
+            row._thread = batch.thread
         batch.thread.start()
         return batch
 
