@@ -55,7 +55,7 @@ class Row:
 
 # ---- progress -----------------------------------------------------------------------------------
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
     seconds = int(max(0, seconds))
     h, rest = divmod(seconds, 3600)
     return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
@@ -86,7 +86,7 @@ class Progress:
                   "time": time.time()}
         pct = 100 * self.done / self.total if self.total else 100.0
         self.printer(f"eval: {self.done}/{self.total} rows ({pct:.0f}%) | {task} | {model_group} | "
-                     f"{rate:.2f} examples/s | elapsed {_clock(elapsed)} | ETA {_clock(eta or 0)}")
+                     f"{rate:.2f} examples/s | elapsed {clock(elapsed)} | ETA {clock(eta or 0)}")
         if self.path is not None:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")

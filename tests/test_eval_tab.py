@@ -1,0 +1,151 @@
+"""Evaluate tab in a real headless Chromium: evaluate the tiny model and two adapters (finished runs in the
+app's runs directory) on the QA demo set and on a task of our own, as a job; then read the matrix (best per
+row highlighted), the chart, the example browser and the CSV."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect
+
+from test_infer_batch import make_random_lora
+
+pytestmark = [pytest.mark.browser, pytest.mark.integration]
+
+MAX_NEW_TOKENS = 12
+PROMPTS = ["Tell me about the sea.", "Write a short poem about bread.", "What is a cat?", "Name three colours.",
+           "Describe a city at night.", "How do bees live?"]
+
+
+@pytest.fixture(scope="module")
+def eval_setup(app_server, tiny_model_dir, tmp_path_factory):
+    """Two adapters as finished training runs, and a task whose references are adapter alpha's own greedy
+    answers: alpha must score 100 ROUGE-1 there and the others less, so the matrix has a clear best.
+    (The random tiny base model itself answers with an end token at once: empty answers.)"""
+    import torch
+
+    from workbench.config.generation import GenerationArgs
+    from workbench.config.model import ModelArgs
+    from workbench.data.templates import resolve_template
+    from workbench.infer.batch import generate_batch_output
+    from workbench.models.loader import load_model
+
+    runs = app_server.home / "runs"
+    for name, seed in (("alpha-run", 1), ("beta-run", 2)):
+        out = make_random_lora(tiny_model_dir, runs / name, seed)
+        (out / "workbench_run.json").write_text(json.dumps({
+            "stage": "sft", "finetuning_type": "lora", "base_model": str(tiny_model_dir), "template": "auto",
+            "dataset": "demo"}))
+    loaded = load_model(ModelArgs(model_name_or_path=str(tiny_model_dir), device="cpu"),
+                        adapters={"alpha-run": str(runs / "alpha-run")})
+    template = resolve_template("auto", str(tiny_model_dir))
+    ids = [template.encode_prompt(loaded.tokenizer, [{"role": "user", "content": p}]) for p in PROMPTS]
+    with torch.inference_mode():
+        answers = generate_batch_output(loaded, ids, ["alpha-run"] * len(ids), GenerationArgs(max_new_tokens=MAX_NEW_TOKENS),
+                                        template.stop_token_ids(loaded.tokenizer)).texts
+    rows = [{"instruction": p, "input": "", "output": a} for p, a in zip(PROMPTS, answers)
+            if re.search(r"[A-Za-z0-9]", a)][:2]  # ROUGE needs a word to match
+    assert len(rows) == 2, answers
+    data = tmp_path_factory.mktemp("eval-data") / "own_answers.json"
+    data.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    return {"model": str(tiny_model_dir), "data": data}
+
+
+def pick(page, root, dropdown_id: str, option_text: str) -> None:
+    root.locator(f"#{dropdown_id} input").click()
+    page.get_by_role("option", name=option_text, exact=True).first.click()
+
+
+def open_tab(page):
+    page.get_by_role("tab", name="Evaluate").click()
+    return page.locator("#wb-eval")
+
+
+def test_evaluate_adapters_as_a_job_and_browse_the_results(page, app_server, eval_setup):
+    tab = open_tab(page)
+    model = eval_setup["model"]
+    model_box = tab.locator("#wb-eval-model input")
+    model_box.fill(model)
+    model_box.press("Enter")
+    tab.locator("#wb-eval-refresh").click()
+    pick(page, tab, "wb-eval-adapters", f"alpha-run ({model})")
+    pick(page, tab, "wb-eval-adapters", f"beta-run ({model})")
+    tab.locator("#wb-eval-tasks").get_by_text("Translation zh→en (BLEU)").click()
+    tab.locator("#wb-eval-tasks").get_by_text("Summarization (ROUGE-1)").click()
+    tab.locator("#opt-max_samples input").fill("2")
+    tab.locator("#opt-max_new_tokens input").fill(str(MAX_NEW_TOKENS))
+    tab.get_by_text("Data and advanced options").click()
+    tab.locator("#wb-eval-datasets textarea").fill(f"own={eval_setup['data']}")
+    tab.locator("#opt-metric textarea").fill("own=rouge1")
+    tab.locator("#opt-metric textarea").press("Tab")
+    command = tab.locator("#wb-eval-command")
+    expect(command).to_contain_text(f"-m workbench eval --model {model} --adapter alpha-run=")
+    expect(command).to_contain_text(f"--task qa --task own={eval_setup['data']} --metric own=rouge1 --max-samples 2")
+
+    tab.locator("#wb-eval-start").click()
+    expect(tab.locator("#wb-eval-status")).to_contain_text("Finished", timeout=300_000)
+    expect(tab.locator("#wb-eval-progress")).to_contain_text(re.compile(r"12/12 rows \(100%\) .* examples/s"))
+
+    # The run directory of the job holds the evaluation's outputs.
+    out = next(p for p in (app_server.home / "runs").iterdir() if (p / "results.json").is_file())
+    results = json.loads((out / "results.json").read_text())
+    assert json.loads((out / "status.json").read_text())["state"] == "finished"
+    assert [m["name"] for m in results["models"]] == ["base", "alpha-run", "beta-run"]
+    own = results["scores"]["own"]
+    assert own["alpha-run"]["rouge1"] == pytest.approx(100.0)
+    assert own["base"]["rouge1"] < 100.0 and own["beta-run"]["rouge1"] < 100.0
+
+    # The matrix: one row per task plus the mean, the best of each row highlighted.
+    matrix = tab.locator("#wb-eval-matrix")
+    expect(tab.locator("#wb-eval-runs input")).to_have_value(out.name)
+    for text in ("alpha-run", "beta-run", "ROUGE-1", "EM", "mean", "100.00"):
+        expect(matrix).to_contain_text(text)
+    best = matrix.locator('[role="gridcell"]', has_text=re.compile(r"^\s*100\.00\s*$")).first
+    assert best.get_attribute("data-col") == "3"  # alpha-run's column
+    row = best.get_attribute("data-row")
+    highlighted = [matrix.locator(f'[role="gridcell"][data-row="{row}"][data-col="{c}"]').get_attribute("style")
+                   for c in (2, 3, 4)]
+    assert ["187, 247, 208" in s and "bold" in s for s in highlighted] == [False, True, False], highlighted
+    expect(tab.locator("#wb-eval-chart .js-plotly-plot")).to_be_visible()
+    expect(tab.locator("#wb-eval-definitions")).to_contain_text("rouge-score F-measure, mean over examples")
+
+    # Example browser: the same prompt, each model's answer, the reference and the scores.
+    expect(tab.locator("#wb-eval-example")).to_contain_text("Example 1")
+    table = tab.locator("#wb-eval-example-table")
+    for text in ("base", "alpha-run", "beta-run", "em", "f1"):
+        expect(table).to_contain_text(text)
+    tab.locator("#wb-eval-next").click()
+    expect(tab.locator("#wb-eval-example")).to_contain_text("Example 2")
+    pick(page, tab, "wb-eval-browse-task", "own")
+    expect(tab.locator("#wb-eval-example")).to_contain_text(json.loads(eval_setup["data"].read_text())[0]["instruction"])
+    expect(table).to_contain_text("rouge1")
+
+    # The CSV download is the matrix file.
+    expect(tab.locator("#wb-eval-csv a").first).to_have_attribute("href", re.compile(r"/matrix\.csv$"))
+    with page.expect_download() as download:
+        tab.locator("#wb-eval-csv a").first.click()
+    rows = list(csv.reader(Path(download.value.path()).read_text().splitlines()))
+    assert rows[0] == ["task", "metric", "base", "alpha-run", "beta-run"]
+    assert rows[2][:2] == ["own", "ROUGE-1"] and rows[2][3] == "100.0"
+
+
+def test_bad_requests_are_refused_in_the_tab(page, app_server, eval_setup):
+    tab = open_tab(page)
+    tab.get_by_text("Data and advanced options").click()
+    tab.locator("#opt-metric textarea").fill("qa=meteor")
+    tab.locator("#opt-metric textarea").press("Tab")
+    expect(tab.locator("#wb-eval-command")).to_contain_text("unknown metric 'meteor' for task 'qa'")
+    tab.locator("#wb-eval-start").click()
+    expect(tab.locator("#wb-eval-status")).to_contain_text("unknown metric 'meteor'")
+    tab.locator("#opt-metric textarea").fill("")
+    for label in ("Translation zh→en (BLEU)", "Summarization (ROUGE-1)", "Question answering (EM)"):
+        tab.locator("#wb-eval-tasks").get_by_text(label).click()
+    tab.locator("#wb-eval-start").click()
+    expect(tab.locator("#wb-eval-status")).to_contain_text("choose at least one task")
+    before = {p.name for p in (app_server.home / "runs").iterdir()}
+    assert not any(name.startswith("eval-") and not (app_server.home / "runs" / name / "results.json").exists()
+                   for name in before)

@@ -1,0 +1,353 @@
+"""Evaluate tab: score the base model and adapters on translation (BLEU), summarization (ROUGE-1) and QA (EM).
+
+The work is ``python -m workbench eval`` run as a Job (:mod:`workbench.evaluate.launch`); this module builds
+the form, starts the job, follows its progress file, and shows what the run wrote: the matrix (best value
+per row highlighted), a grouped bar chart, the metric definitions, an example browser and the CSV.
+"""
+
+from __future__ import annotations
+
+import shlex
+import traceback
+from typing import Any
+
+import gradio as gr
+import plotly.graph_objects as go
+
+from workbench.config.base import WorkbenchError
+from workbench.config.eval import EvalArgs
+from workbench.config.generation import GenerationArgs
+from workbench.evaluate.tasks import BUILTIN
+from workbench.ui.context import AppContext
+from workbench.ui.forms import collect, option_components
+from workbench.ui.i18n import T
+
+ADVANCED_FIELDS = ("include_base", "merged", "metric", "template", "bleu_tokenize", "rouge_cjk", "no_answer_phrase",
+                   "dataset_dir")
+# Optional numbers (None = "all" / "the task's default" / "no limit") are shown as 0: an empty gr.Number
+# reaches the server as 0, which its minimum check would refuse.
+ZERO_MEANS_UNSET = ("max_samples", "max_new_tokens", "max_prompt_len")
+POLL_SECONDS = 1.5
+COLORS = ("#64748b", "#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#db2777")
+BEST_STYLE = "background-color: #bbf7d0; font-weight: bold"
+TASK_LABELS = {
+    "translation": T("Translation zh→en (BLEU)", "翻译 中→英（BLEU）"),
+    "summarization": T("Summarization (ROUGE-1)", "摘要（ROUGE-1）"),
+    "qa": T("Question answering (EM)", "问答（EM）"),
+}
+
+
+def _error(exc: Exception) -> str:
+    if not isinstance(exc, WorkbenchError):
+        traceback.print_exc()
+        return f"❌ {type(exc).__name__}: {exc}"
+    return f"❌ {exc}"
+
+
+def _model_choices() -> list[str]:
+    from workbench.ui.app import model_choices
+
+    return model_choices()
+
+
+def _evaluations() -> list[tuple[str, str]]:
+    from workbench.evaluate.launch import list_evaluations
+
+    return list_evaluations()
+
+
+# ---- request ----------------------------------------------------------------------------------------
+
+def task_list(selected: list[str] | None, datasets: str | None) -> str:
+    """Picked built-in tasks plus ``TASK=DATASET`` lines (a line for a picked task replaces its demo set)."""
+    extra: dict[str, str] = {}
+    for number, line in enumerate((datasets or "").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if "=" not in line:
+            raise WorkbenchError(f"task data line {number}: write TASK=DATASET, got {line!r}")
+        name, dataset = (p.strip() for p in line.split("=", 1))
+        extra[name] = dataset
+    items = [f"{t}={extra.pop(t)}" if t in extra else t for t in (selected or [])]
+    items += [f"{name}={dataset}" for name, dataset in extra.items()]
+    if not items:
+        raise WorkbenchError("choose at least one task")
+    return ",".join(items)
+
+
+def plan_from_form(model: str, dtype: str, quantization: str, adapters: list[str] | None, tasks: list[str] | None,
+                   datasets: str, values: dict[str, Any]):
+    from workbench.evaluate.launch import plan_eval
+    from workbench.ui.app import model_args_from
+    from workbench.ui.export_tab import adapter_map
+
+    model_args = model_args_from(model, dtype, quantization)
+    values = {k: (None if k in ZERO_MEANS_UNSET and not v else v) for k, v in values.items()}
+    eval_args = collect(EvalArgs, {**values, "task": task_list(tasks, datasets)})
+    gen = GenerationArgs(max_new_tokens=eval_args.max_new_tokens or 256)
+    return plan_eval(model_args, adapter_map(adapters), eval_args, gen)
+
+
+# ---- results ----------------------------------------------------------------------------------------
+
+def matrix_styler(results: dict):
+    """The matrix as a pandas Styler: two decimals, the best model per row highlighted."""
+    import pandas as pd
+
+    header, rows = results["matrix"]["header"], results["matrix"]["rows"]
+    frame = pd.DataFrame(rows, columns=header)
+    models = header[2:]
+
+    def best(row):
+        values = [row[m] for m in models]
+        top = max(v for v in values if v is not None) if any(v is not None for v in values) else None
+        distinct = len({v for v in values if v is not None}) > 1
+        return ["" if c not in models or not distinct or row[c] != top else BEST_STYLE for c in row.index]
+
+    return frame.style.apply(best, axis=1).format({m: "{:.2f}" for m in models})
+
+
+def bar_figure(results: dict) -> go.Figure:
+    """Grouped bars: one group per task (its main metric), one bar per model."""
+    header, rows = results["matrix"]["header"], results["matrix"]["rows"]
+    models = header[2:]
+    tasks = [r for r in rows if r[0] != "mean"]
+    x = [f"{r[0]} ({r[1]})" for r in tasks]
+    fig = go.Figure()
+    for i, model in enumerate(models):
+        fig.add_trace(go.Bar(name=model, x=x, y=[r[2 + i] for r in tasks], marker_color=COLORS[i % len(COLORS)],
+                             text=[f"{r[2 + i]:.1f}" for r in tasks], textposition="outside"))
+    fig.update_layout(barmode="group", height=380, template="plotly_white", yaxis_title="score (0–100)",
+                      margin=dict(l=50, r=20, t=30, b=40), legend=dict(orientation="h", y=-0.15))
+    return fig
+
+
+def definitions_text(results: dict) -> str:
+    lines = [f"- **{t['name']}** — {t['metric_label']} on `{t['dataset']}` ({t['examples']} examples): {t['definition']}"
+             for t in results["tasks"]]
+    timing = results.get("timing", {})
+    if timing.get("examples_per_second"):
+        lines.append(f"- generation: {timing['rows']} rows (examples × models) in {timing['generate_seconds']:.1f}s, "
+                     f"{timing['examples_per_second']:.2f} examples/s")
+    return "\n".join(lines)
+
+
+def example_view(out_dir: str, task: str, index: int) -> tuple[str, Any]:
+    import pandas as pd
+
+    from workbench.evaluate.launch import example_rows
+
+    example, rows = example_rows(out_dir, task, index)
+    refs = example["references"] or ["(no answer: the question is unanswerable)"]
+    text = (f"**Example {index + 1}** (`{example['id']}`)\n\n**Prompt**\n\n```\n{example['prompt']}\n```\n\n"
+            + "**Reference" + ("s" if len(refs) > 1 else "") + "**: " + " · ".join(refs))
+    frame = pd.DataFrame(rows)
+    numbers = [c for c in frame.columns if c not in ("model", "prediction")]
+    return text, frame.round({c: 2 for c in numbers})
+
+
+# ---- the tab ----------------------------------------------------------------------------------------
+
+def build(ctx: AppContext) -> None:
+    from workbench.ui.export_tab import adapter_choices, adapters_changed
+
+    version = adapters_changed(ctx)
+    job_state = gr.State(None)  # {"name": job name, "out": output directory}
+
+    gr.Markdown(T(
+        "Score the base model and adapters on the same examples. The base and all adapters answer in the same "
+        "batches, so the model is loaded once. **BLEU**: sacreBLEU corpus BLEU (13a tokenizer for English "
+        "targets, zh for Chinese), 0–100. **ROUGE-1**: rouge-score F-measure averaged over examples, 0–100 "
+        "(Chinese: one token per character). **EM**: SQuAD v2.0 exact match (official normalisation, best over "
+        "the gold answers, 'unanswerable' = no answer), 0–100. Runs as a job; demo sets are used unless you "
+        "give other data.",
+        "在同一批样本上评测基座模型和适配器。基座与所有适配器在同一批次中生成，模型只加载一次。**BLEU**：sacreBLEU "
+        "语料级 BLEU（英文目标用 13a 分词，中文用 zh），0–100。**ROUGE-1**：rouge-score F 值按样本平均，0–100（中文按字切分）。"
+        "**EM**：SQuAD v2.0 精确匹配（官方归一化，取多个标准答案中的最好值，“unanswerable” 视为无答案），0–100。"
+        "作为任务运行；默认使用示例数据集。"))
+    with gr.Column(elem_id="wb-eval"):
+        with gr.Row(equal_height=True):
+            model = gr.Dropdown(choices=_model_choices(), value="smollm2-135m-instruct", allow_custom_value=True,
+                                label=T("Base model", "基座模型"), scale=2, elem_id="wb-eval-model")
+            adapters = gr.Dropdown(choices=adapter_choices(), value=[], multiselect=True, allow_custom_value=True,
+                                   label=T("Adapters (finished runs, or type a directory)",
+                                           "适配器（已完成的训练，或输入目录）"), scale=3, elem_id="wb-eval-adapters")
+            refresh = gr.Button(T("Refresh", "刷新"), scale=0, min_width=90, elem_id="wb-eval-refresh")
+        tasks = gr.CheckboxGroup(choices=[(label, name) for name, label in TASK_LABELS.items()],
+                                 value=list(BUILTIN), label=T("Tasks", "任务"), elem_id="wb-eval-tasks")
+        with gr.Row():
+            main_inputs = {
+                "max_samples": gr.Number(value=20, minimum=0, precision=0, elem_id="opt-max_samples",
+                                         label=T("Max samples per task", "每个任务的最大样本数"),
+                                         info=T("The first N examples of each task; 0: all", "每个任务的前 N 个样本；0 表示全部")),
+                **option_components(EvalArgs, only=("batch_size",)),
+                "max_new_tokens": gr.Number(value=0, minimum=0, precision=0, elem_id="opt-max_new_tokens",
+                                            label=T("Max new tokens", "最大生成长度"),
+                                            info=T("Most tokens per answer; 0: the task's default (translation 128, "
+                                                   "summarization 128, QA 32)", "每个回答的最大 token 数；0 表示任务默认值")),
+            }
+        with gr.Accordion(T("Data and advanced options", "数据与高级选项"), open=False):
+            datasets = gr.Textbox(
+                label=T("Other data for a task (one TASK=DATASET per line)", "任务的其他数据（每行一个 任务=数据集）"),
+                info=T("A dataset_info.json name, a data file, the official SQuAD json, or SRC+TGT text files; "
+                       "a name that is not built in needs its metric below (e.g. mytask=rougeL)",
+                       "dataset_info.json 中的名称、数据文件、SQuAD 官方 json 或 源+目标 文本文件；自定义任务需在下方给出指标"),
+                lines=2, placeholder="qa=../shared/data/eval/squad_v2_dev_2articles.json", elem_id="wb-eval-datasets")
+            with gr.Row():
+                advanced_inputs = option_components(EvalArgs, only=ADVANCED_FIELDS)
+                advanced_inputs["max_prompt_len"] = gr.Number(
+                    value=0, minimum=0, precision=0, elem_id="opt-max_prompt_len",
+                    label=T("Max prompt length", "提示词最大长度"),
+                    info=T("Cut longer prompts' last message to fit this many tokens; 0: no limit",
+                           "超过此 token 数的提示词截断其最后一条消息；0 表示不限制"))
+        command = gr.Code(label=T("Command", "命令"), language="shell", interactive=False, elem_id="wb-eval-command")
+        with gr.Row():
+            start = gr.Button(T("Start", "开始"), variant="primary", elem_id="wb-eval-start")
+            abort = gr.Button(T("Abort", "中止"), variant="stop", elem_id="wb-eval-abort")
+        status = gr.Markdown(elem_id="wb-eval-status")
+        progress = gr.Markdown(elem_id="wb-eval-progress")
+        log = gr.Textbox(label=T("Log", "日志"), lines=6, max_lines=12, interactive=False, autoscroll=True,
+                         elem_id="wb-eval-log")
+
+        gr.Markdown(T("### Results", "### 结果"))
+        with gr.Row(equal_height=True):
+            runs = gr.Dropdown(choices=_evaluations(), value=None, label=T("Evaluation run", "评测记录"), scale=4,
+                               elem_id="wb-eval-runs")
+            runs_refresh = gr.Button(T("Refresh", "刷新"), scale=0, min_width=90, elem_id="wb-eval-runs-refresh")
+            csv_file = gr.File(label=T("Matrix (CSV)", "结果矩阵（CSV）"), interactive=False, scale=2,
+                               elem_id="wb-eval-csv")
+        matrix = gr.Dataframe(label=T("Scores (0–100; best per row highlighted)", "得分（0–100，每行最佳值高亮）"),
+                              interactive=False, elem_id="wb-eval-matrix")
+        chart = gr.Plot(label=T("Scores by task", "各任务得分"), elem_id="wb-eval-chart")
+        definitions = gr.Markdown(elem_id="wb-eval-definitions")
+        gr.Markdown(T("### Examples", "### 样例"))
+        with gr.Row():
+            browse_task = gr.Dropdown(choices=[], label=T("Task", "任务"), scale=1, elem_id="wb-eval-browse-task")
+            browse_index = gr.Number(value=1, precision=0, minimum=1, label=T("Example number", "样例编号"), scale=1,
+                                     elem_id="wb-eval-browse-index")
+            prev_button = gr.Button(T("◀ Previous", "◀ 上一个"), scale=0, min_width=110, elem_id="wb-eval-prev")
+            next_button = gr.Button(T("Next ▶", "下一个 ▶"), scale=0, min_width=110, elem_id="wb-eval-next")
+        example_text = gr.Markdown(elem_id="wb-eval-example")
+        example_table = gr.Dataframe(label=T("Each model's answer and its scores", "各模型的回答与得分"),
+                                     interactive=False, wrap=True, elem_id="wb-eval-example-table")
+    timer = gr.Timer(POLL_SECONDS, active=True)
+
+    value_inputs = {**main_inputs, **advanced_inputs}
+    names = list(value_inputs)
+    form = [model, ctx.dtype, ctx.quantization, adapters, tasks, datasets, *value_inputs.values()]
+
+    def plan(args):
+        model_v, dtype_v, quant_v, adapters_v, tasks_v, datasets_v, *rest = args
+        return plan_from_form(model_v, dtype_v, quant_v, adapters_v, tasks_v, datasets_v, dict(zip(names, rest)))
+
+    def on_preview(*args):
+        try:
+            return plan(args).command()
+        except WorkbenchError as exc:
+            return f"# {exc}"
+
+    def on_start(*args):
+        from workbench.evaluate.launch import start_eval
+
+        try:
+            p = plan(args)
+            job = start_eval(p)
+        except Exception as exc:  # shown in the tab; nothing was started
+            return None, _error(exc), "", ""
+        return ({"name": job.name, "out": str(p.output_dir)}, f"⏳ Started job `{job.name}` → `{p.output_dir}`",
+                "", job.tail_log(20))
+
+    def show_results(out_dir: str | None):
+        empty = (None, None, "", None, gr.update(choices=[], value=None), 1, "", None)
+        if not out_dir:
+            return empty
+        from workbench.evaluate.runner import load_results
+
+        try:
+            results = load_results(out_dir)
+        except WorkbenchError as exc:
+            return (None, None, _error(exc), *empty[3:])
+        first = results["tasks"][0]
+        text, table = example_view(out_dir, first["name"], 0)
+        return (matrix_styler(results), bar_figure(results), definitions_text(results),
+                f"{out_dir}/matrix.csv", gr.update(choices=[t["name"] for t in results["tasks"]], value=first["name"]),
+                1, text, table)
+
+    def on_browse(out_dir: str | None, task: str | None, index: float | None, step: int = 0):
+        """Show example ``index + step`` (1-based, kept within the task's examples)."""
+        if not out_dir or not task:
+            return gr.update(), "", None
+        from workbench.evaluate.runner import load_results
+
+        try:
+            count = next(t["examples"] for t in load_results(out_dir)["tasks"] if t["name"] == task)
+            i = min(max(int(index or 1) + step, 1), count)
+            text, table = example_view(out_dir, task, i - 1)
+        except (WorkbenchError, StopIteration) as exc:
+            return gr.update(), _error(exc) if isinstance(exc, WorkbenchError) else "", None
+        return i, text, table
+
+    def on_tick(state):
+        from workbench import jobs
+        from workbench.evaluate.launch import progress_summary
+
+        keep = (gr.update(),) * 4
+        if not state:
+            active = jobs.active_job(kind="eval")  # re-attach after a page reload
+            if active is None:
+                return (None, *keep)
+            state = {"name": active.name, "out": str(active.path)}
+        try:
+            job = jobs.get_job(state["name"])
+            st = job.status()
+            entries = job.read_progress(0).entries
+            tail = job.tail_log(20)
+        except WorkbenchError as exc:
+            return (None, _error(exc), "", gr.update(), gr.update())
+        line = progress_summary(entries[-1] if entries else None)
+        state_v = st.get("state")
+        if state_v == "queued":
+            where = st.get("queue_position")
+            return (state, f"⏳ Queued{f' (position {where})' if where else ''}: waiting for the running job.",
+                    "", tail, gr.update())
+        if state_v == "running":
+            return (state, f"⏳ Evaluating (job `{state['name']}`)…", line, tail, gr.update())
+        if state_v == "finished":
+            choices = _evaluations()
+            return (None, f"✅ Finished: results in `{state['out']}`.", line, tail,
+                    gr.update(choices=choices, value=state["out"]))
+        return (None, f"❌ {str(state_v).capitalize()}: {st.get('error') or 'see the log'}", line, tail, gr.update())
+
+    def on_abort(state):
+        from workbench.jobs import get_job
+
+        if not state:
+            return "Nothing is running."
+        try:
+            st = get_job(state["name"]).abort()
+        except WorkbenchError as exc:
+            return _error(exc)
+        return f"⏹ {str(st.get('state', 'aborted')).capitalize()}: {state['name']}"
+
+    result_outputs = [matrix, chart, definitions, csv_file, browse_task, browse_index, example_text, example_table]
+    gr.on([c.change for c in form], on_preview, inputs=form, outputs=command)
+    # The command for the form as first shown (the change events only follow edits).
+    command.value = on_preview(*[c.value for c in form])
+    start.click(on_start, inputs=form, outputs=[job_state, status, progress, log]).then(
+        on_preview, inputs=form, outputs=command)
+    timer.tick(on_tick, inputs=job_state, outputs=[job_state, status, progress, log, runs])
+    abort.click(on_abort, inputs=job_state, outputs=status)
+    refresh.click(lambda: gr.update(choices=adapter_choices()), outputs=adapters)
+    version.change(lambda: gr.update(choices=adapter_choices()), outputs=adapters)
+    ctx.model.change(lambda m: gr.update(value=m), inputs=ctx.model, outputs=model)
+    runs_refresh.click(lambda: gr.update(choices=_evaluations()), outputs=runs)
+    runs.change(show_results, inputs=runs, outputs=result_outputs)
+    browse_task.input(lambda out, task: on_browse(out, task, 1), inputs=[runs, browse_task],
+                      outputs=[browse_index, example_text, example_table])
+    browse_outputs = [browse_index, example_text, example_table]
+    browse_index.submit(on_browse, inputs=[runs, browse_task, browse_index], outputs=browse_outputs)
+    prev_button.click(lambda o, t, i: on_browse(o, t, i, -1), inputs=[runs, browse_task, browse_index],
+                      outputs=browse_outputs)
+    next_button.click(lambda o, t, i: on_browse(o, t, i, 1), inputs=[runs, browse_task, browse_index],
+                      outputs=browse_outputs)
