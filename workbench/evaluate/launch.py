@@ -131,7 +131,7 @@ def example_rows(out_dir: str | Path, task: str, index: int) -> tuple[dict[str, 
         if not 0 <= index < len(preds):
             raise WorkbenchError(f"task {task} has {len(preds)} examples; there is no example {index + 1}")
         p = preds[index]
-        example = {"id": p["id"], "prompt": p["prompt"], "references": p.get("references") or [p["reference"]]}
+        example = {"id": p["id"], "prompt": p["prompt"], "references": p["references"] if "references" in p else [p["reference"]]}
         rows.append({"model": model["name"], "prediction": p["prediction"], **p["score"]})
     return example, rows
 
