@@ -25,6 +25,7 @@ from workbench.ui.i18n import I18N, T
 TABS: list[tuple[str, str, str]] = [
     ("Data", "数据", "workbench.ui.data_tab"),
     ("Train", "训练", "workbench.ui.train_tab"),
+    ("Chat", "对话", "workbench.ui.chat_tab"),
     ("Evaluate", "评测", "workbench.ui.eval_tab"),
     ("Export", "导出", "workbench.ui.export_tab"),
 ]

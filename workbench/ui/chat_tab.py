@@ -1,0 +1,382 @@
+"""Chat tab: talk to the loaded model or one of its adapters, or compare base and adapters side by side
+(one column per variant, all generated together in one batch, each with its own history).
+
+The model comes from the top bar; adapters are attached here (finished runs or any adapter directory)
+and stay unmerged. Everything runs through :mod:`workbench.infer` (the engine, the model manager);
+this module only turns conversations into chat bubbles and back.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from typing import Any
+
+import gradio as gr
+
+from workbench.config.base import WorkbenchError
+from workbench.config.generation import GenerationArgs
+from workbench.infer.engine import BASE, parse_tools, strip_tool_calls
+from workbench.models.adapters import adapter_name_for, parse_adapter_specs
+from workbench.ui.context import AppContext
+from workbench.ui.forms import collect, option_components
+from workbench.ui.i18n import T
+
+MAX_COLUMNS = 4  # compare columns on screen (the engine itself takes any number of variants)
+CHAT, COMPARE = "chat", "compare"
+GEN_FIELDS = ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "repetition_penalty", "seed")
+TOOLS_EXAMPLE = json.dumps([{"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather for a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}], indent=2)
+
+
+def _version(ctx: AppContext, key: str) -> gr.State:
+    """A state other tabs bump when runs or adapters appear on disk (created by whichever tab asks first)."""
+    state = ctx.extras.get(key)
+    if state is None:
+        state = gr.State(0)
+        ctx.extras[key] = state
+    return state
+
+
+def adapter_choices() -> list[tuple[str, str]]:
+    """Finished training runs as (label, "NAME=DIR")."""
+    try:
+        from workbench.runs import list_adapters
+    except ImportError:  # the runs module is optional for the chat tab
+        return []
+    return [(f"{name} ({base})" if base else name, f"{name}={path}") for name, path, base in list_adapters()]
+
+
+def wanted_adapters(selected: list[str] | None) -> dict[str, str]:
+    """Picked runs ("NAME=DIR") and typed entries (a directory, or NAME=DIR) → {name: dir}."""
+    specs = []
+    for item in selected or []:
+        item = str(item).strip()
+        if not item:
+            continue
+        specs.append(item if "=" in item else f"{adapter_name_for(item)}={item}")
+    return parse_adapter_specs(specs)
+
+
+def error_text(exc: Exception) -> str:
+    if isinstance(exc, WorkbenchError):
+        return f"❌ {exc}"
+    traceback.print_exc()
+    return f"❌ {type(exc).__name__}: {exc}"
+
+
+# -- conversation ↔ chat bubbles ----------------------------------------------------------------------
+
+def bubbles(messages: list[dict], partial: str | None = None) -> list[dict]:
+    """Our conversation (user / assistant with tool_calls / tool turns) as Chatbot messages."""
+    out: list[dict] = []
+    for m in messages:
+        role = m["role"]
+        if role == "user":
+            out.append({"role": "user", "content": m.get("content") or ""})
+        elif role == "tool":
+            out.append({"role": "user", "content": f"📎 Tool result:\n```\n{m.get('content') or ''}\n```"})
+        else:
+            if m.get("content"):
+                out.append({"role": "assistant", "content": m["content"]})
+            for call in m.get("tool_calls") or []:
+                out.append({"role": "assistant", "metadata": {"title": f"🔧 Tool call: {call['name']}"},
+                            "content": "```json\n" + json.dumps(call.get("arguments", {}), ensure_ascii=False,
+                                                                 indent=2) + "\n```"})
+            if not m.get("content") and not m.get("tool_calls"):
+                out.append({"role": "assistant", "content": ""})
+    if partial is not None:
+        out.append({"role": "assistant", "content": strip_tool_calls(partial) if "<tool_call>" in partial
+                    else partial})
+    return out
+
+
+def drop_answer(messages: list[dict]) -> list[dict]:
+    """The conversation up to (and with) its last user or tool turn: what Regenerate answers again."""
+    messages = list(messages)
+    while messages and messages[-1]["role"] == "assistant":
+        messages.pop()
+    return messages
+
+
+def build(ctx: AppContext) -> None:
+    runs_version = _version(ctx, "runs_version")
+    adapters_version = _version(ctx, "adapters_version")
+    history = gr.State([])        # chat mode: one conversation
+    histories = gr.State({})      # compare mode: {variant: conversation}
+    active: dict[str, Any] = {}   # session → the batch generating now (for Stop)
+
+    gr.Markdown(T(
+        "Load a model in the top bar, attach adapters here, then chat. **Compare** answers with the base model "
+        "and each selected adapter in one batch, one column each. Adapters stay unmerged.",
+        "在顶部栏加载模型，在这里挂载适配器，然后对话。**对比**模式下，基座模型和所选适配器在同一批次中生成回答，每个一列。"
+        "适配器不会被合并。"))
+    with gr.Row():
+        with gr.Column(scale=1, min_width=300):
+            with gr.Accordion(T("Adapters", "适配器"), open=True):
+                adapter_pick = gr.Dropdown(
+                    choices=adapter_choices(), value=[], multiselect=True, allow_custom_value=True,
+                    label=T("Finished runs, or type an adapter directory (or NAME=DIR)",
+                            "已完成的训练，或输入适配器目录（或 名称=目录）"), elem_id="chat-adapters")
+                with gr.Row():
+                    attach_btn = gr.Button(T("Attach", "挂载"), variant="primary", elem_id="chat-attach")
+                    refresh_btn = gr.Button(T("Refresh list", "刷新列表"), elem_id="chat-refresh")
+                adapter_status = gr.Markdown(elem_id="chat-adapter-status")
+            with gr.Accordion(T("Generation", "生成参数"), open=False, elem_id="chat-gen"):
+                system = gr.Textbox(label=T("System prompt (empty: the template's default)", "系统提示词（留空使用模板默认）"),
+                                    lines=2, elem_id="chat-system")
+                gen_inputs = option_components(GenerationArgs, only=GEN_FIELDS)
+            with gr.Accordion(T("Tools (function calling)", "工具（函数调用）"), open=False):
+                tools_box = gr.Code(value="", language="json", label=T("Tool definitions (JSON list)", "工具定义（JSON 列表）"),
+                                    interactive=True, lines=6, elem_id="chat-tools")
+                gr.Markdown(T("For tool-capable templates (qwen, chatml, smollm2); tool calls show as 🔧 bubbles. "
+                              "Example:\n```json\n" + TOOLS_EXAMPLE + "\n```",
+                              "适用于支持工具的模板（qwen、chatml、smollm2）；工具调用显示为 🔧 气泡。示例：\n```json\n"
+                              + TOOLS_EXAMPLE + "\n```"))
+        with gr.Column(scale=3):
+            with gr.Row(equal_height=True):
+                mode = gr.Radio(choices=[(T("Chat", "对话"), CHAT), (T("Compare", "对比"), COMPARE)], value=CHAT,
+                                label=T("Mode", "模式"), scale=1, elem_id="chat-mode")
+                variant = gr.Dropdown(choices=[BASE], value=BASE, label=T("Answer with", "回答者"), scale=2,
+                                      elem_id="chat-variant")
+                compare_pick = gr.CheckboxGroup(choices=[BASE], value=[BASE], visible=False, scale=2,
+                                                label=T("Compare (one column each)", "对比（每个一列）"),
+                                                elem_id="chat-compare-variants")
+            chatbot = gr.Chatbot(height=460, label=T("Chat", "对话"), elem_id="chat-bot", buttons=["copy"])
+            with gr.Row(visible=False, equal_height=False) as compare_row:
+                columns = [gr.Chatbot(height=460, label=BASE, visible=(i == 0), elem_id=f"chat-col-{i}",
+                                      buttons=["copy"]) for i in range(MAX_COLUMNS)]
+            message = gr.Textbox(placeholder=T("Type a message and press Enter", "输入消息后按回车"), show_label=False,
+                                 lines=2, elem_id="chat-input")
+            with gr.Row():
+                send_btn = gr.Button(T("Send", "发送"), variant="primary", elem_id="chat-send")
+                stop_btn = gr.Button(T("Stop", "停止"), variant="stop", elem_id="chat-stop")
+                regen_btn = gr.Button(T("Regenerate", "重新生成"), elem_id="chat-regenerate")
+                clear_btn = gr.Button(T("Clear", "清空"), elem_id="chat-clear")
+            with gr.Row(equal_height=True):
+                observation = gr.Textbox(label=T("Tool result (observation) to send back", "返回给模型的工具结果"),
+                                         lines=1, scale=4, elem_id="chat-observation")
+                observe_btn = gr.Button(T("Send tool result", "发送工具结果"), scale=1, elem_id="chat-observe")
+            status = gr.Markdown(elem_id="chat-status")
+
+    # Event inputs as a set: the handler gets one {component: value} dict (and the request).
+    inputs = {mode, message, variant, compare_pick, history, histories, observation, ctx.template, system, tools_box,
+              *gen_inputs.values()}
+
+    # -- helpers --------------------------------------------------------------------------------
+    def read_settings(data: dict):
+        values = {name: data[comp] for name, comp in gen_inputs.items()}
+        gen = collect(GenerationArgs, {**values, "system": data[system]})
+        tools = parse_tools(data[tools_box], source="Tools JSON")
+        engine = ctx.manager.engine(data[ctx.template] or "auto")
+        return engine, gen, tools
+
+    def variants_update():
+        loaded = ctx.manager.current()
+        names = [BASE, *(loaded.adapters if loaded else {})]
+        return names
+
+    def adapter_summary() -> str:
+        loaded = ctx.manager.current()
+        if loaded is None:
+            return "No model loaded: load one in the top bar first."
+        if not loaded.adapters:
+            return f"Attached adapters: none — {loaded.label} answers as **base**."
+        return "Attached adapters: " + ", ".join(f"**{n}** (`{p}`)" for n, p in loaded.adapters.items())
+
+    def refresh_variants(current_variant, current_compare):
+        names = variants_update()
+        keep = current_variant if current_variant in names else BASE
+        chosen = [v for v in (current_compare or []) if v in names] or [BASE]
+        return (gr.update(choices=names, value=keep), gr.update(choices=names, value=chosen), adapter_summary())
+
+    # -- adapters -------------------------------------------------------------------------------
+    def on_attach(selected, current_variant, current_compare):
+        try:
+            wanted = wanted_adapters(selected)
+            attached, detached = ctx.manager.set_adapters(wanted)
+        except Exception as exc:
+            v, c, summary = refresh_variants(current_variant, current_compare)
+            return v, c, summary + "\n\n" + error_text(exc)
+        v, c, summary = refresh_variants(current_variant, current_compare)
+        names = list(ctx.manager.adapters)
+        c = gr.update(choices=[BASE, *names], value=[BASE, *names][:MAX_COLUMNS])
+        note = []
+        if attached:
+            note.append("✅ attached " + ", ".join(attached))
+        if detached:
+            note.append("detached " + ", ".join(detached))
+        return v, c, summary + ("\n\n" + "; ".join(note) if note else "")
+
+    attach_btn.click(on_attach, [adapter_pick, variant, compare_pick], [variant, compare_pick, adapter_status])
+    for trigger in (refresh_btn.click, runs_version.change, adapters_version.change):
+        trigger(lambda: gr.update(choices=adapter_choices()), None, adapter_pick)
+    ctx.status.change(refresh_variants, [variant, compare_pick], [variant, compare_pick, adapter_status])
+
+    # -- mode -----------------------------------------------------------------------------------
+    def on_mode(m, chosen):
+        compare = m == COMPARE
+        updates = [gr.update(visible=not compare), gr.update(visible=compare), gr.update(visible=not compare),
+                   gr.update(visible=compare)]
+        return (*updates, *column_updates(chosen if compare else [], {}))
+
+    def column_updates(chosen: list[str], convs: dict[str, list[dict]], partial: dict[str, str] | None = None):
+        chosen = list(chosen or [])[:MAX_COLUMNS]
+        out = []
+        for i in range(MAX_COLUMNS):
+            if i < len(chosen):
+                name = chosen[i]
+                out.append(gr.update(visible=True, label=name,
+                                     value=bubbles(convs.get(name, []), (partial or {}).get(name))))
+            else:
+                out.append(gr.update(visible=False, value=[]))
+        return out
+
+    mode.change(on_mode, [mode, compare_pick], [variant, compare_pick, chatbot, compare_row, *columns])
+    compare_pick.change(lambda chosen, convs: column_updates(chosen, convs), [compare_pick, histories], columns)
+
+    # -- generation -----------------------------------------------------------------------------
+    def run_chat(conv: list[dict], who: str, data: dict, request):
+        """Stream one answer to ``conv``; yields (chatbot, history, status)."""
+        try:
+            engine, gen, tools = read_settings(data)
+            row = engine.stream(conv, gen, variant=who, tools=tools)
+        except Exception as exc:
+            yield gr.update(), gr.update(), error_text(exc)
+            return
+        key = request.session_hash if request else "-"
+        active[key] = row
+        try:
+            yield bubbles(conv, ""), gr.update(), f"⏳ {who} is answering…"
+            for _ in row:
+                yield bubbles(conv, row.text), gr.update(), gr.update()
+            reply = engine.reply(row)
+        except Exception as exc:
+            yield bubbles(conv), conv, error_text(exc)
+            return
+        finally:
+            active.pop(key, None)
+        conv = conv + [reply.message()]
+        note = {"stop": "", "length": " (cut at max_new_tokens)", "cancelled": " (stopped)"}.get(
+            reply.finish_reason or "", "")
+        calls = f" — called {', '.join(c['name'] for c in reply.tool_calls)}; paste the result below" \
+            if reply.tool_calls else ""
+        speed = reply.completion_tokens / reply.seconds if reply.seconds else 0
+        yield (bubbles(conv), conv,
+               f"✅ {who}: {reply.completion_tokens} tokens, {speed:.1f} tokens/s{note}{calls}")
+
+    def run_compare(convs: dict[str, list[dict]], chosen: list[str], data: dict, request):
+        """Stream every chosen variant's answer from one batch; yields (*columns, histories, status)."""
+        try:
+            if not chosen:
+                raise WorkbenchError("choose at least one model or adapter to compare")
+            if len(chosen) > MAX_COLUMNS:
+                raise WorkbenchError(f"compare shows at most {MAX_COLUMNS} columns; choose fewer")
+            engine, gen, tools = read_settings(data)
+            batch = engine.compare({v: convs[v] for v in chosen}, gen, tools=tools)
+        except Exception as exc:
+            yield (*[gr.update()] * MAX_COLUMNS, gr.update(), error_text(exc))
+            return
+        key = request.session_hash if request else "-"
+        active[key] = batch
+        try:
+            yield (*column_updates(chosen, convs, {v: "" for v in chosen}), gr.update(),
+                   f"⏳ {', '.join(chosen)} answering in one batch…")
+            for _ in batch.updates():
+                partial = {row.label: row.text for row in batch.rows}
+                yield (*column_updates(chosen, convs, partial), gr.update(), gr.update())
+            replies = [engine.reply(row) for row in batch.rows]
+        except Exception as exc:
+            yield (*column_updates(chosen, convs), gr.update(), error_text(exc))
+            return
+        finally:
+            active.pop(key, None)
+        convs = dict(convs)
+        for name, reply in zip(chosen, replies):
+            convs[name] = convs[name] + [reply.message()]
+        stopped = " (stopped)" if any(r.finish_reason == "cancelled" for r in replies) else ""
+        summary = ", ".join(f"{r.variant}: {r.completion_tokens} tokens" for r in replies)
+        yield (*column_updates(chosen, convs), convs, f"✅ one batch — {summary}{stopped}")
+
+    def on_send(data: dict, request: gr.Request):
+        text = (data[message] or "").strip()
+        if not text:
+            yield (gr.update(), gr.update(), *[gr.update()] * MAX_COLUMNS, gr.update(), gr.update(),
+                   "Type a message first.")
+            return
+        turn = {"role": "user", "content": text}
+        yield from dispatch(data, turn, request, clear_input=True)
+
+    def dispatch(data: dict, turn: dict | None, request, clear_input=False, regenerate=False):
+        """Run chat or compare; yields (message box, chatbot, *columns, history, histories, status)."""
+        m, who, chosen = data[mode], data[variant], data[compare_pick]
+        conv, convs = data[history], data[histories]
+        box = gr.update(value="") if clear_input else gr.update()
+        if m == COMPARE:
+            convs = dict(convs or {})
+            base = {v: (drop_answer(convs.get(v, [])) if regenerate else convs.get(v, [])) for v in chosen or []}
+            if turn is not None:
+                base = {v: c + [turn] for v, c in base.items()}
+            first = True
+            for *cols, new_convs, note in run_compare(base, chosen, data, request):
+                failed = isinstance(note, str) and note.startswith("❌")
+                yield (gr.update() if failed else (box if first else gr.update()), gr.update(), *cols, gr.update(),
+                       new_convs, note)
+                first = False
+            return
+        conv = list(conv or [])
+        if regenerate:
+            conv = drop_answer(conv)
+        if turn is not None:
+            conv = conv + [turn]
+        first = True
+        for bot, new_conv, note in run_chat(conv, who, data, request):
+            failed = isinstance(note, str) and note.startswith("❌")
+            yield (gr.update() if failed else (box if first else gr.update()), bot,
+                   *[gr.update()] * MAX_COLUMNS, new_conv, gr.update(), note)
+            first = False
+
+    def on_regenerate(data: dict, request: gr.Request):
+        m, chosen, conv, convs = data[mode], data[compare_pick], data[history], data[histories]
+        convs_now = {v: c for v, c in (convs or {}).items() if v in (chosen or [])}
+        has = any(drop_answer(c) for c in convs_now.values()) if m == COMPARE else bool(drop_answer(conv or []))
+        if not has:
+            yield (gr.update(), gr.update(), *[gr.update()] * MAX_COLUMNS, gr.update(), gr.update(),
+                   "Nothing to regenerate yet.")
+            return
+        yield from dispatch(data, None, request, regenerate=True)
+
+    def on_observe(data: dict, request: gr.Request):
+        m, chosen, conv, convs = data[mode], data[compare_pick], data[history], data[histories]
+        text = (data[observation] or "").strip()
+        if not text:
+            yield (gr.update(), gr.update(), *[gr.update()] * MAX_COLUMNS, gr.update(), gr.update(),
+                   "Paste the tool's result first.")
+            return
+        convs_now = [(convs or {}).get(v, []) for v in chosen or []] if m == COMPARE else [conv or []]
+        if not any(c and c[-1].get("tool_calls") for c in convs_now):
+            yield (gr.update(), gr.update(), *[gr.update()] * MAX_COLUMNS, gr.update(), gr.update(),
+                   "❌ The last answer called no tool; a tool result answers a tool call.")
+            return
+        turn = {"role": "tool", "content": text}
+        for out in dispatch(data, turn, request):
+            yield (gr.update(value="") if not str(out[-1]).startswith("❌") else gr.update(), *out[1:])
+
+    def on_stop(request: gr.Request):
+        running = active.get(request.session_hash if request else "-")
+        if running is None:
+            return "Nothing is generating."
+        running.cancel()
+        return "Stopping…"
+
+    def on_clear():
+        return ([], [], {}, *[gr.update(value=[]) for _ in range(MAX_COLUMNS)], "", "")
+
+    outputs = [message, chatbot, *columns, history, histories, status]
+    send_btn.click(on_send, inputs, outputs)
+    message.submit(on_send, inputs, outputs)
+    regen_btn.click(on_regenerate, inputs, outputs)
+    observe_btn.click(on_observe, inputs, [observation, *outputs[1:]])
+    stop_btn.click(on_stop, None, status, queue=False)
+    clear_btn.click(on_clear, None, [chatbot, history, histories, *columns, status, observation])
