@@ -359,6 +359,9 @@ def check_combination(cfg: TrainConfig) -> None:
         )
     if model.adapter_name_or_path and ft.finetuning_type != "lora":
         raise OptionError("adapter_name_or_path", "continuing from an adapter needs finetuning_type lora")
+    if model.adapter_name_or_path and ft.stage not in ("pt", "sft"):
+        raise OptionError("adapter_name_or_path", f"continuing from an adapter is supported for pt and sft, "
+                                                  f"not {ft.stage}")
     if model.adapter_name_or_path and len(model.adapter_map()) > 1:
         raise OptionError("adapter_name_or_path", "training continues from one adapter; give a single directory")
     if data.packing and ft.stage not in ("pt", "sft"):

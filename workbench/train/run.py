@@ -232,9 +232,6 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = _log) -> dict
             model = get_peft_model(model, peft_config)
         if tr.gradient_checkpointing:
             model.enable_input_require_grads()
-    elif margs.adapter_name_or_path:
-        raise OptionError("adapter_name_or_path", f"continuing from an adapter is supported for pt and sft, "
-                                                  f"not {ft.stage}")
 
     # ---- 4. trainer ---------------------------------------------------------------------------------
     from transformers import PrinterCallback
