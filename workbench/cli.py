@@ -23,9 +23,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("workbench.export:export", "merge adapter(s) into the base model and save a standalone model (safetensors)"),
     "merge-adapters": ("workbench.export:merge_adapters", "combine several LoRA adapters into one new adapter (linear, cat, svd, ties, dare)"),
     "data": ("workbench.data.cli:data", "check, preview and convert datasets (dataset_info.json, templates, seed tasks)"),
+    "eval": ("workbench.evaluate.cli:eval", "evaluate the base model and adapters on tasks (BLEU, ROUGE-1, EM) in mixed batches; writes the matrix"),
     "jobs": ("workbench.jobs_cli:jobs", "list, follow, abort, delete and start jobs in the runs directory (training queues one at a time)"),
     "score": ("workbench.evaluate.cli:score", "score predictions: SQuAD v2.0 EM/F1, sacreBLEU, ROUGE (official definitions)"),
-    "eval": ("workbench.evaluate.cli:eval", "evaluate the base model and adapters on tasks (BLEU, ROUGE-1, EM) in mixed batches; writes the matrix"),
 }
 
 
