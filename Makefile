@@ -30,6 +30,10 @@ run: $(STAMP)
 test: $(TEST_STAMP)
 	$(PY) -m pytest $(ARGS)
 
+# The README tour's images: the end-to-end browser journey, saving its screenshots into docs/images.
+screenshots: $(TEST_STAMP)
+	WORKBENCH_SCREENSHOTS=$(CURDIR)/docs/images $(PY) -m pytest tests/test_journey.py -q
+
 bench: $(STAMP)
 	$(PY) bench/run_all.py
 

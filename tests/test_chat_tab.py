@@ -2,23 +2,19 @@
 model: streaming, regenerate, clear, stop; the identity quick-start adapter from the runs directory
 compared with the base side by side (one batch, per-variant history); bad inputs as visible messages.
 
-The identity adapter is trained once per module with ``presets/cpu_quickstart.yaml`` cut to 12 steps
-(~20 s on an idle 2-core machine). ``WORKBENCH_TEST_IDENTITY_ADAPTER=DIR`` uses an adapter trained
-that way already (a speed-up for repeated local runs, not a different test).
+The adapter here is a random LoRA on the bundled model, saved as a finished run (training the real
+quick-start adapter and comparing it in this tab is the journey test's job: tests/test_journey.py).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
+import json
 import time
 
 import pytest
 from playwright.sync_api import expect
 
 from chat_helpers import make_adapter
-from conftest import run_cli
-from helpers import REPO_ROOT
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
@@ -33,18 +29,12 @@ def patient_expect():
 
 
 @pytest.fixture(scope="module")
-def identity_run(app_server) -> str:
-    """The quick-start identity adapter as a finished run in the app's runs directory."""
+def identity_run(app_server, bundled_model_dir) -> str:
+    """A LoRA adapter of the bundled model as a finished run in the app's runs directory."""
     target = app_server.home / "runs" / "identity-quickstart"
-    given = os.environ.get("WORKBENCH_TEST_IDENTITY_ADAPTER")
-    if given:
-        shutil.copytree(given, target)
-    else:
-        r = run_cli("train", str(REPO_ROOT / "presets" / "cpu_quickstart.yaml"), "--output_dir", str(target),
-                "--max_steps", "12", "--save_steps", "1000", env={"WORKBENCH_HOME": str(app_server.home)},
-                timeout=1800)
-        assert r.returncode == 0, r.stderr[-3000:]
-    assert (target / "workbench_run.json").is_file() and (target / "adapter_config.json").is_file()
+    make_adapter(bundled_model_dir, target, seed=7, base_name="smollm2-135m-instruct")
+    (target / "workbench_run.json").write_text(json.dumps({
+        "stage": "sft", "finetuning_type": "lora", "base_model": "smollm2-135m-instruct", "dataset": "identity"}))
     return target.name
 
 
@@ -148,7 +138,6 @@ def test_compare_base_and_identity_adapter_side_by_side(page, identity_run):
     base, tuned = bubbles(page, "chat-col-0"), bubbles(page, "chat-col-1")
     assert len(base) == 2 and len(tuned) == 2
     assert base[1].strip() and tuned[1].strip() and base[1] != tuned[1]
-    assert "{{name}}" in tuned[1] or "{{author}}" in tuned[1]  # what the identity set teaches
     # Multi-turn compare: each column keeps its own history.
     send(page, "And what can you do?")
     expect(page.locator("#chat-col-1 .message-row")).to_have_count(4, timeout=ANSWER_TIMEOUT)

@@ -106,6 +106,7 @@ def build(ctx: AppContext) -> None:
     with gr.Row(equal_height=True):
         data_dir = gr.Textbox(value=str(project_data_dir()), label=T("Dataset folder", "数据集目录"), scale=3,
                               elem_id="wb-data-dir")
+        ctx.extras["data_dir"] = data_dir  # the Train tab follows the folder a dataset was saved into
         dataset = gr.Dropdown(choices=dataset_names(project_data_dir()), value=None,
                               label=T("Registered dataset", "已注册的数据集"), scale=3, elem_id="wb-data-dataset")
         refresh = gr.Button(T("Refresh", "刷新"), scale=1, elem_id="wb-data-refresh")

@@ -537,5 +537,14 @@ def build(ctx: AppContext) -> None:
     if "dataset_dir" in components:
         components["dataset_dir"].change(on_dataset_dir, inputs=[components["dataset_dir"], components["dataset"]],
                                          outputs=[components["dataset"]])
-        datasets_version.change(on_dataset_dir, inputs=[components["dataset_dir"], components["dataset"]],
-                                outputs=[components["dataset"]])
+        data_tab_dir = ctx.extras.get("data_dir")
+        if data_tab_dir is None:
+            datasets_version.change(on_dataset_dir, inputs=[components["dataset_dir"], components["dataset"]],
+                                    outputs=[components["dataset"]])
+        else:
+            # A dataset saved in the Data tab is offered here at once, from the folder it was saved into.
+            def on_dataset_saved(folder, current):
+                return gr.update(value=folder), on_dataset_dir(folder, current)
+
+            datasets_version.change(on_dataset_saved, inputs=[data_tab_dir, components["dataset"]],
+                                    outputs=[components["dataset_dir"], components["dataset"]])
