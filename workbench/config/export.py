@@ -41,15 +41,18 @@ class OutputOptions(Options):
         None,
         "Output directory (default: a new directory under the Workbench home: exports/ for models, runs/ for adapters)",
         label_zh="输出目录",
+        help_zh="输出目录（默认：在 Workbench 主目录下新建，模型放在 exports/，适配器放在 runs/）",
     )
     overwrite: bool = option(
         False, "Replace an earlier export in the output directory (a directory holding other files is never replaced)",
         label_zh="覆盖已有输出",
+        help_zh="替换输出目录中之前导出的结果（含有其他文件的目录绝不会被替换）",
     )
     check_base: bool = option(
         True,
         "Refuse adapters whose recorded base model is not this model (turn off if the base model moved to another directory)",
         group="advanced", label_zh="检查基座模型",
+        help_zh="适配器记录的基座模型不是当前模型时拒绝加载（基座模型移到了别的目录时请关闭此项）",
     )
 
 
@@ -62,10 +65,12 @@ class ExportArgs(OutputOptions):
         "Dtype of the saved weights: auto keeps the base model's own dtype; bf16/fp16/fp32 are accepted too",
         choices=EXPORT_DTYPES + tuple(DTYPE_ALIASES),
         label_zh="保存精度",
+        help_zh="保存权重的数据类型：auto 沿用基座模型自身的类型；也可填 bf16/fp16/fp32",
     )
     shard_size: str = option(
         "2GB", "Largest safetensors shard, e.g. 2GB, 500MB or 1GiB (a tensor larger than this gets its own shard)",
         label_zh="分片大小",
+        help_zh="safetensors 单个分片的最大大小，如 2GB、500MB 或 1GiB（超过此大小的张量单独成一个分片）",
     )
 
     def validate(self) -> None:
@@ -93,18 +98,24 @@ class MergeAdaptersArgs(OutputOptions):
         "equal ranks needed; ties/dare prune to density first)",
         choices=MERGE_METHODS,
         label_zh="合并方法",
+        help_zh="合并方式：cat（精确加权求和，秩为各秩之和，秩可不同）；svd（加权求和后压缩到 svd_rank，秩可不同）；"
+                "linear / ties / dare_linear / dare_ties（分别合并 A 和 B 矩阵，结果为近似，要求秩相同；"
+                "ties/dare 先按 density 剪枝）",
     )
     weights: str | None = option(
         None, "Comma-separated weight per adapter, in the order given (default: 1 for each)", label_zh="权重",
+        help_zh="每个适配器的权重，逗号分隔，顺序与给出的适配器一致（默认：均为 1）",
     )
     density: float | None = option(
         None,
         f"Fraction of values kept per adapter by ties, dare_linear and dare_ties, in (0, 1] (default {DEFAULT_DENSITY})",
         min=0.0, max=1.0, label_zh="密度",
+        help_zh=f"ties、dare_linear 和 dare_ties 中每个适配器保留的数值比例，取值范围 (0, 1]（默认 {DEFAULT_DENSITY}）",
     )
     svd_rank: int | None = option(
         None, "Rank of the svd result (default: the largest input rank)", min=1, group="advanced",
         label_zh="SVD 秩",
+        help_zh="svd 合并结果的秩（默认：输入适配器中最大的秩）",
     )
 
     def validate(self) -> None:
