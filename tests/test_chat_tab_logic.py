@@ -1,12 +1,13 @@
 """The Chat tab's pure helpers without a browser: conversation → chat bubbles (tool calls and tool
-results shown structured), what Regenerate answers again, adapter picker entries → {name: dir}."""
+results shown structured), what Regenerate answers again, which compare columns answer a tool result or a
+regenerate, adapter picker entries → {name: dir}."""
 
 from __future__ import annotations
 
 import pytest
 
 from workbench.config.base import WorkbenchError
-from workbench.ui.chat_tab import bubbles, drop_answer, wanted_adapters
+from workbench.ui.chat_tab import bubbles, compare_turns, drop_answer, wanted_adapters
 
 CONV = [
     {"role": "user", "content": "Weather in Paris?"},
@@ -38,3 +39,27 @@ def test_wanted_adapters_from_picker_entries(tmp_path):
         "identity": "/runs/identity", "my-run": str(tmp_path / "my-run")}
     with pytest.raises(WorkbenchError, match="two adapters are named 'x'"):
         wanted_adapters(["x=/a", "x=/b"])
+
+
+def test_compare_tool_result_goes_only_to_columns_that_called_a_tool():
+    plain = [{"role": "user", "content": "Weather in Paris?"}, {"role": "assistant", "content": "Sunny, I think."}]
+    convs = {"base": plain, "tooly": CONV[:2]}
+    tool = {"role": "tool", "content": '{"temp_c": 21}'}
+    out, answering = compare_turns(convs, ["base", "tooly"], tool)
+    assert answering == ["tooly"]
+    assert out == {"base": plain, "tooly": CONV[:3]}  # base's history is left as it was
+    assert convs["tooly"] == CONV[:2]  # the input is not modified
+    # No column called a tool: nobody answers (the tab says so instead of sending).
+    assert compare_turns({"base": plain}, ["base"], tool)[1] == []
+    # A user message goes to every column, an empty one included.
+    user = {"role": "user", "content": "And tomorrow?"}
+    out, answering = compare_turns(convs, ["base", "tooly", "new"], user)
+    assert answering == ["base", "tooly", "new"] and out["new"] == [user] and out["base"] == plain + [user]
+
+
+def test_compare_regenerate_skips_columns_added_mid_conversation():
+    convs = {"base": CONV, "a": CONV}
+    out, answering = compare_turns(convs, ["base", "a", "added"], regenerate=True)
+    assert answering == ["base", "a"]  # "added" has no question yet: drop_answer([]) would be an empty batch row
+    assert out == {"base": CONV[:3], "a": CONV[:3], "added": []}
+    assert compare_turns({}, ["added"], regenerate=True)[1] == []

@@ -100,6 +100,38 @@ def drop_answer(messages: list[dict]) -> list[dict]:
     return messages
 
 
+def called_tool(messages: list[dict]) -> bool:
+    """Whether the conversation's last answer called a tool (what a tool result answers)."""
+    return bool(messages and messages[-1]["role"] == "assistant" and messages[-1].get("tool_calls"))
+
+
+def compare_turns(convs: dict[str, list[dict]], chosen: list[str], turn: dict | None = None,
+                  regenerate: bool = False) -> tuple[dict[str, list[dict]], list[str]]:
+    """What each compare column answers next: (the chosen columns' conversations, the columns that answer).
+
+    A user message goes to every column. A tool result goes only to the columns whose last answer called a
+    tool; the others keep their conversation and do not answer. Regenerate answers again only the columns
+    that have a question to answer (a column added mid-conversation has none yet).
+    """
+    out: dict[str, list[dict]] = {}
+    answering: list[str] = []
+    for v in chosen or []:
+        conv = list(convs.get(v) or [])
+        if regenerate:
+            conv = drop_answer(conv)
+        if turn is not None and turn.get("role") == "tool":
+            if called_tool(conv):
+                conv = conv + [turn]
+                answering.append(v)
+        elif turn is not None:
+            conv = conv + [turn]
+            answering.append(v)
+        elif conv:
+            answering.append(v)
+        out[v] = conv
+    return out, answering
+
+
 def build(ctx: AppContext) -> None:
     runs_version = _version(ctx, "runs_version")
     adapters_version = _version(ctx, "adapters_version")
@@ -266,23 +298,28 @@ def build(ctx: AppContext) -> None:
         yield (bubbles(conv), conv,
                f"✅ {who}: {reply.completion_tokens} tokens, {speed:.1f} tokens/s{note}{calls}")
 
-    def run_compare(convs: dict[str, list[dict]], chosen: list[str], data: dict, request):
-        """Stream every chosen variant's answer from one batch; yields (*columns, histories, status)."""
+    def run_compare(convs: dict[str, list[dict]], chosen: list[str], data: dict, request,
+                    answering: list[str] | None = None):
+        """Stream the answers of ``answering`` (default: every chosen variant) from one batch, showing every
+        chosen column; yields (*columns, histories, status)."""
+        answering = list(chosen or []) if answering is None else answering
         try:
             if not chosen:
                 raise WorkbenchError("choose at least one model or adapter to compare")
             if len(chosen) > MAX_COLUMNS:
                 raise WorkbenchError(f"compare shows at most {MAX_COLUMNS} columns; choose fewer")
+            if not answering:
+                raise WorkbenchError("none of the chosen columns has anything to answer")
             engine, gen, tools = read_settings(data)
-            batch = engine.compare({v: convs[v] for v in chosen}, gen, tools=tools)
+            batch = engine.compare({v: convs[v] for v in answering}, gen, tools=tools)
         except Exception as exc:
             yield (*[gr.update()] * MAX_COLUMNS, gr.update(), error_text(exc))
             return
         key = request.session_hash if request else "-"
         active[key] = batch
         try:
-            yield (*column_updates(chosen, convs, {v: "" for v in chosen}), gr.update(),
-                   f"⏳ {', '.join(chosen)} answering in one batch…")
+            yield (*column_updates(chosen, convs, {v: "" for v in answering}), gr.update(),
+                   f"⏳ {', '.join(answering)} answering in one batch…")
             for _ in batch.updates():
                 partial = {row.label: row.text for row in batch.rows}
                 yield (*column_updates(chosen, convs, partial), gr.update(), gr.update())
@@ -293,7 +330,7 @@ def build(ctx: AppContext) -> None:
         finally:
             active.pop(key, None)
         convs = dict(convs)
-        for name, reply in zip(chosen, replies):
+        for name, reply in zip(answering, replies):
             convs[name] = convs[name] + [reply.message()]
         stopped = " (stopped)" if any(r.finish_reason == "cancelled" for r in replies) else ""
         summary = ", ".join(f"{r.variant}: {r.completion_tokens} tokens" for r in replies)
@@ -314,12 +351,9 @@ def build(ctx: AppContext) -> None:
         conv, convs = data[history], data[histories]
         box = gr.update(value="") if clear_input else gr.update()
         if m == COMPARE:
-            convs = dict(convs or {})
-            base = {v: (drop_answer(convs.get(v, [])) if regenerate else convs.get(v, [])) for v in chosen or []}
-            if turn is not None:
-                base = {v: c + [turn] for v, c in base.items()}
+            base, answering = compare_turns(dict(convs or {}), chosen, turn, regenerate)
             first = True
-            for *cols, new_convs, note in run_compare(base, chosen, data, request):
+            for *cols, new_convs, note in run_compare(base, chosen, data, request, answering):
                 failed = isinstance(note, str) and note.startswith("❌")
                 yield (gr.update() if failed else (box if first else gr.update()), gr.update(), *cols, gr.update(),
                        new_convs, note)
@@ -339,8 +373,8 @@ def build(ctx: AppContext) -> None:
 
     def on_regenerate(data: dict, request: gr.Request):
         m, chosen, conv, convs = data[mode], data[compare_pick], data[history], data[histories]
-        convs_now = {v: c for v, c in (convs or {}).items() if v in (chosen or [])}
-        has = any(drop_answer(c) for c in convs_now.values()) if m == COMPARE else bool(drop_answer(conv or []))
+        has = bool(compare_turns(convs or {}, chosen, regenerate=True)[1]) if m == COMPARE \
+            else bool(drop_answer(conv or []))
         if not has:
             yield (gr.update(), gr.update(), *[gr.update()] * MAX_COLUMNS, gr.update(), gr.update(),
                    "Nothing to regenerate yet.")
@@ -354,12 +388,17 @@ def build(ctx: AppContext) -> None:
             yield (gr.update(), gr.update(), *[gr.update()] * MAX_COLUMNS, gr.update(), gr.update(),
                    "Paste the tool's result first.")
             return
-        convs_now = [(convs or {}).get(v, []) for v in chosen or []] if m == COMPARE else [conv or []]
-        if not any(c and c[-1].get("tool_calls") for c in convs_now):
+        turn = {"role": "tool", "content": text}
+        if m == COMPARE:
+            called = compare_turns(convs or {}, chosen, turn)[1]
+            if not called:
+                yield (gr.update(), gr.update(), *[gr.update()] * MAX_COLUMNS, gr.update(), gr.update(),
+                       "❌ The last answer of every chosen column called no tool; a tool result answers a tool call.")
+                return
+        elif not called_tool(conv or []):
             yield (gr.update(), gr.update(), *[gr.update()] * MAX_COLUMNS, gr.update(), gr.update(),
                    "❌ The last answer called no tool; a tool result answers a tool call.")
             return
-        turn = {"role": "tool", "content": text}
         for out in dispatch(data, turn, request):
             yield (gr.update(value="") if not str(out[-1]).startswith("❌") else gr.update(), *out[1:])
 
