@@ -88,7 +88,7 @@ def test_evaluate_adapters_as_a_job_and_browse_the_results(page, app_server, eva
 
     tab.locator("#wb-eval-start").click()
     expect(tab.locator("#wb-eval-status")).to_contain_text("Finished", timeout=300_000)
-    expect(tab.locator("#wb-eval-progress")).to_contain_text(re.compile(r"12/12 rows \(100%\) .* examples/s"))
+    expect(tab.locator("#wb-eval-progress")).to_contain_text(re.compile(r"12/12 rows \(100%\) .* rows/s"))
 
     # The run directory of the job holds the evaluation's outputs.
     out = next(p for p in (app_server.home / "runs").iterdir() if (p / "results.json").is_file())

@@ -84,7 +84,7 @@ def test_list_evaluations_and_example_rows(tmp_path):
 
 
 def test_tab_helpers(tmp_path):
-    from workbench.ui.eval_tab import bar_figure, matrix_styler, task_list
+    from workbench.ui.eval_tab import bar_figure, definitions_text, matrix_styler, task_list
 
     assert task_list(["translation", "qa"], "qa=../x.json\n\nmine=y.json") == "translation,qa=../x.json,mine=y.json"
     with pytest.raises(WorkbenchError, match="task data line 1: write TASK=DATASET"):
@@ -99,3 +99,39 @@ def test_tab_helpers(tmp_path):
     assert "_row0_col3" in style and "_row1_col3" in style and "_col2" not in style
     fig = bar_figure(results)
     assert [t.name for t in fig.data] == ["base", "a"] and list(fig.data[1].y) == [100.0]
+    results["timing"] = {"rows": 4, "generate_seconds": 2.0, "rows_per_second": 2.0}
+    assert "4 rows (examples × models) in 2.0s, 2.00 rows/s" in definitions_text(results)
+    results["timing"] = {"rows": 4, "generate_seconds": 2.0, "examples_per_second": 2.0}  # older results
+    assert "2.00 rows/s" in definitions_text(results)
+
+
+def test_plan_refuses_an_adapter_of_another_base(tmp_path, tiny_model_dir):
+    from chat_helpers import make_adapter
+    from workbench.evaluate.launch import plan_eval
+
+    other = make_adapter(tiny_model_dir, tmp_path / "other", seed=1, base_name="qwen2.5-0.5b-instruct")
+    model = ModelArgs(model_name_or_path=str(tiny_model_dir))
+    root = tmp_path / "runs"
+    with pytest.raises(WorkbenchError, match=f"adapter other \\({other}\\) was trained on qwen2.5-0.5b-instruct, "
+                                             f"but the model to evaluate is {tiny_model_dir}"):
+        plan_eval(model, {"other": str(other)}, EvalArgs(task="qa"), GenerationArgs(), root=root)
+    assert not root.exists()
+    # Its own base is accepted.
+    plan = plan_eval(ModelArgs(model_name_or_path="qwen2.5-0.5b-instruct"), {"other": str(other)},
+                     EvalArgs(task="qa"), GenerationArgs(), name="ok", root=root)
+    assert plan.name == "ok"
+
+
+def test_progress_is_counted_in_rows():
+    """A row is one example answered by one model: the rate is rows/s, in the log line and in the tab."""
+    from workbench.evaluate.launch import progress_summary
+    from workbench.evaluate.runner import Progress
+
+    lines = []
+    progress = Progress(12, None, lines.append)
+    progress.update(6, 30, 2.0, "qa", "base")
+    assert "6/12 rows (50%)" in lines[0] and "3.00 rows/s" in lines[0] and "examples/s" not in lines[0]
+    entry = {"step": 6, "total_steps": 12, "task": "qa", "rows_per_second": 3.0, "elapsed": 2.0, "eta": 2.0}
+    assert "3.00 rows/s" in progress_summary(entry) and "examples/s" not in progress_summary(entry)
+    old = {"step": 6, "total_steps": 12, "task": "qa", "examples_per_second": 1.5, "elapsed": 2.0, "eta": 4.0}
+    assert "1.50 rows/s" in progress_summary(old)  # a progress file written before the rename

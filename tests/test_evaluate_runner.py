@@ -38,7 +38,7 @@ def test_eval_cli_writes_predictions_results_and_matrix(cli, tiny_model_dir, ada
               "--task", "qa", "--max-samples", "3", "--batch-size", "4", "--max-new-tokens", "4",
               "--infer_dtype", "float32", "--output", str(out))
     assert res.returncode == 0, res.stderr + res.stdout
-    assert "examples/s" in res.stdout and "ETA" in res.stdout
+    assert "rows/s" in res.stdout and "examples/s" not in res.stdout and "ETA" in res.stdout
     results = json.loads((out / "results.json").read_text())
     models = ["base", "alpha", "beta"]
     assert [m["name"] for m in results["models"]] == models
@@ -76,8 +76,9 @@ def test_eval_cli_writes_predictions_results_and_matrix(cli, tiny_model_dir, ada
 
     progress = _read_jsonl(out / "progress.jsonl")
     assert progress[-1]["step"] == progress[-1]["total_steps"] == 27  # 3 tasks × 3 examples × 3 models
-    assert all({"examples_per_second", "elapsed", "eta"} <= set(p) for p in progress)
+    assert all({"rows_per_second", "examples_per_second", "elapsed", "eta"} <= set(p) for p in progress)
     assert results["timing"]["rows"] == 27 and results["timing"]["new_tokens"] > 0
+    assert results["timing"]["rows_per_second"] == results["timing"]["examples_per_second"] > 0  # old name kept
 
     # The same output directory is not overwritten.
     again = cli("eval", "--model", str(tiny_model_dir), "--task", "qa", "--max-samples", "1", "--output", str(out))
@@ -216,3 +217,51 @@ def test_eval_cli_bad_inputs(cli, tiny_model_dir, tmp_path):
     res = cli("eval", "--model", str(tiny_model_dir), "--task", "qa", "--max-samples", "1",
               "--adapter", f"x={tmp_path / 'missing'}", "--output", str(tmp_path / "o2"))
     assert res.returncode == 1 and f"adapter directory {tmp_path / 'missing'} does not exist" in res.stderr
+
+
+def _no_model_loading(*args, **kwargs):
+    raise AssertionError("the model must not be loaded for a refused evaluation")
+
+
+def test_refused_evaluation_leaves_no_run_directory(tiny_model_dir, wb_home, tmp_path, monkeypatch):
+    """A bad metric or dataset fails before the output directory (or any model) exists."""
+    import workbench.models.loader as loader
+    from workbench.evaluate.runner import evaluate
+    from workbench.paths import runs_dir
+
+    monkeypatch.delenv("WORKBENCH_RUNS", raising=False)
+    monkeypatch.setattr(loader, "load_model", _no_model_loading)
+    model = ModelArgs(model_name_or_path=str(tiny_model_dir), device="cpu")
+    with pytest.raises(WorkbenchError, match="unknown metric 'meteor' for task 'qa'"):
+        evaluate(model, EvalArgs(task="qa", metric="qa=meteor"), GenerationArgs(), adapters={}, log=lambda m: None)
+    with pytest.raises(WorkbenchError, match="not-there.json: file not found"):
+        evaluate(model, EvalArgs(task="qa=/no/such/dir/not-there.json"), GenerationArgs(), adapters={},
+                 log=lambda m: None)
+    assert not runs_dir().exists() or not any(runs_dir().iterdir())
+    with pytest.raises(WorkbenchError, match="unknown metric"):
+        evaluate(model, EvalArgs(task="qa", metric="qa=meteor"), GenerationArgs(), adapters={},
+                 output_dir=tmp_path / "out", log=lambda m: None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_adapter_of_another_base_is_refused_before_loading(tiny_model_dir, tmp_path, monkeypatch):
+    """As in chat and export: an adapter whose config or run record names another base model is refused."""
+    import re
+
+    import workbench.models.loader as loader
+    from chat_helpers import make_adapter
+    from workbench.evaluate.runner import evaluate
+
+    monkeypatch.setattr(loader, "load_model", _no_model_loading)
+    other = make_adapter(tiny_model_dir, tmp_path / "other", seed=1, base_name="qwen2.5-0.5b-instruct")
+    recorded = make_adapter(tiny_model_dir, tmp_path / "recorded", seed=2, base_name="Qwen/Qwen2.5-0.5B-Instruct")
+    (recorded / "workbench_run.json").write_text(json.dumps({"base_model": "qwen2.5-0.5b-instruct"}))
+    model = ModelArgs(model_name_or_path=str(tiny_model_dir), device="cpu")
+    for name, path in (("other", other), ("recorded", recorded)):
+        out = tmp_path / f"out-{name}"
+        with pytest.raises(WorkbenchError, match=rf"adapter {name} \({re.escape(str(path))}\) was trained on "
+                                                 rf"(qwen2.5-0.5b-instruct|Qwen/Qwen2.5-0.5B-Instruct), but the model "
+                                                 rf"to evaluate is {re.escape(str(tiny_model_dir))}"):
+            evaluate(model, EvalArgs(task="qa", max_samples=1), GenerationArgs(), adapters={name: str(path)},
+                     output_dir=out, log=lambda m: None)
+        assert not out.exists()

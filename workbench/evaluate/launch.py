@@ -75,6 +75,7 @@ def _split(text: str | None) -> list[str]:
 def plan_eval(model_args: ModelArgs, adapters: dict[str, str], eval_args: EvalArgs, gen: GenerationArgs,
               name: str | None = None, root: Path | str | None = None) -> EvalPlan:
     """Check the request (tasks and metrics, adapter directories) and build the job's command."""
+    from workbench.infer.session import check_adapters_base
     from workbench.models.adapters import read_adapter_config
     from workbench.paths import run_path, runs_dir
 
@@ -83,6 +84,7 @@ def plan_eval(model_args: ModelArgs, adapters: dict[str, str], eval_args: EvalAr
         if adapter_name == "base":
             raise WorkbenchError("an adapter may not be named 'base'")
         read_adapter_config(path)
+    check_adapters_base(model_args.model_name_or_path, adapters)  # trained on another base model: refuse
     if not adapters and not eval_args.include_base and not eval_args.merged:
         raise WorkbenchError("nothing to evaluate: choose adapters, or include the base model")
     name = name or time.strftime("eval-%Y%m%d-%H%M%S")
@@ -137,7 +139,7 @@ def example_rows(out_dir: str | Path, task: str, index: int) -> tuple[dict[str, 
 
 
 def progress_summary(entry: dict[str, Any] | None) -> str:
-    """One line from the last progress.jsonl entry: rows done, examples/s, ETA."""
+    """One line from the last progress.jsonl entry: rows (example × model) done, rows/s, ETA."""
     if not entry:
         return ""
     from workbench.evaluate.runner import clock
@@ -145,6 +147,7 @@ def progress_summary(entry: dict[str, Any] | None) -> str:
     done, total = entry.get("step", 0), entry.get("total_steps", 0)
     pct = 100 * done / total if total else 0
     eta = entry.get("eta")
-    return (f"{done}/{total} rows ({pct:.0f}%) · {entry.get('task', '')} · {entry.get('examples_per_second', 0):.2f} "
-            f"examples/s · elapsed {clock(entry.get('elapsed') or 0)} · ETA {clock(eta) if eta is not None else '?'}")
+    rate = entry.get("rows_per_second", entry.get("examples_per_second")) or 0  # older runs: the old name
+    return (f"{done}/{total} rows ({pct:.0f}%) · {entry.get('task', '')} · {rate:.2f} "
+            f"rows/s · elapsed {clock(entry.get('elapsed') or 0)} · ETA {clock(eta) if eta is not None else '?'}")
 

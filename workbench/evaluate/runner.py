@@ -13,7 +13,8 @@ Writes into the output directory:
 * ``results.json`` — every metric of every model × task, the definitions and sacreBLEU signatures,
   timing, and the options used;
 * ``matrix.csv`` / ``matrix.md`` — rows = one metric per task plus the mean, columns = models;
-* ``progress.jsonl`` — one line per batch (step, total_steps, examples/s, elapsed, eta) for the jobs view.
+* ``progress.jsonl`` — one line per batch (step, total_steps, rows/s, elapsed, eta) for the jobs view; a row is
+  one example answered by one model.
 """
 
 from __future__ import annotations
@@ -80,13 +81,14 @@ class Progress:
         rate = self.done / self.busy if self.busy > 0 else 0.0
         eta = (self.total - self.done) / rate if rate > 0 else None
         record = {"step": self.done, "total_steps": self.total, "task": task, "models": model_group,
-                  "examples_per_second": round(rate, 3),
+                  # rows (example × model) per second; "examples_per_second" is the old name, kept for readers
+                  "rows_per_second": round(rate, 3), "examples_per_second": round(rate, 3),
                   "new_tokens_per_second": round(self.new_tokens / self.busy, 1) if self.busy > 0 else 0.0,
                   "elapsed": round(elapsed, 2), "eta": round(eta, 2) if eta is not None else None,
                   "time": time.time()}
         pct = 100 * self.done / self.total if self.total else 100.0
         self.printer(f"eval: {self.done}/{self.total} rows ({pct:.0f}%) | {task} | {model_group} | "
-                     f"{rate:.2f} examples/s | elapsed {clock(elapsed)} | ETA {clock(eta or 0)}")
+                     f"{rate:.2f} rows/s | elapsed {clock(elapsed)} | ETA {clock(eta or 0)}")
         if self.path is not None:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
@@ -234,6 +236,7 @@ def evaluate(model_args: ModelArgs, eval_args: EvalArgs, gen: GenerationArgs, *,
     """Run every task for the base, the adapters and the merged models; write and return the results."""
     from workbench.data.templates import resolve_template
     from workbench.infer.batch import generate_batch_output
+    from workbench.infer.session import check_adapters_base
     from workbench.models.adapters import parse_adapter_specs
     from workbench.models.loader import load_model
 
@@ -244,14 +247,16 @@ def evaluate(model_args: ModelArgs, eval_args: EvalArgs, gen: GenerationArgs, *,
     merged = parse_adapter_specs(eval_args.merged)
     variants = _variants(adapters, merged, eval_args.include_base, model_args.model_name_or_path)
     out_dir = Path(output_dir or eval_args.output_dir or default_output_dir()).expanduser()
-    if main:
-        if (out_dir / "results.json").exists():
-            raise WorkbenchError(f"{out_dir} already holds evaluation results; choose another output directory")
-        out_dir.mkdir(parents=True, exist_ok=True)
+    if main and (out_dir / "results.json").exists():
+        raise WorkbenchError(f"{out_dir} already holds evaluation results; choose another output directory")
 
-    # Data first: a bad dataset fails before minutes of model loading.
+    # Data and adapters first: a bad dataset or an adapter of another base fails before minutes of model
+    # loading, and before the output directory exists (a refused evaluation leaves no empty run behind).
     tasks = build_tasks(eval_args.task, eval_args.metric, dataset_dir=eval_args.dataset_dir,
                         max_samples=eval_args.max_samples, max_new_tokens=eval_args.max_new_tokens)
+    check_adapters_base(model_args.model_name_or_path, adapters)
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     for task in tasks:
         say(f"task {task.name}: {len(task.examples)} examples from {task.dataset}, metric {task.metric_label}, "
             f"max_new_tokens {task.max_new_tokens}")
@@ -334,7 +339,9 @@ def evaluate(model_args: ModelArgs, eval_args: EvalArgs, gen: GenerationArgs, *,
         return {}
     results = _write_results(out_dir, tasks, variants, predictions, eval_args, gen, model_args,
                              {"generate_seconds": round(gen_seconds, 3), "load_seconds": round(load_seconds, 3),
-                              "rows": total, "examples_per_second": round(total / gen_seconds, 3) if gen_seconds else None,
+                              "rows": total, "rows_per_second": round(total / gen_seconds, 3) if gen_seconds else None,
+                              # the old name of rows_per_second, kept for readers of older results
+                              "examples_per_second": round(total / gen_seconds, 3) if gen_seconds else None,
                               "new_tokens": new_tokens, "prompt_tokens": prompt_tokens,
                               "new_tokens_per_second": round(new_tokens / gen_seconds, 1) if gen_seconds else None,
                               "processes": world, "prompts_shortened": truncated})

@@ -53,17 +53,36 @@ def adapter_trained_on(path: str | Path) -> list[str]:
     return names
 
 
+def other_base(path: str | Path, *models: str | None) -> str | None:
+    """The base model adapter ``path`` records when it is none of ``models`` (names or paths of one model);
+    None when it matches or records nothing. Also checks the directory (config + weights present)."""
+    trained_on = adapter_trained_on(path)
+    if not trained_on:
+        return None
+    mine = set().union(*(_identities(m) for m in models))
+    theirs = set().union(*(_identities(n) for n in trained_on))
+    return None if mine & theirs else trained_on[0]
+
+
+def check_adapters_base(model: str, adapters: dict[str, str]) -> None:
+    """Before loading ``model``: every adapter must have been trained on it (what evaluation checks)."""
+    for name, path in adapters.items():
+        base = other_base(path, model)
+        if base is not None:
+            raise WorkbenchError(
+                f"adapter {name} ({path}) was trained on {base}, but the model to evaluate is {model}; "
+                f"evaluate it with the model {base}"
+            )
+
+
 def check_adapter_base(loaded: LoadedModel, name: str, path: str | Path) -> None:
     """Raise a clear error when adapter ``path`` was trained for another base than the loaded one."""
-    trained_on = adapter_trained_on(path)  # also checks the directory (config + weights present)
-    if trained_on:
-        mine = _identities(loaded.label) | _identities(loaded.model_path)
-        theirs = set().union(*(_identities(n) for n in trained_on))
-        if not (mine & theirs):
-            raise WorkbenchError(
-                f"adapter {name} ({path}) was trained on {trained_on[0]}, but the loaded model is {loaded.label}; "
-                f"load {trained_on[0]} to use it"
-            )
+    base = other_base(path, loaded.label, loaded.model_path)
+    if base is not None:
+        raise WorkbenchError(
+            f"adapter {name} ({path}) was trained on {base}, but the loaded model is {loaded.label}; "
+            f"load {base} to use it"
+        )
     model = loaded.model
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     check_adapter_fits(base, path, loaded.label)

@@ -50,6 +50,12 @@ def _model_choices() -> list[str]:
     return model_choices()
 
 
+def _exported_models() -> list[str]:
+    from workbench.export import list_exported_models
+
+    return list_exported_models()
+
+
 def _evaluations() -> list[tuple[str, str]]:
     from workbench.evaluate.launch import list_evaluations
 
@@ -84,6 +90,8 @@ def plan_from_form(model: str, dtype: str, quantization: str, adapters: list[str
 
     model_args = model_args_from(model, dtype, quantization)
     values = {k: (None if k in ZERO_MEANS_UNSET and not v else v) for k, v in values.items()}
+    if isinstance(values.get("merged"), (list, tuple)):  # the merged-models picker: directories or NAME=DIR
+        values["merged"] = ",".join(str(m).strip() for m in values["merged"] if str(m).strip())
     eval_args = collect(EvalArgs, {**values, "task": task_list(tasks, datasets)})
     gen = GenerationArgs(max_new_tokens=eval_args.max_new_tokens or 256)
     return plan_eval(model_args, adapter_map(adapters), eval_args, gen)
@@ -127,9 +135,10 @@ def definitions_text(results: dict) -> str:
     lines = [f"- **{t['name']}** — {t['metric_label']} on `{t['dataset']}` ({t['examples']} examples): {t['definition']}"
              for t in results["tasks"]]
     timing = results.get("timing", {})
-    if timing.get("examples_per_second"):
+    rate = timing.get("rows_per_second", timing.get("examples_per_second"))  # older results: the old name
+    if rate:
         lines.append(f"- generation: {timing['rows']} rows (examples × models) in {timing['generate_seconds']:.1f}s, "
-                     f"{timing['examples_per_second']:.2f} examples/s")
+                     f"{rate:.2f} rows/s")
     return "\n".join(lines)
 
 
@@ -151,8 +160,10 @@ def example_view(out_dir: str, task: str, index: int) -> tuple[str, Any]:
 
 def build(ctx: AppContext) -> None:
     from workbench.ui.export_tab import adapter_choices, adapters_changed
+    from workbench.ui.train_tab import runs_changed
 
-    version = adapters_changed(ctx)
+    version = adapters_changed(ctx)  # bumped when an export or a combined adapter finishes
+    runs_version = runs_changed(ctx)  # bumped when a training run finishes
     job_state = gr.State(None)  # {"name": job name, "out": output directory}
 
     gr.Markdown(T(
@@ -195,7 +206,15 @@ def build(ctx: AppContext) -> None:
                        "dataset_info.json 中的名称、数据文件、SQuAD 官方 json 或 源+目标 文本文件；自定义任务需在下方给出指标"),
                 lines=2, placeholder="qa=../shared/data/eval/squad_v2_dev_2articles.json", elem_id="wb-eval-datasets")
             with gr.Row():
-                advanced_inputs = option_components(EvalArgs, only=ADVANCED_FIELDS)
+                advanced_inputs = option_components(EvalArgs, only=ADVANCED_FIELDS[:ADVANCED_FIELDS.index("merged")])
+                # Merged (standalone) models: the exported ones to pick, or a typed directory (or NAME=DIR).
+                advanced_inputs["merged"] = gr.Dropdown(
+                    choices=_exported_models(), value=[], multiselect=True, allow_custom_value=True,
+                    label=T("Merged models", "合并后的模型"), elem_id="opt-merged",
+                    info=T("Standalone models evaluated after the base and adapters: exported models, or type a "
+                           "directory (or NAME=DIR)", "在基座和适配器之后评测的独立模型：已导出的模型，或输入目录（或 名称=目录）"))
+                advanced_inputs.update(option_components(
+                    EvalArgs, only=ADVANCED_FIELDS[ADVANCED_FIELDS.index("merged") + 1:]))
                 advanced_inputs["max_prompt_len"] = gr.Number(
                     value=0, minimum=0, precision=0, elem_id="opt-max_prompt_len",
                     label=T("Max prompt length", "提示词最大长度"),
@@ -338,8 +357,16 @@ def build(ctx: AppContext) -> None:
         on_preview, inputs=form, outputs=command)
     timer.tick(on_tick, inputs=job_state, outputs=[job_state, status, progress, log, runs])
     abort.click(on_abort, inputs=job_state, outputs=status)
-    refresh.click(lambda: gr.update(choices=adapter_choices()), outputs=adapters)
-    version.change(lambda: gr.update(choices=adapter_choices()), outputs=adapters)
+
+    def on_refresh():
+        """Adapters from finished runs; base models from the registry and the exports (a merged model too)."""
+        return (gr.update(choices=adapter_choices()), gr.update(choices=_model_choices()),
+                gr.update(choices=_exported_models()))
+
+    pickers = [adapters, model, advanced_inputs["merged"]]
+    for trigger in (refresh.click, version.change):  # Refresh, or an export / combined adapter finished
+        trigger(on_refresh, outputs=pickers)
+    runs_version.change(lambda: gr.update(choices=adapter_choices()), outputs=adapters)  # a training run finished
     ctx.model.change(lambda m: gr.update(value=m), inputs=ctx.model, outputs=model)
     runs_refresh.click(lambda: gr.update(choices=_evaluations()), outputs=runs)
     runs.change(show_results, inputs=runs, outputs=result_outputs)

@@ -117,7 +117,10 @@ def _progress_text(job) -> tuple[str, bool, bool]:
 
 
 def build(ctx: AppContext) -> None:
+    from workbench.ui.train_tab import runs_changed
+
     version = adapters_changed(ctx)
+    runs_version = runs_changed(ctx)  # bumped when a training run finishes: its adapter joins the picker
     job_state = gr.State(None)  # {"name": job name, "out": output dir, "command": ...}
 
     gr.Markdown(T(
@@ -250,3 +253,4 @@ def build(ctx: AppContext) -> None:
                outputs=[status, log, timer, ctx.model, adapters, version])
     abort.click(on_abort, inputs=job_state, outputs=status)
     refresh.click(on_refresh, outputs=[adapters, model])
+    runs_version.change(lambda: gr.update(choices=adapter_choices()), outputs=adapters)
