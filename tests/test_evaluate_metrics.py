@@ -313,3 +313,21 @@ def test_score_cli_bad_inputs(cli, shared_data, tmp_path):
     no_answers.write_text(json.dumps({"data": [{"paragraphs": [{"context": "c", "qas": [{"id": "q1", "question": "?"}]}]}]}))
     res = cli("score", "squad_v2", "--data", str(no_answers), "--predictions", str(no_preds))
     assert res.returncode == 1 and "article 1 paragraph 1 question 1: 'answers' is missing" in res.stderr
+
+
+def test_read_lines_splits_on_newlines_only(tmp_path):
+    # U+2028, U+2029, U+0085, form feed and \x1c-\x1e are text inside a segment, not line ends.
+    hyp = tmp_path / "hyp.txt"
+    hyp.write_bytes("first\u2028still first\r\nsecond\x0cpage\u0085\u2029\x1c\x1d\x1e\nthird\n".encode("utf-8"))
+    ref = tmp_path / "ref.txt"
+    ref.write_bytes(b"one\ntwo\nthree")
+    assert M.read_lines(hyp) == ["first\u2028still first", "second\x0cpage\u0085\u2029\x1c\x1d\x1e", "third"]
+    hyps, refs = M.read_aligned(hyp, ref)  # three lines each: aligned
+    assert len(hyps) == len(refs) == 3
+    # One final newline adds no line; a blank line before it is kept; a lone "\r" stays inside its line.
+    blank = tmp_path / "blank.txt"
+    blank.write_bytes(b"a\r\n\r\nb\rc\n")
+    assert M.read_lines(blank) == ["a", "", "b\rc"]
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    assert M.read_lines(empty) == []

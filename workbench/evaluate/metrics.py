@@ -355,15 +355,22 @@ def _read_json(path: Path):
 
 
 def read_lines(path: str | Path) -> list[str]:
-    """A line-aligned text file (one segment per line; a final newline does not add a line)."""
+    """A line-aligned text file (one segment per line; a final newline does not add a line).
+
+    Lines end at "\n" only (a "\r" before it is dropped): ``str.splitlines`` would also split at form feeds,
+    U+0085, U+2028, U+2029 and other separators inside a segment and misalign hypotheses and references.
+    """
     path = Path(path)
     if not path.is_file():
         raise WorkbenchError(f"{path}: file not found")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes().decode("utf-8")  # bytes: no newline translation of a lone "\r" either
     except UnicodeDecodeError as exc:
         raise WorkbenchError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    return text.splitlines()
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the final newline (or an empty file)
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
 def read_aligned(hyp_path: str | Path, ref_path: str | Path) -> tuple[list[str], list[str]]:
