@@ -440,6 +440,35 @@ def test_export_options():
         MergeAdaptersArgs(method="cat", svd_rank=4)
 
 
+def test_merged_model_answers_with_its_training_template(tiny_model_dir, tmp_path):
+    """An adapter trained with a template other than the tokenizer's own (llama2 here): the merged model records
+    it, and "auto" then picks it for that model (in chat and evaluation), not the tokenizer's chat template."""
+    from workbench.config.export import ExportArgs
+    from workbench.config.model import ModelArgs
+    from workbench.data.templates import resolve_template
+    from workbench.export import Progress, merge_into_model
+    from workbench.infer.engine import ChatEngine
+    from workbench.models.loader import load_model
+
+    adapter = make_adapter(tiny_model_dir, tmp_path / "llama2-adapter", run={"template": "llama2"})
+    out = tmp_path / "merged"
+    record = merge_into_model(ModelArgs(model_name_or_path=str(tiny_model_dir)), {"a": str(adapter)},
+                              ExportArgs(out=str(out), dtype="fp32"), progress=Progress(7, echo=lambda line: None))
+    assert record["template"] == "llama2"
+    assert any("'auto' uses 'llama2'" in note for note in record["notes"])  # differs from the tokenizer's own
+    template = resolve_template("auto", str(out))
+    assert template.name == "llama2"
+    loaded = load_model(ModelArgs(model_name_or_path=str(out), device="cpu"))
+    assert loaded.template == "llama2"
+    engine = ChatEngine(loaded)
+    assert engine.template.name == "llama2"
+    assert "[INST]" in engine.template.render(loaded.tokenizer, [{"role": "user", "content": "Hi"}])
+    # A template chosen by name still wins; a record without a known template changes nothing.
+    assert resolve_template("chatml", str(out)).name == "chatml"
+    (out / "workbench_export.json").write_text(json.dumps({**record, "template": "auto"}))
+    assert resolve_template("auto", str(out)).name == "jinja"
+
+
 def test_exported_models_are_listed_for_the_pickers(cli, tiny_model_dir, tiny_adapter, wb_home):
     from workbench.export import exports_dir, list_exported_models
 

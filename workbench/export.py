@@ -355,7 +355,8 @@ def _template_note(infos: list[AdapterInfo], tokenizer) -> tuple[str | None, str
     if ours.strip() == theirs.strip():
         return name, None
     return name, (f"the adapter was trained with chat template {name!r}, which differs from the tokenizer's own "
-                  f"chat template saved with the model: pick template {name!r} when chatting with it")
+                  f"chat template saved with the model; the workbench's template 'auto' uses {name!r} for this model "
+                  f"(recorded in {EXPORT_RECORD}), other tools need template {name!r} chosen by hand")
 
 
 def _verify_saved(staging: Path, expected: int) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,27 @@ def lookup(name_or_path: str) -> ModelInfo | None:
     return None
 
 
+EXPORT_RECORD = "workbench_export.json"  # written next to a merged model by workbench.export
+
+
+def exported_template(name_or_path: str) -> str | None:
+    """The chat template the adapter(s) of a merged model were trained with, from its ``workbench_export.json``
+    (None when the directory holds no such record or it names no known template)."""
+    try:
+        record = json.loads((Path(str(name_or_path).strip()).expanduser() / EXPORT_RECORD).read_text(encoding="utf-8"))
+        name = str(record.get("template") or "").strip().lower()
+    except (OSError, ValueError, AttributeError):
+        return None
+    from workbench.data.templates import TEMPLATES
+
+    return name if name in TEMPLATES else None
+
+
 def default_template(name_or_path: str) -> str:
+    """A merged model's training template, else the registry's template for the model, else "auto"."""
+    recorded = exported_template(name_or_path) if name_or_path else None
+    if recorded:
+        return recorded
     info = lookup(name_or_path)
     return info.template if info else "auto"
 
