@@ -33,3 +33,15 @@ def test_bad_model_path_is_a_visible_message(page, tmp_path):
     expect(status).to_contain_text("Could not load the model", timeout=60_000)
     assert "does not exist" in status.inner_text()
     assert "Traceback" not in status.inner_text()
+
+
+def test_unset_numbers_are_blank_not_zero(page):
+    """Optional numbers (max_samples, eval_steps, ...) start blank: the browser would otherwise draw None as 0,
+    and an untouched form would send that 0 (below their minimum of 1) and be refused."""
+    page.get_by_role("tab", name="Train").click()
+    expect(page.locator("#wb-train-form #opt-max_samples input")).to_have_value("", timeout=30_000)
+    page.locator("#wb-train-preview").click()
+    message = page.locator("#wb-train-message")
+    expect(message).to_contain_text("Cannot preview")
+    expect(message).to_contain_text("dataset")  # the one thing left to fill in, not a phantom 0
+    expect(message).not_to_contain_text("below the minimum")

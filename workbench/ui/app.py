@@ -122,8 +122,23 @@ def create_app(manager: ModelManager | None = None) -> gr.Blocks:
                 module = importlib.import_module(module_name)
                 with gr.Tab(T(title_en, title_zh), id=module_name.rsplit(".", 1)[-1]):
                     module.build(ctx)
+        clear_unset_numbers(app)
     app.workbench_context = ctx  # type: ignore[attr-defined]
     return app
+
+
+def clear_unset_numbers(app: gr.Blocks) -> None:
+    """An optional number (max_samples, eval_steps, ...) whose value is None is drawn as 0 by the browser, and
+    that 0 is what an untouched form would send: blank those fields when the page loads."""
+    unset = [block for block in app.blocks.values() if isinstance(block, gr.Number) and block.value is None]
+    if not unset:
+        return
+
+    def blanks():
+        updates = [gr.update(value=None) for _ in unset]
+        return updates[0] if len(updates) == 1 else tuple(updates)
+
+    app.load(blanks, outputs=unset, show_progress="hidden", queue=False)
 
 
 def parse_auth(value: str | None):
