@@ -348,6 +348,20 @@ def test_padding_free_loss_equals_standard_padded_loss(tiny_model_dir, tmp_path)
     assert flat["position_ids"][0, 17].item() == 0 and flat["labels"][0, 17].item() == -100
 
 
+def test_packing_with_padded_batches_trains(tiny_model_dir, tmp_path):
+    """packing: true + padding_free: false batches rows with collate_packed, whose batch carries use_cache=False;
+    the trainer passes use_cache=False itself, once (training and evaluation)."""
+    from workbench.train.collator import CausalLMCollator
+
+    row = {"input_ids": [5, 6, 7], "labels": [-100, 6, 7], "position_ids": [0, 1, 2]}
+    assert CausalLMCollator(pad_token_id=0, padding_free=False)([row, row])["use_cache"] is False  # the path taken
+    out = tmp_path / "out"
+    train(tiny_values(tiny_model_dir, out, packing=True, padding_free=False, val_size=0.2, eval_steps=2))
+    assert sorted(losses(out)) == [1, 2, 3] and all(loss > 0 for loss in losses(out).values())
+    evals = [e for e in read_progress(out / "progress.jsonl") if e["kind"] == "eval"]
+    assert evals and all(e["eval_loss"] > 0 for e in evals)
+
+
 def test_varlen_attention_matches_a_block_diagonal_mask():
     import torch
     import torch.nn.functional as F

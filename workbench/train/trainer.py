@@ -36,7 +36,8 @@ class CausalLMTrainer(Trainer):
     def compute_loss(self, model, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: torch.Tensor | int | None = None):
         labels = inputs["labels"]
-        model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "_real_tokens")}
+        # use_cache is always passed as False below; packed batches (collate_packed) carry it too.
+        model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "_real_tokens", "use_cache")}
         targets_all = labels[:, 1:]
         keep = (targets_all != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
         if keep.numel() == 0:  # nothing trainable in this micro-batch: one position keeps the graph connected
