@@ -362,6 +362,27 @@ def test_packing_with_padded_batches_trains(tiny_model_dir, tmp_path):
     assert evals and all(e["eval_loss"] > 0 for e in evals)
 
 
+def test_progress_line_with_a_nan_loss(tmp_path):
+    """A NaN/inf loss is stored as null and printed as "nan" (it used to crash formatting None with :.4f)."""
+    import io
+    from types import SimpleNamespace
+
+    from workbench.train.callbacks import ProgressCallback
+
+    entry = dict.fromkeys(BASE_KEYS)
+    entry.update(kind="train", step=2, total_steps=3, loss=None, lr=1e-3)
+    assert ProgressCallback._line(entry).startswith("[train] step 2/3  loss nan  lr 0.001")
+    assert "loss nan" in ProgressCallback._line({**entry, "loss": float("nan")})
+    assert ProgressCallback._line({**entry, "kind": "eval", "eval_loss": None}) == "[eval] step 2/3 eval_loss nan"
+    echo = io.StringIO()
+    callback = ProgressCallback(tmp_path / "progress.jsonl", echo=echo)
+    state = SimpleNamespace(is_world_process_zero=True, global_step=1, max_steps=3, epoch=0.5,
+                            num_input_tokens_seen=0)
+    callback.on_log(None, state, None, logs={"loss": float("nan"), "learning_rate": 1e-3, "grad_norm": float("inf")})
+    assert echo.getvalue().startswith("[train] step 1/3  loss nan")
+    assert read_progress(tmp_path / "progress.jsonl")[0]["loss"] is None
+
+
 def test_varlen_attention_matches_a_block_diagonal_mask():
     import torch
     import torch.nn.functional as F

@@ -68,6 +68,11 @@ def _duration(seconds: float | None) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
+def _loss(value: float | None) -> str:
+    """A NaN/inf loss is stored as null (see _num): print it as "nan"."""
+    return f"{value:.4f}" if value is not None else "nan"
+
+
 class ProgressCallback(TrainerCallback):
     def __init__(self, path: str | Path, echo: TextIO | None = sys.stdout):
         self.path = Path(path)
@@ -135,8 +140,8 @@ class ProgressCallback(TrainerCallback):
     def _line(e: dict[str, Any]) -> str:
         if e["kind"] == "eval":
             extra = f" reward_accuracy {e['eval_reward_accuracy']:.3f}" if e.get("eval_reward_accuracy") is not None else ""
-            return f"[eval] step {e['step']}/{e['total_steps']} eval_loss {e['eval_loss']:.4f}{extra}"
-        parts = [f"step {e['step']}/{e['total_steps']}", f"loss {e['loss']:.4f}"]
+            return f"[eval] step {e['step']}/{e['total_steps']} eval_loss {_loss(e['eval_loss'])}{extra}"
+        parts = [f"step {e['step']}/{e['total_steps']}", f"loss {_loss(e['loss'])}"]
         if e.get("reward_accuracy") is not None:
             parts.append(f"reward_accuracy {e['reward_accuracy']:.3f}")
         if e.get("lr") is not None:
