@@ -486,6 +486,27 @@ def test_accelerate_command(tiny_model_dir):
                                                                           "--d", "0.5"]
 
 
+def test_launch_flags_win_over_the_yaml_and_launched_ranks_do_not_relaunch(tmp_path, monkeypatch):
+    from workbench.cli import build_parser
+    from workbench.config.train import LaunchArgs
+    from workbench.train.cli import collect, should_launch
+    from workbench.train.run import LAUNCHED_ENV
+
+    config = tmp_path / "config.yaml"
+    config.write_text("dataset: identity\nlaunch: true\nnum_processes: 4\nlearning_rate: 1.0e-3\n")
+    args = build_parser("train").parse_args(["train", str(config), "--num_processes", "2", "--learning_rate", "2e-3"])
+    values, overrides, launch_values = collect(args)
+    launch = LaunchArgs(**launch_values)
+    assert launch.launch and launch.num_processes == 2  # the command line wins over the YAML
+    assert float(values["learning_rate"]) == 2e-3 and "num_processes" not in values and "launch" not in values
+    assert overrides == {"learning_rate": "2e-3"}  # what the launched processes get besides the YAML
+    monkeypatch.delenv(LAUNCHED_ENV, raising=False)
+    assert should_launch(launch) and not should_launch(LaunchArgs())
+    # A launched rank reads the same YAML (launch: true) but must train, not call accelerate launch again.
+    monkeypatch.setenv(LAUNCHED_ENV, "1")
+    assert not should_launch(launch)
+
+
 def test_deepspeed_without_the_package_is_a_clear_error(tiny_model_dir, tmp_path, cli):
     import importlib.util
 

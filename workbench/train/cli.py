@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from workbench.config.base import add_arguments, load_yaml
@@ -27,11 +28,19 @@ def collect(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], d
     """(merged config values, the CLI overrides alone, launch options)."""
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
     launch_keys = set(option_fields(LaunchArgs))
-    launch = {k: overrides.pop(k) for k in list(overrides) if k in launch_keys}
     values = load_yaml(args.config) if args.config else {}
-    launch.update({k: values.pop(k) for k in list(values) if k in launch_keys})
+    launch = {k: values.pop(k) for k in list(values) if k in launch_keys}
+    launch.update({k: overrides.pop(k) for k in list(overrides) if k in launch_keys})  # flags win over the YAML
     values.update(overrides)
     return values, overrides, launch
+
+
+def should_launch(launch: LaunchArgs) -> bool:
+    """Relaunch under accelerate unless this process is already one that --launch started (those read the same
+    YAML, whose ``launch: true`` would otherwise make every rank launch again)."""
+    from workbench.train.run import LAUNCHED_ENV
+
+    return launch.launch and os.environ.get(LAUNCHED_ENV) != "1"
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -52,7 +61,7 @@ def run_train(args: argparse.Namespace) -> int:
     values, overrides, launch_values = collect(args)
     cfg: TrainConfig = parse_train_config(values)
     launch = LaunchArgs(**launch_values)
-    if launch.launch:
+    if should_launch(launch):
         return _launch(cfg, launch, args.config, overrides)
     from workbench.train.run import run_training
 
