@@ -419,6 +419,17 @@ def test_runs_config_diff_and_summaries(root):
     assert summaries[0].state == "finished" and summaries[0].progress == 1.0 and summaries[0].dataset == "identity"
 
 
+def test_list_adapters_skips_reward_model_runs(root):
+    """A reward model (stage rm) is a sequence-classification adapter: not for Chat, Evaluate or Export."""
+    for name, stage in (("chat-sft", "sft"), ("chat-dpo", "dpo"), ("scorer-rm", "rm")):
+        path = root / name
+        path.mkdir(parents=True)
+        (path / runs.RUN_FILE).write_text(json.dumps({"stage": stage, "base_model": "base"}))
+        (path / runs.ADAPTER_FILE).write_text("{}")
+    listed = {name: (where, base) for name, where, base in runs.list_adapters(root)}
+    assert listed == {"chat-sft": (str(root / "chat-sft"), "base"), "chat-dpo": (str(root / "chat-dpo"), "base")}
+
+
 def test_training_job_end_to_end_with_the_tiny_model(tmp_path, tiny_model_dir, root):
     """The real trainer as a job: progress lines arrive while it runs, the adapter is listed after."""
     run_dir = root / "tiny-sft"

@@ -39,7 +39,8 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def list_adapters(root: Path | str | None = None) -> list[tuple[str, str, str]]:
-    """Finished LoRA runs as (name, adapter directory, base model as given), newest first."""
+    """Finished LoRA runs as (name, adapter directory, base model as given), newest first; reward-model
+    (stage rm) runs are left out."""
     base = _root(root)
     found = []
     try:
@@ -51,6 +52,8 @@ def list_adapters(root: Path | str | None = None) -> list[tuple[str, str, str]]:
         if not record.is_file() or not (path / ADAPTER_FILE).is_file():
             continue
         info = _read_json(record) or {}
+        if info.get("stage") == "rm":  # a reward model: a sequence-classification adapter, not a chat model's
+            continue
         found.append((record.stat().st_mtime, path.name, str(path), str(info.get("base_model") or "")))
     return [(name, where, model) for _, name, where, model in sorted(found, reverse=True)]
 
