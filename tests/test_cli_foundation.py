@@ -67,3 +67,18 @@ def test_webui_binds_loopback_by_default():
     parser = argparse.ArgumentParser()
     configure_webui(parser)
     assert parser.parse_args([]).host == "127.0.0.1"
+
+
+@pytest.mark.parametrize("argv, unknown", [
+    (["train", "--learning_rat", "1e-4", "--dataset", "identity"], "--learning_rat"),
+    (["jobs", "list", "--jso"], "--jso"),
+])
+def test_abbreviated_options_are_unknown_not_guessed(argv, unknown, capsys):
+    """`--learning_rat` is not silently taken for --learning_rate (parsing only: nothing runs)."""
+    from workbench.cli import build_parser
+
+    with pytest.raises(SystemExit) as exc:
+        build_parser(argv[0]).parse_args(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "unrecognized arguments" in err and unknown in err

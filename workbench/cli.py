@@ -40,7 +40,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m workbench", description="Workbench: fine-tune, chat with, evaluate and export language models.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
-        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        # allow_abbrev=False: a misspelt flag (--learning_rat) is an error, never taken for the option it prefixes.
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
         if name == command:
             configure, _ = _resolve(name)
             configure(sub_parser)

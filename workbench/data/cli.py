@@ -13,13 +13,14 @@ from workbench.config.base import WorkbenchError
 def configure_data(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
-    check = sub.add_parser("check", help="load and validate datasets; print name, format, rows, columns, problems")
+    check = sub.add_parser("check", help="load and validate datasets; print name, format, rows, columns, problems",
+                           allow_abbrev=False)
     check.add_argument("names", nargs="*", metavar="NAME", help="datasets to check (default: every entry)")
     check.add_argument("--dataset-dir", default=None, help="folder with dataset_info.json (default: the project's data/)")
     check.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     preview = sub.add_parser("preview", help="print rendered examples with the trained tokens marked, and token "
-                                             "length statistics")
+                                             "length statistics", allow_abbrev=False)
     preview.add_argument("name", metavar="NAME", help="a registered dataset, or a data file")
     preview.add_argument("--template", default="auto", help="chat template (default: auto, from the model)")
     preview.add_argument("--model", default="smollm2-135m-instruct", help="model whose tokenizer is used")
@@ -33,7 +34,7 @@ def configure_data(parser: argparse.ArgumentParser) -> None:
                          help="mark trained text with colour (auto: on a terminal) instead of ⟦ ⟧")
 
     conv = sub.add_parser("convert", help="convert cnn_dailymail / squad_v2 / wmt19 data to alpaca json with the "
-                                          "reference instruction prompts")
+                                          "reference instruction prompts", allow_abbrev=False)
     conv.add_argument("--task", required=True, choices=("cnn_dailymail", "squad_v2", "wmt19"))
     conv.add_argument("--input", type=Path, help="json / jsonl / parquet / csv input (SQuAD: the official json too)")
     conv.add_argument("--source", type=Path, help="wmt19: source-language text file, one sentence per line")

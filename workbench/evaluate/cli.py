@@ -18,13 +18,14 @@ def configure_score(parser: argparse.ArgumentParser) -> None:
 
     sub = parser.add_subparsers(dest="metric", metavar="METRIC", required=True)
     squad = sub.add_parser("squad_v2", help="SQuAD v2.0 exact match and F1, as the official script",
-                           description="Prints the official script's keys: exact, f1, total, HasAns_*, NoAns_*.")
+                           description="Prints the official script's keys: exact, f1, total, HasAns_*, NoAns_*.",
+                           allow_abbrev=False)
     squad.add_argument("--data", required=True, help="the official SQuAD v2.0 json (data → paragraphs → qas)")
     squad.add_argument("--predictions", required=True, help="a json object {question_id: answer text}")
     squad.add_argument("--no-answer-phrase", default=NO_ANSWER_PHRASE,
                        help=f"a prediction equal to this phrase counts as 'no answer' (default: {NO_ANSWER_PHRASE}; "
                             "empty to turn off)")
-    bleu = sub.add_parser("bleu", help="sacreBLEU corpus BLEU of line-aligned files")
+    bleu = sub.add_parser("bleu", help="sacreBLEU corpus BLEU of line-aligned files", allow_abbrev=False)
     bleu.add_argument("--hyp", required=True, help="predictions, one per line")
     bleu.add_argument("--ref", required=True, action="append",
                       help="references, one per line (repeat --ref for several references per line)")
@@ -32,7 +33,7 @@ def configure_score(parser: argparse.ArgumentParser) -> None:
                       help="sacreBLEU tokenizer (default: zh for Chinese references, else 13a)")
     bleu.add_argument("--target-lang", default=None, help="target language code (zh picks the zh tokenizer)")
     bleu.add_argument("--sentences", action="store_true", help="also print sentence BLEU per line")
-    rouge = sub.add_parser("rouge", help="ROUGE-1/2/L mean F-measure of line-aligned files")
+    rouge = sub.add_parser("rouge", help="ROUGE-1/2/L mean F-measure of line-aligned files", allow_abbrev=False)
     rouge.add_argument("--hyp", required=True, help="predictions, one per line")
     rouge.add_argument("--ref", required=True, help="references, one per line")
     rouge.add_argument("--cjk", choices=CJK_MODES, default="char",
