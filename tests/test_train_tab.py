@@ -3,6 +3,7 @@ presets, the memory check with a chat model loaded, and the plot helpers."""
 
 from __future__ import annotations
 
+import shlex
 import sys
 
 import gradio as gr
@@ -43,6 +44,8 @@ def _components(names):
             cls, _ = fields[name]
             if name == "dataset":
                 out[name] = gr.Dropdown(choices=["identity"], multiselect=True, allow_custom_value=True)
+            elif name == "deepspeed":
+                out[name] = train_tab.deepspeed_dropdown(cls)
             else:
                 out.update(option_components(cls, only=[name]))
     return out
@@ -72,6 +75,48 @@ def test_collect_values_names_the_option_for_emptied_and_bad_boxes():
     assert values["lora_alpha"] is None and values["dataset"] == "identity,demo_qa" and values["quantization_bit"] == "4"
     with pytest.raises(OptionError, match="model_name_or_path"):
         train_tab.collect_values(names, [1e-4, None, [], "nf4"], "  ", "auto", "auto", "none")
+
+
+def test_deepspeed_is_a_dropdown_of_presets_that_takes_a_typed_path():
+    from workbench.infer.session import ModelManager
+    from workbench.ui.app import build_top_bar
+    from workbench.ui.context import AppContext
+
+    ctx = AppContext(manager=ModelManager())
+    with gr.Blocks() as demo:
+        build_top_bar(ctx)
+        train_tab.build(ctx)
+    found = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "opt-deepspeed"]
+    assert len(found) == 1
+    box = found[0]
+    assert isinstance(box, gr.Dropdown) and box.allow_custom_value and box.value == ""
+    assert [value for _, value in box.choices] == ["", "z2", "z3", "z2_offload", "z3_offload"]
+    # The empty entry is no DeepSpeed (as the empty text box was); a preset name or a typed JSON path is kept.
+    assert train_tab.component_value(box, "deepspeed", None) == ""
+    assert train_tab.component_value(box, "deepspeed", "z3") == "z3"
+    for raw, expected in (("", None), ("z2_offload", "z2_offload"), (" /x/ds.json ", "/x/ds.json")):
+        assert train_tab.collect_values(["deepspeed"], [raw], "m", "auto", "auto", "none")["deepspeed"] == expected
+
+
+def test_preview_shows_the_accelerate_command_a_launched_run_expands_to(tmp_path, monkeypatch):
+    single = runs.plan_training(_values(), "single", root=tmp_path)
+    assert train_tab.preview_command(single) == single.command  # one process: just the command
+    plan = runs.plan_training(_values(num_processes=2), "dp", root=tmp_path)
+    first, second = train_tab.preview_command(plan).split("\n")
+    assert first == plan.command and first.endswith("--launch --num_processes 2")
+    prefix = "# which runs: "
+    assert second.startswith(prefix)
+    argv = shlex.split(second[len(prefix):])
+    assert argv[:3] == [sys.executable, "-m", "accelerate.commands.launch"] and "--multi_gpu" in argv
+    assert argv[argv.index("--num_processes") + 1] == "2"
+    # Exactly what `workbench train config.yaml --launch --num_processes 2` runs (without running it).
+    import workbench.train.launch as launch_module
+    from workbench.train.cli import _launch
+
+    launched = []
+    monkeypatch.setattr(launch_module, "run_launch", lambda cmd, env: launched.append(cmd) or 0)
+    _launch(plan.train_config, plan.launch, str(plan.path / "config.yaml"), {})
+    assert launched == [argv]
 
 
 def _values(**over):

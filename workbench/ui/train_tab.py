@@ -9,6 +9,7 @@ here is read back from the run directory — so a page reload or a restart of th
 
 from __future__ import annotations
 
+import shlex
 import time
 import traceback
 from dataclasses import MISSING
@@ -23,7 +24,7 @@ from workbench.config.base import OptionError, WorkbenchError, coerce, option_fi
 from workbench.data.registry import dataset_names
 from workbench.paths import project_data_dir
 from workbench.ui.context import AppContext
-from workbench.ui.forms import NONE_CHOICE, form_value, option_components
+from workbench.ui.forms import NONE_CHOICE, form_value, label_for, option_components
 from workbench.ui.i18n import T
 from workbench.ui.plots import duration, loss_figure, overlay_figure, progress_html
 
@@ -50,6 +51,8 @@ BASIC_ORDER = ("stage", "finetuning_type", "dataset", "dataset_dir", "num_train_
 PER_ROW = 4
 LOG_LINES = 30
 RUN_COLUMNS = ["Run", "Stage", "Model", "Dataset", "Status", "Progress", "Final loss", "Started", "Duration"]
+# The deepspeed option: "" is no DeepSpeed, the others are presets/deepspeed/; a JSON path can be typed too.
+DEEPSPEED_CHOICES = ["", "z2", "z3", "z2_offload", "z3_offload"]
 
 
 # ---- the form ----------------------------------------------------------------------------------------
@@ -72,6 +75,14 @@ def section_names(fields: dict[str, tuple[type, str]], group: str) -> list[str]:
     if group == "basic":
         names = [n for n in BASIC_ORDER if n in names] + [n for n in names if n not in BASIC_ORDER]
     return names
+
+
+def deepspeed_dropdown(cls: type) -> gr.Dropdown:
+    """The deepspeed option as a dropdown of the shipped presets that still takes a typed JSON path."""
+    meta = dict(option_fields(cls)["deepspeed"].metadata)
+    return gr.Dropdown(choices=DEEPSPEED_CHOICES, value="", allow_custom_value=True,
+                       label=label_for("deepspeed", meta), info=T(meta["help"], meta.get("help_zh")),
+                       elem_id="opt-deepspeed")
 
 
 def _dataset_dir(value: Any) -> Path:
@@ -110,6 +121,8 @@ def component_value(component: Any, name: str, value: Any) -> Any:
     """An option value as the component generated for it shows it."""
     if name == "dataset":
         return [v.strip() for v in str(value or "").split(",") if v.strip()]
+    if name == "deepspeed":  # its dropdown's not-set entry is "", not "none"
+        return "" if value is None else str(value)
     if isinstance(component, gr.Dropdown):
         return NONE_CHOICE if value is None else str(value)
     if isinstance(component, gr.Number):
@@ -119,6 +132,18 @@ def component_value(component: Any, name: str, value: Any) -> Any:
     if value is None:
         return ""
     return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def preview_command(plan: runs.TrainPlan) -> str:
+    """The command Start runs; for a launched run, a second line (a shell comment) with the
+    ``accelerate launch`` command it expands to (as ``workbench.train.cli._launch`` builds it)."""
+    if "--launch" not in plan.argv:
+        return plan.command
+    from workbench.train.launch import accelerate_argv, child_flags
+
+    output_dir = Path(plan.train_config.train.output_dir).expanduser().resolve()
+    train_args = [str((plan.path / jobs.CONFIG_FILE).resolve()), *child_flags({"output_dir": str(output_dir)})]
+    return plan.command + "\n# which runs: " + shlex.join(accelerate_argv(plan.train_config, plan.launch, train_args))
 
 
 def _default(cls: type, name: str) -> Any:
@@ -248,6 +273,8 @@ def build(ctx: AppContext) -> None:
                                     info=T("From dataset_info.json in the dataset folder (register more in the "
                                            "Data tab); several are combined",
                                            "来自数据集目录中的 dataset_info.json（可在数据标签页注册）；可多选合并"))
+                            elif name == "deepspeed":
+                                components[name] = deepspeed_dropdown(cls)
                             else:
                                 components.update(option_components(cls, only=[name]))
     names = list(components)
@@ -306,7 +333,7 @@ def build(ctx: AppContext) -> None:
         except Exception as exc:
             return _message(exc, "Cannot preview:"), gr.skip(), gr.skip(), gr.skip()
         notes = "".join(f"\n\n⚠️ {w}" for w in plan.warnings)
-        return ("This is what **Start** runs." + notes, plan.command, plan.yaml, gr.update(open=True))
+        return ("This is what **Start** runs." + notes, preview_command(plan), plan.yaml, gr.update(open=True))
 
     def on_start(name, *raw):
         try:
@@ -323,7 +350,7 @@ def build(ctx: AppContext) -> None:
             text = f"🚀 Started **{job.name}**."
         text += "".join(f"\n\n⚠️ {w}" for w in plan.warnings)
         choices = run_names()
-        return (text, new_watch(job.name), plan.command, plan.yaml,
+        return (text, new_watch(job.name), preview_command(plan), plan.yaml,
                 gr.update(value=runs.default_run_name(plan.train_config.finetuning.stage,
                                                       plan.train_config.finetuning.finetuning_type)),
                 gr.update(choices=choices, value=job.name))
