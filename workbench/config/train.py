@@ -322,9 +322,9 @@ class LaunchArgs(Options):
     launch: bool = option(False, "Run under accelerate launch (several processes, DeepSpeed, several machines)",
                           group="distributed", label_zh="使用 accelerate 启动",
                           help_zh="通过 accelerate launch 运行（多进程、DeepSpeed、多机）")
-    num_processes: int = option(1, "Processes per machine (one per GPU; on a CPU, data-parallel gloo ranks)",
+    num_processes: int = option(1, "Processes in total, over all machines (one per GPU; on a CPU, data-parallel gloo ranks)",
                                 min=1, group="distributed", label_zh="进程数",
-                                help_zh="每台机器的进程数（每个 GPU 一个；在 CPU 上为 gloo 数据并行的进程）")
+                                help_zh="所有机器上的进程总数（每个 GPU 一个；在 CPU 上为 gloo 数据并行的进程）")
     multi_gpu: bool = option(False, "Data parallel over several processes (implied by num_processes > 1)",
                              group="distributed", label_zh="多进程数据并行",
                              help_zh="多进程数据并行（num_processes > 1 时自动开启）")
