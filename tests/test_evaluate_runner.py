@@ -109,6 +109,24 @@ def test_mixed_batches_equal_separate_runs_and_merged_models(tiny_model_dir, ada
         assert alpha != base  # the adapters change the answers: the equalities above are not vacuous
 
 
+def test_merged_model_is_prompted_with_its_training_template(tiny_model_dir, tmp_path):
+    """The base keeps its own template; a merged model whose export record names llama2 is prompted in llama2."""
+    import shutil
+
+    from workbench.evaluate.runner import evaluate
+
+    merged = tmp_path / "merged"
+    shutil.copytree(tiny_model_dir, merged)
+    (merged / "workbench_export.json").write_text(json.dumps({"template": "llama2"}))
+    said: list[str] = []
+    evaluate(ModelArgs(model_name_or_path=str(tiny_model_dir), infer_dtype="float32", device="cpu"),
+             EvalArgs(task="qa", max_samples=1, merged=f"m={merged}"), GenerationArgs(max_new_tokens=2),
+             output_dir=tmp_path / "out", log=said.append)
+    loaded = [line for line in said if line.startswith("loaded ")]
+    assert len(loaded) == 2, said
+    assert not loaded[0].endswith("template llama2") and loaded[1].endswith("template llama2"), loaded
+
+
 def test_data_parallel_generation_gathers_in_order(cli, tiny_model_dir, adapters, tmp_path):
     """Two processes under accelerate launch (gloo on CPU) give the single-process predictions, in order."""
     common = ["eval", "--model", str(tiny_model_dir), "--adapter", f"alpha={adapters['alpha']}", "--task", "qa",

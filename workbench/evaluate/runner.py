@@ -283,7 +283,11 @@ def evaluate(model_args: ModelArgs, eval_args: EvalArgs, gen: GenerationArgs, *,
     gen_seconds, new_tokens, prompt_tokens = 0.0, 0, 0
     truncated: dict[str, int] = {}
     load_seconds = 0.0
+    base_template = template
     for label, group_args, group_adapters, names in groups:
+        # A merged model answers in the template it was trained with (template auto reads its export record).
+        template = base_template if group_args is model_args else resolve_template(
+            eval_args.template, group_args.model_name_or_path)
         say(f"loading {label}" + (f" with adapters {', '.join(group_adapters)}" if group_adapters else ""))
         loaded = load_model(group_args, adapters=group_adapters, padding_side="left")
         load_seconds += loaded.load_seconds
