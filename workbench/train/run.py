@@ -121,6 +121,20 @@ def attn_name(model) -> str:
     return str(getattr(getattr(base, "config", None), "_attn_implementation", "default"))
 
 
+def keep_trainable_in_compute_dtype(model) -> None:
+    """TRL turns every trainable weight of a quantized model into bf16 (the QLoRA paper's advice). When the model
+    computes in float32 (no bf16 autocast, e.g. on a CPU), a plain trained module such as the reward head then gets
+    float32 inputs and fails on the dtype mismatch: keep the trained weights in the compute dtype instead."""
+    import torch
+
+    compute = model.get_input_embeddings().weight.dtype
+    if compute != torch.float32:
+        return
+    for param in model.parameters():
+        if param.requires_grad and param.dtype == torch.bfloat16:
+            param.data = param.data.to(compute)
+
+
 def load_reward_model(margs, model_path: str):
     """Like loader.load_model, but with a one-output sequence-classification head (TRL's reward model)."""
     import torch
@@ -279,6 +293,8 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = _log) -> dict
         trainer = DPOTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                              processing_class=tokenizer, peft_config=peft_config, callbacks=[progress])
     trainer.remove_callback(PrinterCallback)
+    if quantized and ft.stage in ("rm", "dpo"):
+        keep_trainable_in_compute_dtype(trainer.model)
     if main:
         trainable, total = count_parameters(trainer.model)
         world = trainer.args.world_size
