@@ -82,7 +82,7 @@ def _launch(cfg: TrainConfig, launch: LaunchArgs, config_path: str | None, overr
 
     from workbench.config.train import check_deepspeed_installed
     from workbench.train import outputs as out
-    from workbench.train.launch import accelerate_argv, child_flags, run_launch
+    from workbench.train.launch import launched_train_argv, run_launch
     from workbench.train.run import LAUNCHED_ENV, check_datasets_fit_stage
 
     tr = cfg.train
@@ -93,8 +93,5 @@ def _launch(cfg: TrainConfig, launch: LaunchArgs, config_path: str | None, overr
     check_datasets_fit_stage(cfg.data, cfg.finetuning.stage)
     if tr.deepspeed:
         check_deepspeed_installed()
-    child = dict(overrides)
-    child["output_dir"] = str(output_dir)  # one directory for every process (a default name has a timestamp)
-    train_args = ([str(Path(config_path).resolve())] if config_path else []) + child_flags(child)
-    argv = accelerate_argv(cfg, launch, train_args)
+    argv = launched_train_argv(cfg, launch, config_path, overrides, output_dir)
     return run_launch(argv, {LAUNCHED_ENV: "1"})

@@ -7,6 +7,7 @@ import os
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 from workbench.config.train import LaunchArgs, TrainConfig, resolve_deepspeed_config
@@ -26,6 +27,15 @@ def child_flags(values: dict[str, Any]) -> list[str]:
             text = str(value)
         flags += [f"--{key}", text]
     return flags
+
+
+def launched_train_argv(cfg: TrainConfig, launch: LaunchArgs, config_path: str | Path | None,
+                        overrides: dict[str, Any], output_dir: Path) -> list[str]:
+    """The ``accelerate launch`` argv of a --launch run: every process reads the same config file and flags, with
+    one output_dir for all of them (a default name has a timestamp)."""
+    child = {**overrides, "output_dir": str(output_dir)}
+    train_args = ([str(Path(config_path).resolve())] if config_path else []) + child_flags(child)
+    return accelerate_argv(cfg, launch, train_args)
 
 
 def accelerate_argv(cfg: TrainConfig, launch: LaunchArgs, train_args: list[str]) -> list[str]:

@@ -139,11 +139,11 @@ def preview_command(plan: runs.TrainPlan) -> str:
     ``accelerate launch`` command it expands to (as ``workbench.train.cli._launch`` builds it)."""
     if "--launch" not in plan.argv:
         return plan.command
-    from workbench.train.launch import accelerate_argv, child_flags
+    from workbench.train.launch import launched_train_argv
 
     output_dir = Path(plan.train_config.train.output_dir).expanduser().resolve()
-    train_args = [str((plan.path / jobs.CONFIG_FILE).resolve()), *child_flags({"output_dir": str(output_dir)})]
-    return plan.command + "\n# which runs: " + shlex.join(accelerate_argv(plan.train_config, plan.launch, train_args))
+    argv = launched_train_argv(plan.train_config, plan.launch, plan.path / jobs.CONFIG_FILE, {}, output_dir)
+    return plan.command + "\n# which runs: " + shlex.join(argv)
 
 
 def _default(cls: type, name: str) -> Any:
