@@ -144,6 +144,20 @@ def app_server(tmp_path_factory, bundled_model_dir):
     stop_app(server)
 
 
+@pytest.fixture(autouse=True)
+def expect_timeout(request):
+    """``@pytest.mark.expect_timeout(ms)``: expect() waits that long instead of Playwright's default 5 s."""
+    marker = request.node.get_closest_marker("expect_timeout")
+    if marker is None:
+        yield
+        return
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=marker.args[0])
+    yield
+    expect.set_options(timeout=5_000)
+
+
 @pytest.fixture()
 def page(browser, app_server):
     context = browser.new_context(viewport={"width": 1400, "height": 1000})

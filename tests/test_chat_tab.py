@@ -16,16 +16,9 @@ from playwright.sync_api import expect
 
 from chat_helpers import make_adapter
 
-pytestmark = [pytest.mark.browser, pytest.mark.integration]
+pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.expect_timeout(60_000)]
 
 ANSWER_TIMEOUT = 300_000  # ms: the machine's two cores are shared with other test runs
-
-
-@pytest.fixture(scope="module", autouse=True)
-def patient_expect():
-    expect.set_options(timeout=60_000)
-    yield
-    expect.set_options(timeout=5_000)
 
 
 @pytest.fixture(scope="module")

@@ -24,17 +24,10 @@ from playwright.sync_api import expect
 from conftest import start_app, stop_app
 from helpers import REPO_ROOT
 
-pytestmark = [pytest.mark.browser, pytest.mark.integration]
+pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.expect_timeout(60_000)]
 
 LONG = 600_000  # ms: a step that trains, evaluates or merges on a shared 2-core machine
 NAME, AUTHOR = "Nova", "the Workbench team"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def patient_expect():
-    expect.set_options(timeout=60_000)
-    yield
-    expect.set_options(timeout=5_000)
 
 
 @pytest.fixture(scope="module")

@@ -18,18 +18,9 @@ from playwright.sync_api import expect
 
 from workbench import jobs, runs
 
-pytestmark = [pytest.mark.browser, pytest.mark.integration]
+pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.expect_timeout(30_000)]
 
 TRAIN_TIMEOUT = 300_000  # ms: start-up of a training process is ~25 s on a busy 2-core machine
-
-
-@pytest.fixture(scope="module", autouse=True)
-def patient_expect():
-    # The machine's two cores are shared with training processes (and other test runs): UI updates
-    # can take longer than Playwright's default 5 s.
-    expect.set_options(timeout=30_000)
-    yield
-    expect.set_options(timeout=5_000)
 
 
 @pytest.fixture(scope="module", autouse=True)
