@@ -82,3 +82,15 @@ def test_abbreviated_options_are_unknown_not_guessed(argv, unknown, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "unrecognized arguments" in err and unknown in err
+
+
+def test_importing_workbench_quiets_the_optional_bitsandbytes_kernel_warning():
+    """bitsandbytes warns at import (on CPUs with AVX512-BF16) that an optional hub kernel is missing; it read like
+    a failure at the top of every job log. Workbench's own import turns that one logger down."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", "import workbench, bitsandbytes"], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "kernels-community" not in result.stderr

@@ -104,6 +104,9 @@ def test_new_user_journey(journey):
 
     # --- Train: the CPU quick start, on the dataset just saved.
     page.get_by_role("tab", name="Train").click()
+    # The form already points at the folder the dataset was saved into, and offers it.
+    expect(page.locator("#wb-train-form #opt-dataset_dir textarea, #wb-train-form #opt-dataset_dir input").first
+           ).to_have_value(str(folder))
     pick(page, page, "wb-train-preset", "cpu_quickstart")
     page.locator("#wb-train-preset-load").click()
     message = page.locator("#wb-train-message")
