@@ -1,4 +1,8 @@
-"""Start the Workbench web app: python webui.py [--host 127.0.0.1] [--port 7860] [--auth user:pass] [--share]"""
+"""Start the Workbench web app: python webui.py [--host 127.0.0.1] [--port 7860] [--auth user:pass] [--share]
+
+Beyond loopback (``--host 0.0.0.0``) or with ``--share`` it refuses to start without ``--auth``, unless
+``--insecure-no-auth`` says that a proxy in front of it authenticates.
+"""
 
 import sys
 

@@ -86,8 +86,9 @@ def test_entries_without_local_files_are_reported_not_crashed_on(lf_dir):
 
 
 def test_qwen_messages_file(shared_data, tmp_path):
-    write_registry(tmp_path, {"qwen": {"file_name": str(shared_data / "qwen" / "example_data.jsonl"),
-                                       "formatting": "openai"}})
+    # Registered files stay inside the dataset folder; a link the user puts there may point elsewhere.
+    (tmp_path / "qwen.jsonl").symlink_to(shared_data / "qwen" / "example_data.jsonl")
+    write_registry(tmp_path, {"qwen": {"file_name": "qwen.jsonl", "formatting": "openai"}})
     records = load_records(DataArgs(dataset="qwen", dataset_dir=str(tmp_path)))
     assert len(records) == 2
     assert records[1].system == "You are a helpful assistant."

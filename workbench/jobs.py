@@ -425,11 +425,24 @@ class Job:
                 return st
             time.sleep(poll)
 
-    def delete(self) -> None:
-        """Remove the run directory of a job that has ended."""
+    def delete(self, force: bool = False) -> None:
+        """Remove the run directory of a job that has ended.
+
+        Only a job's run folder (job.json and status.json, as :func:`start_job` writes them) is
+        deleted. One that holds an adapter, a model or checkpoints needs ``force`` (``jobs delete
+        --force``, or the UI after its confirmation).
+        """
+        if not is_job_dir(self.path):
+            raise WorkbenchError(f"{self.path} is not a job's run folder (it has no {SPEC_FILE} and {STATUS_FILE}: "
+                                 "it was not made by `jobs`); not deleting it")
         state = self.state
         if state not in FINAL_STATES:
             raise WorkbenchError(f"run {self.name!r} is {state}; abort it before deleting it")
+        held = weight_files(self.path)
+        if held and not force:
+            shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+            raise WorkbenchError(f"{self.path} holds an adapter or model ({shown}); to delete it anyway, "
+                                 f"run `python -m workbench jobs delete --force {self.name}`")
         try:
             shutil.rmtree(self.path)
         except OSError as exc:
@@ -460,6 +473,8 @@ def start_job(
     ``config`` is written to config.yaml before the job starts (so argv may point at it).
     ``exclusive`` (default: kind in EXCLUSIVE_KINDS) queues the job behind other exclusive jobs.
     ``reuse`` allows a run directory whose previous job has ended (resuming a run); its log grows on.
+    Without it an existing run directory is refused, and so is any non-empty folder that ``jobs`` did
+    not make (a command-line ``train`` run, a copied folder): its config.yaml is never written over.
     ``env`` adds variables to this process's environment; ``cwd`` defaults to the current directory.
     """
     if not isinstance(argv, (list, tuple)) or not argv or not all(isinstance(a, (str, os.PathLike)) for a in argv):
@@ -483,6 +498,11 @@ def start_job(
                     raise WorkbenchError(f"run {name!r} already exists in {base} ({state}); choose another name")
                 if state not in FINAL_STATES:
                     raise WorkbenchError(f"run {name!r} is still {state}; wait for it or abort it first")
+            elif not reuse and any(path.iterdir()):
+                # Not made by `jobs` (a `train` run from the command line, a copied folder): never write
+                # over its config.yaml or make it deletable as a job.
+                raise WorkbenchError(f"{path} already exists and was not made by `jobs` (no {STATUS_FILE}); "
+                                     "choose another name")
         else:
             path.mkdir()
             created_dir = True
@@ -609,8 +629,38 @@ def list_jobs(root: Path | str | None = None, kind: str | None = None) -> list[J
 def get_job(name: str, root: Path | str | None = None) -> Job:
     path = run_path(name, _root(root))
     if not (path / STATUS_FILE).is_file():
+        if path.exists():
+            raise WorkbenchError(f"no job named {name!r} in {path.parent}: {path} is not a job's run folder "
+                                 f"(no {STATUS_FILE}; it was not made by `jobs`)")
         raise WorkbenchError(f"no job named {name!r} in {path.parent}")
     return Job(path)
+
+
+def is_job_dir(path: Path | str) -> bool:
+    """Whether ``path`` is a run folder that :func:`start_job` made (job.json and status.json in it)."""
+    path = Path(path)
+    return (path.is_dir() and not path.is_symlink() and isinstance(_read_json(path / SPEC_FILE), dict)
+            and isinstance(_read_json(path / STATUS_FILE), dict))
+
+
+# Files that make a run folder worth a second thought before deleting it: adapters, models, checkpoints.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt", ".h5", ".msgpack")
+WEIGHT_NAMES = frozenset({"adapter_config.json"})
+
+
+def weight_files(path: Path | str, limit: int = 50) -> list[str]:
+    """Adapter, model and checkpoint files under ``path`` (relative paths, at most ``limit``); symlinks
+    are not followed."""
+    path = Path(path)
+    found: list[str] = []
+    for folder, dirs, files in os.walk(path, followlinks=False):
+        dirs.sort()
+        for name in sorted(files):
+            if name in WEIGHT_NAMES or name.lower().endswith(WEIGHT_SUFFIXES):
+                found.append(os.path.relpath(os.path.join(folder, name), path))
+                if len(found) >= limit:
+                    return found
+    return found
 
 
 def active_job(kind: str | None = None, root: Path | str | None = None) -> Job | None:

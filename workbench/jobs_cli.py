@@ -4,7 +4,7 @@
     python -m workbench jobs show NAME
     python -m workbench jobs log NAME [-n 40] [--follow]
     python -m workbench jobs abort NAME [--grace 10]
-    python -m workbench jobs delete NAME
+    python -m workbench jobs delete NAME [--force]
     python -m workbench jobs start --name NAME [--kind train] [--config CONFIG.yaml] -- COMMAND ...
 """
 
@@ -33,11 +33,14 @@ def configure_jobs(parser: argparse.ArgumentParser) -> None:
                        allow_abbrev=False)
     p.add_argument("name")
     p.add_argument("--grace", type=float, default=None, help="seconds between SIGTERM and SIGKILL")
-    p = sub.add_parser("delete", help="remove the directory of a run that has ended", allow_abbrev=False)
+    p = sub.add_parser("delete", help="remove the run folder of a job that has ended (only folders `jobs` made)",
+                       allow_abbrev=False)
     p.add_argument("name")
+    p.add_argument("--force", action="store_true",
+                   help="also when the folder holds an adapter, a model or checkpoints")
     p = sub.add_parser("start", help="run a command as a job (training and evaluation queue one at a time)",
                        allow_abbrev=False)
-    p.add_argument("--name", required=True)
+    p.add_argument("--name", required=True, help="a new run folder; an existing one is refused")
     p.add_argument("--kind", default="train")
     p.add_argument("--config", default=None, help="a YAML file copied into the run directory as config.yaml")
     p.add_argument("argv", nargs=argparse.REMAINDER, help="-- then the command and its arguments")
@@ -111,6 +114,6 @@ def run_jobs(args) -> int:
         st = job.abort(grace=args.grace)
         print(f"{job.name}: {st['state']}")
     elif args.action == "delete":
-        job.delete()
+        job.delete(force=args.force)
         print(f"deleted {job.path}")
     return 0

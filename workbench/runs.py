@@ -315,18 +315,25 @@ def start_training(plan: TrainPlan, root: Path | str | None = None) -> jobs.Job:
                           root=root if root is not None else plan.path.parent)
 
 
-def delete_run(path: Path | str) -> None:
-    """Remove a run directory: a job that has ended, or a finished command-line run."""
+def delete_run(path: Path | str, force: bool = False) -> None:
+    """Remove a run directory: a job that has ended, or a finished command-line run.
+
+    A run that holds an adapter, a model or checkpoints (a finished one always does) is deleted only
+    with ``force``: the Train tab passes it after its confirmation.
+    """
     import shutil
 
     from workbench.config.base import WorkbenchError
 
     path = Path(path)
     if (path / jobs.STATUS_FILE).is_file():
-        jobs.Job(path).delete()
+        jobs.Job(path).delete(force=force)
         return
     if not (path / RUN_FILE).is_file():
         raise WorkbenchError(f"{path} is not a finished run (no {RUN_FILE}); if it is still training, stop it first")
+    held = jobs.weight_files(path)
+    if held and not force:
+        raise WorkbenchError(f"{path} holds an adapter or model ({', '.join(held[:5])}); confirm to delete it")
     try:
         shutil.rmtree(path)
     except OSError as exc:

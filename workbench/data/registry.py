@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from workbench.config.base import WorkbenchError
@@ -80,7 +80,8 @@ class DatasetSpec:
 
     @property
     def path(self) -> Path:
-        return (self.dataset_dir / self.source).expanduser()
+        # Only the folder is expanded: a file name starting with "~" stays a name inside it.
+        return self.dataset_dir.expanduser() / self.source
 
     def where(self) -> str:
         return str(self.path) if self.load_from == "file" else f"{self.load_from.replace('_', ' ')} {self.source}"
@@ -112,6 +113,16 @@ def _where(info_file: Path | None, name: str) -> str:
     return f"{info_file}: dataset {name!r}" if info_file else f"dataset {name!r}"
 
 
+def check_inside(source: str, key: str, dataset_dir: Path | str, where: str) -> None:
+    """A local file or folder named by an entry stays inside the dataset folder: a relative path with no
+    '..' part and no '~'. (A symlink the user put in the folder may point elsewhere: that is their choice.)"""
+    parts = PurePosixPath(source).parts
+    if ("\0" in source or PurePosixPath(source).is_absolute() or source.startswith("~")
+            or ".." in parts):
+        raise WorkbenchError(f"{where}: {key} {source!r} is outside the dataset folder {dataset_dir}; give a path "
+                             "inside it (relative, without '..'), or put a link to the file in the folder")
+
+
 def spec_from_entry(name: str, entry: Any, dataset_dir: Path, info_file: Path | None = None) -> DatasetSpec:
     """Validate one dataset_info.json entry; errors name the file, the dataset and the key."""
     where = _where(info_file, name)
@@ -128,6 +139,8 @@ def spec_from_entry(name: str, entry: Any, dataset_dir: Path, info_file: Path | 
         raise WorkbenchError(f"{where}: no source; give one of {', '.join(SOURCE_KEYS)}")
     if not isinstance(source, str):
         raise WorkbenchError(f"{where}: {key} must be a string, got {type(source).__name__}")
+    if load_from in ("file", "script"):  # script_url is read as a local folder when it exists (loader.spec_rows)
+        check_inside(source, key, dataset_dir, where)
     formatting = entry.get("formatting", "alpaca")
     if formatting not in FORMATS:
         raise WorkbenchError(f"{where}: unknown formatting {formatting!r}; choose from {', '.join(FORMATS)}")

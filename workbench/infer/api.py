@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import json
+import math
 import os
 import secrets
 import sys
@@ -50,12 +52,53 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
+# -- who may connect ---------------------------------------------------------------------------------
+
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
+INSECURE_FLAG = "--insecure-no-auth"
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether binding ``host`` keeps a server on this machine (127.0.0.0/8, ::1, localhost)."""
+    host = (host or "").strip().strip("[]").lower()
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # "", 0.0.0.0, ::, a host name: reachable from elsewhere
+
+
+def check_exposure(host: str | None, *, protected: bool, auth_flag: str, share: bool = False,
+                   insecure: bool = False) -> str | None:
+    """Refuse to serve beyond loopback (or over a public ``--share`` link) without a password or key.
+
+    ``protected``: ``auth_flag`` (--auth, --api-key) was given. ``insecure`` (--insecure-no-auth) lets it
+    through for people whose own proxy authenticates; the warning to print is returned.
+    """
+    reasons = []
+    if share:
+        reasons.append("--share makes a public link that anyone can open")
+    if not is_loopback(host):
+        reasons.append(f"--host {host or '(all interfaces)'} makes it reachable from other machines")
+    if protected or not reasons:
+        return None
+    what = " and ".join(reasons)
+    if insecure:
+        return f"warning: {what}, with no {auth_flag} ({INSECURE_FLAG}): anyone who can reach it can use it"
+    example = "--auth user:password (or --auth users.txt)" if auth_flag == "--auth" else f"{auth_flag} KEY"
+    raise WorkbenchError(f"{what}, and no {auth_flag} is set: add {example}, or bind --host 127.0.0.1; if a proxy "
+                         f"in front of it does the authentication, pass {INSECURE_FLAG}")
+
+
 # -- request parsing ---------------------------------------------------------------------------------
 
 def _number(body: dict, name: str, *, kind=float, lo=None, hi=None):
     value = body.get(name)
     if value is None:
         return None
+    if isinstance(value, float) and not math.isfinite(value):  # NaN / Infinity: Python's JSON reads them
+        raise ApiError(400, f"Invalid '{name}': {value} is not a finite number.", param=name, code="invalid_value")
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
         what = "an integer" if kind is int else "a number"
         raise ApiError(400, f"Invalid type for '{name}': expected {what}, but got {type(value).__name__}.",
@@ -308,15 +351,19 @@ def create_app(engine, *, api_key: str | None = None, max_batch: int = 8, defaul
     async def on_validation_error(request, exc):
         return error(ApiError(400, str(exc), code="invalid_value"))
 
+    def given_key(request: Request) -> str:
+        header = request.headers.get("authorization", "")
+        return header[7:].strip() if header.lower().startswith("bearer ") else ""
+
+    def authorized(request: Request) -> bool:
+        given = given_key(request)
+        return not api_key or (bool(given) and secrets.compare_digest(given.encode(), api_key.encode()))
+
     @app.middleware("http")
     async def check_key(request: Request, call_next):
-        if api_key and request.url.path.startswith("/v1"):
-            header = request.headers.get("authorization", "")
-            given = header[7:].strip() if header.lower().startswith("bearer ") else ""
-            if not given or not secrets.compare_digest(given.encode(), api_key.encode()):
-                what = "No API key provided" if not given else "Incorrect API key provided"
-                return error(ApiError(401, f"{what}. Send it as 'Authorization: Bearer KEY'.",
-                                      code="invalid_api_key"))
+        if request.url.path != "/health" and not authorized(request):  # every route but /health needs the key
+            what = "No API key provided" if not given_key(request) else "Incorrect API key provided"
+            return error(ApiError(401, f"{what}. Send it as 'Authorization: Bearer KEY'.", code="invalid_api_key"))
         return await call_next(request)
 
     def model_card(name: str, parent: str | None = None) -> dict:
@@ -340,8 +387,10 @@ def create_app(engine, *, api_key: str | None = None, max_batch: int = 8, defaul
         raise ApiError(404, f"The model '{model_id}' does not exist.", param="model", code="model_not_found")
 
     @app.get("/health")
-    async def health():
-        return {"status": "ok", "model": base_name, "adapters": engine.adapter_names, **scheduler.stats()}
+    async def health(request: Request):
+        # Liveness and batch counters for anyone; which model and adapters are served only with the key.
+        names = {"model": base_name, "adapters": engine.adapter_names} if authorized(request) else {}
+        return {"status": "ok", **names, **scheduler.stats()}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -443,7 +492,10 @@ def configure_api(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--api-key", default=os.environ.get("WORKBENCH_API_KEY"),
-                        help="require 'Authorization: Bearer KEY' (default: $WORKBENCH_API_KEY; none = open)")
+                        help="require 'Authorization: Bearer KEY' (default: $WORKBENCH_API_KEY; none = open, "
+                             "allowed on loopback only)")
+    parser.add_argument(INSECURE_FLAG, dest="insecure_no_auth", action="store_true",
+                        help="allow a --host beyond loopback without --api-key (your own proxy authenticates)")
     parser.add_argument("--template", default="auto", help="chat template (default auto)")
     parser.add_argument("--max-batch", type=int, default=8,
                         help="most concurrent requests generated together in one batch")
@@ -457,6 +509,9 @@ def run_api(args) -> int:
     from workbench.infer.session import load_for_chat
     from workbench.models.adapters import parse_adapter_specs
 
+    # Beyond loopback only with a key, or when the user says a proxy in front authenticates.
+    warning = check_exposure(args.host, protected=bool(args.api_key), auth_flag="--api-key",
+                             insecure=getattr(args, "insecure_no_auth", False))
     values = {k: v for k, v in vars(args).items() if k in ModelArgs.__dataclass_fields__}
     model_args = from_mapping(ModelArgs, values)
     if not 1 <= args.port <= 65535:
@@ -477,7 +532,7 @@ def run_api(args) -> int:
     names = ", ".join(engine.variants[1:]) or "none"
     print(f"Workbench API on http://{args.host}:{args.port}/v1 — model {loaded.label}, adapters: {names}"
           f"{', API key required' if args.api_key else ''}", file=sys.stderr, flush=True)
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
-        print("warning: listening beyond this machine without --api-key", file=sys.stderr, flush=True)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -166,8 +166,11 @@ def configure_webui(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=os.environ.get("WORKBENCH_HOST", "127.0.0.1"),
                         help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("WORKBENCH_PORT", "7860")))
-    parser.add_argument("--auth", default=None, help="user:password, or a file with one user:password per line")
+    parser.add_argument("--auth", default=None, help="user:password, or a file with one user:password per line "
+                                                     "(required with --share or a --host beyond loopback)")
     parser.add_argument("--share", action="store_true", help="also create a public gradio.live link")
+    parser.add_argument("--insecure-no-auth", dest="insecure_no_auth", action="store_true",
+                        help="allow --share or a --host beyond loopback without --auth (your own proxy authenticates)")
 
 
 def prepare_bundled_model_in_background() -> None:
@@ -187,7 +190,14 @@ def prepare_bundled_model_in_background() -> None:
 
 
 def run_webui(args) -> int:
+    from workbench.infer.api import check_exposure
+
     auth = parse_auth(args.auth)
+    # Beyond loopback (or over --share) only with a password, or when the user says a proxy takes care of it.
+    warning = check_exposure(args.host, protected=bool(auth), auth_flag="--auth", share=args.share,
+                             insecure=getattr(args, "insecure_no_auth", False))
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     prepare_bundled_model_in_background()
     app = create_app()
     print(f"Workbench on http://{args.host}:{args.port}", file=sys.stderr, flush=True)

@@ -480,7 +480,7 @@ def build(ctx: AppContext) -> None:
             path = runs.run_path_for(name)
             if path is None:
                 raise WorkbenchError(f"run {name!r} does not exist")
-            runs.delete_run(path)
+            runs.delete_run(path, force=True)  # the user confirmed deleting adapter and checkpoints
         except Exception as exc:
             return gr.update(visible=False), _message(exc, "Cannot delete:"), gr.skip(), gr.skip(), gr.skip(), \
                 gr.skip(), gr.skip()
