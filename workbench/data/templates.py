@@ -81,6 +81,11 @@ def check_messages(messages: list[dict], *, template: str) -> None:
                              f"not {messages[0]['role']!r} (template {template})")
 
 
+def hermes_tools_text(tools: list[dict]) -> str:
+    """Tool definitions as Hermes-format system text."""
+    return _TOOLS_HEADER + "".join("\n" + _dumps(t) for t in tools) + _TOOLS_FOOTER
+
+
 def hermes_tool_calls_text(calls: list[dict]) -> str:
     return "\n".join(
         '<tool_call>\n{"name": "' + c["name"] + '", "arguments": ' + _dumps(c.get("arguments", {})) + "}\n</tool_call>"
@@ -202,8 +207,76 @@ class Template:
     def parse_tool_calls(self, text: str) -> list[dict]:
         return parse_hermes_tool_calls(text) if self.supports_tools else []
 
+    def tools_note(self, tokenizer) -> str | None:
+        """Why tool definitions and calls are rendered in a format the user may not expect, if they are."""
+        return None
+
+    def tokenizer_problems(self, tokenizer) -> list[str]:
+        """Reasons this template cannot be trained with this tokenizer (a stop token it cannot encode as one
+        token: the model would never learn to stop). Empty when they fit."""
+        return []
+
+    def tokenizer_warnings(self, tokenizer) -> list[str]:
+        """Problems, then softer signs that the template does not fit the tokenizer's own format."""
+        return self.tokenizer_problems(tokenizer)
+
+    def check_tokenizer(self, tokenizer) -> None:
+        """Refuse to train with a template whose stop tokens this tokenizer cannot encode (see docs/TRAINING.md)."""
+        problems = self.tokenizer_problems(tokenizer)
+        if problems:
+            fitting = [name for name, t in TEMPLATES.items()
+                       if name != self.name and not t.tokenizer_problems(tokenizer)]
+            raise WorkbenchError(
+                f"template {self.name!r} does not fit the tokenizer of {_tokenizer_label(tokenizer)}: "
+                + "; ".join(problems)
+                + ". The trained model would never learn to stop. Choose the model's own template (auto)"
+                + (f" or one whose tokens this tokenizer has: {', '.join(fitting)}" if fitting else "")
+            )
+
     def __repr__(self) -> str:
         return f"<Template {self.name}>"
+
+
+def _tokenizer_label(tokenizer) -> str:
+    return str(getattr(tokenizer, "name_or_path", "") or "this model")
+
+
+def single_token_id(tokenizer, text: str) -> int | None:
+    """The id of ``text`` when the tokenizer encodes it as exactly one known token, else None."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1 or ids[0] == getattr(tokenizer, "unk_token_id", None) and text != tokenizer.unk_token:
+        return None
+    return ids[0]
+
+
+def _pieces(tokenizer, text: str) -> str:
+    toks = tokenizer.tokenize(text)
+    shown = ", ".join(repr(t) for t in toks[:10]) + (", …" if len(toks) > 10 else "")
+    return f"{len(toks)} pieces ({shown})"
+
+
+def _special_sequence(text: str, tokenizer) -> list[str]:
+    """The tokenizer's special tokens in ``text``, in order."""
+    specials = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    specials.update(t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special)
+    specials.discard("")
+    if not specials:
+        return []
+    pattern = "|".join(re.escape(t) for t in sorted(specials, key=len, reverse=True))
+    return re.findall(pattern, text)
+
+
+def _shorten(text: str, limit: int = 48) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+# A conversation that uses every part of a template, for comparing formats and probing jinja templates.
+_PROBE_SYSTEM = "Probe system prompt."
+_PROBE_MESSAGES = [
+    {"role": "user", "content": "Probe question."},
+    {"role": "assistant", "content": "Probe answer."},
+    {"role": "user", "content": "Second probe question."},
+]
 
 
 def _layout(segs: list[Segment], *, train_on_prompt: bool, mask_history: bool):
@@ -233,7 +306,14 @@ def _in_spans(pos: int, spans: list[tuple[int, int]]) -> bool:
 
 def _fit(ids: list[int], labels: list[int], starts: list[int], contents: list[tuple[int, int]],
          cutoff_len: int | None, stats: dict | None):
-    """Apply cutoff_len, shortening the prompt when it would leave no room for the response."""
+    """Apply cutoff_len, shortening the prompt so that the first response is kept whenever it fits.
+
+    The rule (docs/TRAINING.md, "Truncation"): the prompt keeps at least a quarter of ``cutoff_len`` (all
+    of it when shorter, and never less than the template's own tokens); the first response gets the rest,
+    so a response of up to three quarters of ``cutoff_len`` is always kept whole. The prompt is shortened
+    from the end of its longest message texts (water-filling), never in the template's markup, so the
+    model still sees a well-formed conversation. Whatever is still too long is cut at the end.
+    """
     def count(key: str) -> None:
         if stats is not None:
             stats[key] = stats.get(key, 0) + 1
@@ -244,24 +324,23 @@ def _fit(ids: list[int], labels: list[int], starts: list[int], contents: list[tu
         return None
     if not cutoff_len or len(ids) <= cutoff_len:
         return ids, labels
-    # The first response run: keep all of it if it is short, else at least a quarter of the budget.
     run_end = first
     while run_end < len(labels) and labels[run_end] != IGNORE_INDEX:
         run_end += 1
-    keep_response = min(run_end - first, max(1, cutoff_len // 4))
+    # Prompt tokens that can go: every token of a message text before the response but its first.
+    candidates = []
+    for a, b in contents:
+        toks = [i for i in range(first) if a <= starts[i] < b]
+        if toks:
+            candidates.append(toks)
+    removable = sum(len(t) - 1 for t in candidates)
+    prompt_floor = min(first, max(first - removable, cutoff_len // 4))
+    keep_response = min(run_end - first, cutoff_len - prompt_floor)
+    if keep_response < 1:
+        count("dropped")
+        return None
     excess = first + keep_response - cutoff_len
-    if excess > 0:
-        # Cut tokens from the end of the longest message texts before the response (water-filling).
-        candidates = []
-        for a, b in contents:
-            toks = [i for i in range(first) if a <= starts[i] < b]
-            if toks:
-                candidates.append(toks)
-        candidates.sort(key=len, reverse=True)
-        removable = sum(len(t) - 1 for t in candidates)
-        if removable < excess:
-            count("dropped")
-            return None
+    if excess > 0:  # never more than ``removable``: ``prompt_floor`` is at least the unremovable part
         remove: set[int] = set()
         need = excess
         while need > 0:
@@ -312,6 +391,48 @@ class FormatTemplate(Template):
     def stop_strings(self, tokenizer) -> list[str]:
         return [_fill(w, tokenizer) for w in self.stop_words]
 
+    def _formats(self) -> list[str]:
+        return [f for f in (self.prefix, self.system_format, self.user_format, self.assistant_prefix,
+                            self.assistant_format, self.assistant_suffix, self.turn_separator,
+                            self.system_in_first_user or "", self.tool_run_prefix, self.tool_format or "",
+                            self.tool_run_suffix, *self.stop_words) if f]
+
+    def tokenizer_problems(self, tokenizer) -> list[str]:
+        problems = []
+        if "{eos}" in self.assistant_suffix and not tokenizer.eos_token:
+            problems.append("it ends each answer with the end-of-sequence token, and this tokenizer has none")
+        # Markers such as <|eot_id|> and the end of turn must each be one token of the vocabulary.
+        markers = dict.fromkeys(m for f in self._formats() for m in re.findall(r"<\|[^<>|\s]+\|>", f))
+        for word in self.stop_strings(tokenizer):
+            if word:
+                markers.setdefault(word, None)
+        for marker in markers:
+            if single_token_id(tokenizer, marker) is None:
+                problems.append(f"it needs {marker!r} as one token, but this tokenizer splits it into "
+                                f"{_pieces(tokenizer, marker)}")
+        return problems
+
+    def tokenizer_warnings(self, tokenizer) -> list[str]:
+        warnings = self.tokenizer_problems(tokenizer)
+        own = getattr(tokenizer, "chat_template", None)
+        if warnings or not isinstance(own, str) or not own:
+            return warnings
+        for system in (_PROBE_SYSTEM, None):  # some templates refuse a system message
+            msgs = ([{"role": "system", "content": system}] if system else []) + _PROBE_MESSAGES
+            try:
+                theirs = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+            except Exception:
+                continue
+            ours = self.render(tokenizer, _PROBE_MESSAGES, system=system)
+            # Text may differ (dates, default prompts); the special tokens that frame the turns may not.
+            if _special_sequence(theirs, tokenizer) != _special_sequence(ours, tokenizer):
+                warnings.append(
+                    f"template {self.name!r} renders a conversation as {_shorten(ours)!r}, but the tokenizer's own "
+                    f"chat template as {_shorten(theirs)!r}: the model was trained on another format "
+                    "(template auto uses its own)")
+            break
+        return warnings
+
     def _assistant_body(self, message: dict) -> str:
         content = message.get("content") or ""
         calls = message.get("tool_calls") or []
@@ -324,7 +445,7 @@ class FormatTemplate(Template):
         show = system is not None or bool(self.default_system)
         if tools:
             head = text + "\n\n" if text else ""
-            text = head + _TOOLS_HEADER + "".join("\n" + _dumps(t) for t in tools) + _TOOLS_FOOTER
+            text = head + hermes_tools_text(tools)
             show = True
         return text, show
 
@@ -401,9 +522,77 @@ class JinjaTemplate(Template):
                 f"choose a named template ({', '.join(n for n in TEMPLATES if n != 'jinja')})"
             )
 
-    @property
-    def supports_tools(self) -> bool:  # type: ignore[override]
-        return True  # decided per tokenizer by the template itself; parsing assumes the Hermes format
+    # Always: a tokenizer template that ignores tools gets the Hermes format instead (see _hermes_fallback).
+    supports_tools = True
+    _tool_probe_cache: dict[str, tuple[bool, bool, bool]] = {}
+
+    def tool_rendering(self, tokenizer) -> tuple[bool, bool, bool]:
+        """Whether the tokenizer's template renders (tool definitions, assistant tool calls, tool results).
+
+        Found by rendering probe conversations: many templates (SmolLM2's among them) silently drop
+        ``tools`` and ``tool_calls``, which would train each tool-call turn as an empty answer.
+        """
+        self._check(tokenizer)
+        key = tokenizer.chat_template
+        if key in self._tool_probe_cache:
+            return self._tool_probe_cache[key]
+        question = {"role": "user", "content": "Probe question."}
+        call = {"role": "assistant", "content": "",
+                "tool_calls": [{"type": "function", "function": {"name": "wb_probe_call", "arguments": {"x": 1}}}]}
+        tool = {"type": "function", "function": {"name": "wb_probe_definition", "description": "probe",
+                                                 "parameters": {"type": "object", "properties": {}}}}
+
+        def renders(marker: str, msgs: list[dict], tools: list[dict] | None = None) -> bool:
+            try:
+                return marker in self._apply(tokenizer, msgs, tools, False)
+            except Exception:  # a template that raises on a role or field does not support it
+                return False
+
+        result = (
+            renders("wb_probe_definition", [question, {"role": "assistant", "content": "Probe answer."}], [tool]),
+            renders("wb_probe_call", [question, call], [tool]),
+            renders("wb_probe_result", [question, call, {"role": "tool", "content": "wb_probe_result"}], [tool]),
+        )
+        self._tool_probe_cache[key] = result
+        return result
+
+    def tools_note(self, tokenizer) -> str | None:
+        if not getattr(tokenizer, "chat_template", None):
+            return None
+        missing = [what for what, ok in zip(("tool definitions", "tool calls", "tool results"),
+                                            self.tool_rendering(tokenizer)) if not ok]
+        if not missing:
+            return None
+        return (f"the chat template of {_tokenizer_label(tokenizer)} (template jinja) ignores {', '.join(missing)}; "
+                "they are written in the Hermes format instead (<tools> in the system prompt, <tool_call> in the "
+                "answer, <tool_response> in a user turn), which Chat and the API parse back. Choose a named "
+                "template (qwen, chatml, smollm2) to set the format yourself")
+
+    def _hermes_fallback(self, tokenizer, messages: list[dict], system: str | None, tools: list[dict] | None):
+        """Rewrite the tool parts the tokenizer's template would drop as Hermes-format text."""
+        uses_tools = bool(tools) or any(m["role"] == "tool" or m.get("tool_calls") for m in messages)
+        if not uses_tools:
+            return messages, system, tools
+        definitions, calls, results = self.tool_rendering(tokenizer)
+        if tools and not definitions:
+            head = system + "\n\n" if system else ""
+            system = head + hermes_tools_text(tools)
+            tools = None
+        out: list[dict] = []
+        for m in messages:
+            if m["role"] == "assistant" and m.get("tool_calls") and not calls:
+                content = m.get("content") or ""
+                out.append({"role": "assistant",
+                            "content": content + ("\n" if content else "") + hermes_tool_calls_text(m["tool_calls"])})
+            elif m["role"] == "tool" and not results:
+                block = "<tool_response>\n" + (m.get("content") or "") + "\n</tool_response>"
+                if out and out[-1].get("_tool_run"):  # one user turn per run of results, as Qwen does
+                    out[-1]["content"] += "\n" + block
+                else:
+                    out.append({"role": "user", "content": block, "_tool_run": True})
+            else:
+                out.append(m)
+        return [{k: v for k, v in m.items() if k != "_tool_run"} for m in out], system, tools
 
     @staticmethod
     def _hf_messages(messages: list[dict], system: str | None) -> list[dict]:
@@ -433,6 +622,7 @@ class JinjaTemplate(Template):
         self._check(tokenizer)
         messages, system = split_system(messages, system)
         check_messages(messages, template=self.name)
+        messages, system, tools = self._hermes_fallback(tokenizer, messages, system, tools)
         msgs = self._hf_messages(messages, system)
         offset = 1 if system is not None else 0
         full = self._apply(tokenizer, msgs, tools, add_generation_prompt)

@@ -87,6 +87,8 @@ def run_chat(args) -> int:
                              "choose a tool-capable template (qwen, chatml, smollm2) or drop --tools")
     loaded = load_for_chat(model_args, adapters)
     engine = ChatEngine(loaded, args.template)
+    for note in engine.notes(tools=bool(tools)):
+        print(f"note: {note}", file=sys.stderr)
     variants = engine.variants if args.compare else [use]
     histories: dict[str, list[dict]] = {v: [] for v in variants}
     interactive = args.prompt is None

@@ -439,6 +439,15 @@ class ChatEngine:
     def stop_token_ids(self) -> list[int]:
         return self.template.stop_token_ids(self.loaded.tokenizer)
 
+    def notes(self, *, tools: bool = False) -> list[str]:
+        """What the user should know about the template with this model: a stop token the tokenizer cannot
+        encode (answers run to max_new_tokens), a format the model was not trained on, and, when the
+        conversation uses tools, a template that ignores them (rendered in the Hermes format instead)."""
+        tokenizer = self.loaded.tokenizer
+        out = self.template.tokenizer_warnings(tokenizer)
+        note = self.template.tools_note(tokenizer) if tools else None
+        return out + ([note] if note else [])
+
     # -- prompts ---------------------------------------------------------------------------------
     def encode(self, messages: list[dict], *, system: str | None = None, tools: list[dict] | None = None,
                max_new_tokens: int | None = None, strict_length: bool = False) -> tuple[list[int], int | None]:

@@ -68,6 +68,12 @@ def error_text(exc: Exception) -> str:
 
 # -- conversation ↔ chat bubbles ----------------------------------------------------------------------
 
+def engine_notes(engine, messages: list[dict], tools: list[dict] | None) -> str:
+    """The engine's notes on its template, as lines under the status (empty when there are none)."""
+    uses_tools = bool(tools) or any(m.get("role") == "tool" or m.get("tool_calls") for m in messages)
+    return "".join(f"\n\n⚠️ {note}" for note in engine.notes(tools=uses_tools))
+
+
 def bubbles(messages: list[dict], partial: str | None = None) -> list[dict]:
     """Our conversation (user / assistant with tool_calls / tool turns) as Chatbot messages."""
     out: list[dict] = []
@@ -296,7 +302,8 @@ def build(ctx: AppContext) -> None:
             if reply.tool_calls else ""
         speed = reply.completion_tokens / reply.seconds if reply.seconds else 0
         yield (bubbles(conv), conv,
-               f"✅ {who}: {reply.completion_tokens} tokens, {speed:.1f} tokens/s{note}{calls}")
+               f"✅ {who}: {reply.completion_tokens} tokens, {speed:.1f} tokens/s{note}{calls}"
+               + engine_notes(engine, conv, tools))
 
     def run_compare(convs: dict[str, list[dict]], chosen: list[str], data: dict, request,
                     answering: list[str] | None = None):
@@ -334,7 +341,8 @@ def build(ctx: AppContext) -> None:
             convs[name] = convs[name] + [reply.message()]
         stopped = " (stopped)" if any(r.finish_reason == "cancelled" for r in replies) else ""
         summary = ", ".join(f"{r.variant}: {r.completion_tokens} tokens" for r in replies)
-        yield (*column_updates(chosen, convs), convs, f"✅ one batch — {summary}{stopped}")
+        yield (*column_updates(chosen, convs), convs, f"✅ one batch — {summary}{stopped}"
+               + engine_notes(engine, [m for c in convs.values() for m in c], tools))
 
     def on_send(data: dict, request: gr.Request):
         text = (data[message] or "").strip()
