@@ -527,6 +527,38 @@ def test_deepspeed_without_the_package_is_a_clear_error(tiny_model_dir, tmp_path
                  "--output_dir", str(tmp_path / "ds"), "--launch", "--num_processes", "2")
     assert result.returncode == 1
     assert "deepspeed package is not installed" in result.stderr and "Traceback" not in result.stderr
+    # The command is shown before the refusal, and the refused launch leaves no empty folder behind.
+    assert "accelerate.commands.launch --use_deepspeed" in result.stdout
+    assert not (tmp_path / "ds").exists()
+
+
+def test_launch_dry_run_prints_the_command_and_writes_nothing(tiny_model_dir, tmp_path, cli):
+    result = cli("train", "--model_name_or_path", str(tiny_model_dir), "--dataset", "identity", "--output_dir",
+                 str(tmp_path / "dry"), "--launch", "--num_processes", "2", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    command = result.stdout.strip().splitlines()[-1]
+    assert "accelerate.commands.launch --multi_gpu --num_processes 2" in command
+    assert command.endswith(f"-m workbench train --model_name_or_path {tiny_model_dir} --dataset identity "
+                            f"--output_dir {tmp_path / 'dry'}")
+    assert not (tmp_path / "dry").exists()
+    alone = cli("train", "--model_name_or_path", str(tiny_model_dir), "--dataset", "identity", "--dry-run")
+    assert alone.returncode == 1 and "add --launch" in alone.stderr
+
+
+def test_deepspeed_launch_on_a_cpu_is_refused_before_any_rank_starts(tiny_model_dir, tmp_path, cli):
+    # deepspeed cannot be installed usefully on this CPU machine: an empty stand-in package makes it importable,
+    # so the launcher reaches the device check that must refuse before accelerate spawns ranks.
+    stand_in = tmp_path / "site" / "deepspeed"
+    stand_in.mkdir(parents=True)
+    (stand_in / "__init__.py").write_text("")
+    result = cli("train", "--model_name_or_path", str(tiny_model_dir), "--dataset", "identity", "--deepspeed", "z2",
+                 "--output_dir", str(tmp_path / "ds"), "--launch", "--num_processes", "2",
+                 env={"PYTHONPATH": str(tmp_path / "site"), "CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode == 1
+    assert "DeepSpeed needs CUDA GPUs" in result.stderr and "Traceback" not in result.stderr
+    assert "[rank" not in result.stderr and "torchrun" not in result.stderr
+    assert "accelerate.commands.launch --use_deepspeed" in result.stdout
+    assert not (tmp_path / "ds").exists()
 
 
 # ---- presets -------------------------------------------------------------------------------------------

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 from typing import Any
 
-from workbench.config.base import add_arguments, load_yaml
+from workbench.config.base import OptionError, WorkbenchError, add_arguments, load_yaml
 from workbench.config.data import DataArgs
 from workbench.config.model import ModelArgs
 from workbench.config.train import (IGNORED_KEYS, UNSUPPORTED_KEYS, FinetuningArgs, LaunchArgs, TrainArgs,
@@ -18,6 +19,9 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", help="YAML file with options (LLaMA-Factory style); flags override it")
     for cls in (ModelArgs, DataArgs, FinetuningArgs, TrainArgs, LaunchArgs):
         add_arguments(parser, cls)
+    parser.add_argument("--dry_run", "--dry-run", dest="dry_run", action="store_true", default=argparse.SUPPRESS,
+                        help="with --launch: print the accelerate launch command and exit (checks run, nothing "
+                             "is written)")
     # LLaMA-Factory flags we ignore or refuse still parse, so the warning/error names them.
     for key in (*IGNORED_KEYS, *UNSUPPORTED_KEYS):
         parser.add_argument(f"--{key}", dest=key, nargs="?", const=True, default=argparse.SUPPRESS,
@@ -58,11 +62,14 @@ def run_train(args: argparse.Namespace) -> int:
     datasets.disable_progress_bars()
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    dry_run = bool(vars(args).pop("dry_run", False))
     values, overrides, launch_values = collect(args)
     cfg: TrainConfig = parse_train_config(values)
     launch = LaunchArgs(**launch_values)
     if should_launch(launch):
-        return _launch(cfg, launch, args.config, overrides)
+        return _launch(cfg, launch, args.config, overrides, dry_run=dry_run)
+    if dry_run:
+        raise WorkbenchError("--dry_run prints the command of a --launch run; add --launch (and --num_processes)")
     from workbench.train.run import run_training
 
     summary = run_training(cfg)
@@ -76,8 +83,13 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _launch(cfg: TrainConfig, launch: LaunchArgs, config_path: str | None, overrides: dict[str, Any]) -> int:
-    """Check and prepare here, once; the launched processes skip the output_dir preparation."""
+def _launch(cfg: TrainConfig, launch: LaunchArgs, config_path: str | None, overrides: dict[str, Any], *,
+            dry_run: bool = False) -> int:
+    """Check and prepare here, once; the launched processes skip the output_dir preparation.
+
+    The command is printed first, then everything the ranks would die on is checked (DeepSpeed's package and
+    CUDA, the datasets' stage), and only then is the output folder checked and made: a refused launch leaves
+    nothing behind."""
     from pathlib import Path
 
     from workbench.config.train import check_deepspeed_installed
@@ -88,10 +100,18 @@ def _launch(cfg: TrainConfig, launch: LaunchArgs, config_path: str | None, overr
     tr = cfg.train
     output_dir = (Path(tr.output_dir).expanduser().resolve() if tr.output_dir
                   else out.default_output_dir(cfg.finetuning.stage, cfg.finetuning.finetuning_type))
-    resume = out.resolve_resume(tr.resume_from_checkpoint, output_dir)
-    out.prepare_output_dir(output_dir, overwrite=tr.overwrite_output_dir, resuming=resume is not None)
-    check_datasets_fit_stage(cfg.data, cfg.finetuning.stage)
+    argv = launched_train_argv(cfg, launch, config_path, overrides, output_dir)
+    print("Launching: " + shlex.join(argv) if not dry_run else shlex.join(argv), flush=True)
     if tr.deepspeed:
         check_deepspeed_installed()
-    argv = launched_train_argv(cfg, launch, config_path, overrides, output_dir)
-    return run_launch(argv, {LAUNCHED_ENV: "1"})
+        from workbench.models.loader import pick_device
+
+        if not pick_device(cfg.model.device).startswith("cuda"):
+            raise OptionError("deepspeed", "DeepSpeed needs CUDA GPUs and none is visible here; leave deepspeed "
+                                           "empty on a CPU (plain --launch runs several gloo processes)")
+    resume = out.resolve_resume(tr.resume_from_checkpoint, output_dir)
+    check_datasets_fit_stage(cfg.data, cfg.finetuning.stage)
+    if dry_run:
+        return 0
+    out.prepare_output_dir(output_dir, overwrite=tr.overwrite_output_dir, resuming=resume is not None)
+    return run_launch(argv, {LAUNCHED_ENV: "1"}, announce=False)

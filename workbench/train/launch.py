@@ -59,8 +59,9 @@ def accelerate_argv(cfg: TrainConfig, launch: LaunchArgs, train_args: list[str])
     return argv
 
 
-def run_launch(argv: list[str], env_extra: dict[str, str]) -> int:
-    print("Launching: " + shlex.join(argv), flush=True)
+def run_launch(argv: list[str], env_extra: dict[str, str], *, announce: bool = True) -> int:
+    if announce:
+        print("Launching: " + shlex.join(argv), flush=True)
     env = {**os.environ, **env_extra}
     try:
         return subprocess.call(argv, env=env)
