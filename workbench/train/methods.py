@@ -207,8 +207,9 @@ def count_parameters(model) -> tuple[int, int]:
     trainable = total = 0
     for p in model.parameters():
         n = p.numel()
-        if p.__class__.__name__ == "Params4bit":  # stored packed: two 4-bit values per byte
-            n *= 2
+        if p.__class__.__name__ == "Params4bit":
+            # Packed two 4-bit values per byte, in elements of bnb_4bit_quant_storage (uint8, bf16 or float32).
+            n *= p.element_size() * 2
         total += n
         if p.requires_grad:
             trainable += n
