@@ -143,6 +143,10 @@ def _preview(args) -> int:
           f"{template.name}; tokenizer of {args.model}")
     for w in loaded.warnings():
         print(f"warning: {w}")
+    from workbench.data.inspect import template_notes
+
+    for note in template_notes(template, tokenizer, loaded.records):
+        print(f"warning: template {template.name}: {note}")
     legend = "trained text in green" if color else "trained text between ⟦ and ⟧"
     for i, record in enumerate(loaded.records[: args.n], 1):
         pieces = marked_pieces(record, template, tokenizer, cutoff_len=args.cutoff_len,

@@ -188,17 +188,19 @@ class RowConverter:
             raise Skip("empty chosen or rejected")
         return chosen, rejected
 
-    def _turn(self, item: Any, where: str, field: str) -> tuple[str, dict]:
-        """One sharegpt/openai message → (its tag, a canonical message)."""
+    def _turn(self, item: Any, where: str, field: str, turns: list | None = None) -> tuple[str, dict]:
+        """One sharegpt/openai message → (its tag, a canonical message); ``turns``: its conversation, for hints."""
         if not isinstance(item, dict):
             raise RowError(f"{where}: {field} must be a list of message objects, found {_short(item)}")
         t = self.tags
         role_key, content_key = t["role_tag"], t["content_tag"]
-        if role_key not in item:
-            raise RowError(f"{where}: a message in {field} has no {role_key!r} key (keys: "
-                           f"{', '.join(map(str, item))}); set tags.role_tag / tags.content_tag")
-        tag = item[role_key]
         calls = item.get("tool_calls")
+        for key, tag_key in ((role_key, "role_tag"), (content_key, "content_tag")):
+            if key not in item and not (tag_key == "content_tag" and calls):
+                raise RowError(f"{where}: a message in {field} has no {key!r} key (keys: "
+                               f"{', '.join(map(str, item))}); set tags.role_tag / tags.content_tag"
+                               + _tag_hint(turns or [item], self.spec.formatting))
+        tag = item[role_key]
         if tag == t["function_tag"] or (calls and tag == t["assistant_tag"]):
             raw = calls if calls else item.get(content_key)
             try:
@@ -211,7 +213,9 @@ class RowConverter:
         role = {t["user_tag"]: "user", t["assistant_tag"]: "assistant", t["observation_tag"]: "tool",
                 t["system_tag"]: "system"}.get(tag)
         if role is None:
-            raise Skip(f"unknown role {tag!r}")
+            known = ", ".join(f"{k}={t[k]!r}" for k in ("user_tag", "assistant_tag", "system_tag", "observation_tag",
+                                                         "function_tag"))
+            raise Skip(f"unknown role {tag!r} (role tags: {known})")
         return tag, R.message(role, content)
 
     def _sharegpt(self, row: dict, where: str, system: str | None, tools) -> R.Record:
@@ -219,7 +223,7 @@ class RowConverter:
         raw = row.get(c["messages"])
         if not isinstance(raw, list):
             raise RowError(f"{where}: {c['messages']} must be a list of messages, got {_short(raw)}")
-        messages = [self._turn(item, where, c["messages"])[1] for item in raw]
+        messages = [self._turn(item, where, c["messages"], raw)[1] for item in raw]
         if messages and messages[0]["role"] == "system":
             first = messages.pop(0)
             system = system or first["content"] or None
@@ -252,6 +256,19 @@ class RowConverter:
         if not (msg["content"].strip() or msg.get("tool_calls")):
             raise Skip("empty chosen or rejected")
         return msg
+
+
+def _tag_hint(turns: list, formatting: str) -> str:
+    """' (the messages look like ...)': the role/content keys and role values detected in ``turns``."""
+    found = detect_turn_tags([m for m in turns if isinstance(m, dict)])["tags"]
+    if "role_tag" not in found or "content_tag" not in found:
+        return ""
+    openai = DEFAULT_TAGS["openai"]
+    if formatting != "openai" and all(found.get(k) == openai[k] for k in ("role_tag", "content_tag")) and all(
+            found.get(k) in (None, openai[k]) for k in ("user_tag", "assistant_tag", "system_tag")):
+        return " (the messages look like OpenAI messages: choose formatting openai)"
+    order = ("role_tag", "content_tag", "user_tag", "assistant_tag", "system_tag", "observation_tag", "function_tag")
+    return " (the messages look like " + ", ".join(f"{k}={found[k]!r}" for k in order if k in found) + ")"
 
 
 def valid_order(messages: list[dict]) -> bool:
@@ -292,10 +309,98 @@ RESPONSE_GUESSES = ("output", "response", "answer", "completion", "target", "sum
 QUERY_GUESSES = ("input", "context")
 SYSTEM_GUESSES = ("system", "system_prompt")
 MESSAGE_GUESSES = ("conversations", "messages", "conversation", "dialog", "chat", "completion")
+# Keys of one turn, and role values, as commonly spelt (compared case-insensitively).
+ROLE_KEY_GUESSES = ("from", "role", "speaker", "author", "sender", "who", "participant", "user_type")
+CONTENT_KEY_GUESSES = ("value", "content", "text", "message", "utterance", "msg", "body", "turn")
+ROLE_VALUE_GUESSES = {
+    "user_tag": ("human", "user", "usr", "customer", "client", "person", "questioner", "prompter"),
+    "assistant_tag": ("gpt", "assistant", "bot", "model", "ai", "chatbot", "agent", "answerer", "chatgpt", "llm"),
+    "system_tag": ("system", "sys"),
+    "observation_tag": ("observation", "tool", "function_response", "tool_response", "ipython", "environment"),
+    "function_tag": ("function_call", "function", "tool_call", "tool_calls"),
+}
+_ROLE_VALUE_WORDS = 8  # a key whose values are a handful of short words is a role key
 
 
-def detect_format(columns: list[str], rows: list[dict]) -> dict[str, Any]:
-    """Guess a dataset_info.json entry (formatting, ranking, columns, tags) from columns and sample rows."""
+def message_turns(rows: list[dict], msg_col: str) -> list[dict]:
+    """Every message object in column ``msg_col`` of ``rows``."""
+    return [m for r in rows if isinstance(r, dict) and isinstance(r.get(msg_col), list)
+            for m in r[msg_col] if isinstance(m, dict)]
+
+
+def _pick_key(keys: list[str], guesses: Iterable[str], exclude: Iterable[str] = ()) -> str | None:
+    lower = {k.lower(): k for k in keys if k not in set(exclude)}
+    return next((lower[g] for g in guesses if g in lower), None)
+
+
+def detect_turn_tags(turns: list[dict]) -> dict[str, Any]:
+    """Which key of a conversation turn holds the role and which the text, and which role values mean
+    user / assistant / system / tool — from the turns themselves.
+
+    Returns ``{"tags": {...all found TAG_KEYS...}, "unmapped": [role values left over], "notes": [...]}``.
+    Common spellings are tried first; otherwise a key holding a handful of short repeated words is the
+    role key, the longest text the content, and two unknown role values alternate as user then assistant.
+    """
+    out: dict[str, Any] = {"tags": {}, "unmapped": [], "notes": []}
+    if not turns:
+        return out
+    counts: dict[str, int] = {}
+    for t in turns:
+        for k in t:
+            counts[k] = counts.get(k, 0) + 1
+    keys = [k for k, n in counts.items() if n * 2 >= len(turns)]  # keys most turns have
+    strings = {k: [t[k] for t in turns if isinstance(t.get(k), str)] for k in keys}
+    role_key = _pick_key(keys, ROLE_KEY_GUESSES)
+    if role_key is None:
+        words = [k for k in keys if strings[k] and len(strings[k]) * 2 >= len(turns)
+                 and len(set(strings[k])) <= _ROLE_VALUE_WORDS and max(map(len, strings[k])) <= 32]
+        repeated = [k for k in words if len(set(strings[k])) < len(strings[k]) or len(turns) <= 2]
+        role_key = min(repeated or words, key=lambda k: len(set(strings[k])), default=None)
+    content_key = _pick_key(keys, CONTENT_KEY_GUESSES, exclude=(role_key,))
+    if content_key is None:
+        texts = [k for k in keys if k != role_key and strings[k]]
+        content_key = max(texts, key=lambda k: sum(map(len, strings[k])) / len(strings[k]), default=None)
+    if role_key is None:
+        out["notes"].append(f"could not tell which key of a turn holds the role (keys: {', '.join(keys)}); "
+                            "set the role tag")
+        return out
+    out["tags"]["role_tag"] = role_key
+    if content_key is None:
+        out["notes"].append(f"could not tell which key of a turn holds the text (keys: {', '.join(keys)}); "
+                            "set the content tag")
+    else:
+        out["tags"]["content_tag"] = content_key
+    values: list[str] = []
+    for t in turns:
+        v = t.get(role_key)
+        if isinstance(v, str) and v not in values:
+            values.append(v)
+    left = list(values)
+    for tag_key, guesses in ROLE_VALUE_GUESSES.items():
+        by_lower = {v.lower(): v for v in reversed(left)}  # the first spelling seen wins
+        found = next((by_lower[g] for g in guesses if g in by_lower), None)
+        if found is not None:
+            out["tags"][tag_key] = found
+            left.remove(found)
+    need = [k for k in ("user_tag", "assistant_tag") if k not in out["tags"]]
+    if need and len(left) == len(need):
+        # Unknown names: the one heard first (``left`` keeps the order of appearance) is the user.
+        out["tags"].update(zip(need, left))
+        out["notes"].append("role values " + ", ".join(f"{out['tags'][k]!r} → {k.split('_')[0]}" for k in need)
+                            + " were guessed from the order of the turns; check the role tags")
+        left = []
+    out["unmapped"] = left
+    if left:
+        out["notes"].append(f"role value(s) {', '.join(map(repr, left))} match no role tag; rows with such turns "
+                            "are skipped unless a role tag is set to it")
+    return out
+
+
+def detect_format(columns: list[str], rows: list[dict], notes: list[str] | None = None) -> dict[str, Any]:
+    """Guess a dataset_info.json entry (formatting, ranking, columns, tags) from columns and sample rows.
+
+    What the guess could not settle, or settled from weak evidence, is appended to ``notes``.
+    """
     first = rows[0] if rows else {}
     entry: dict[str, Any] = {}
     lower = {c.lower(): c for c in columns}
@@ -312,28 +417,20 @@ def detect_format(columns: list[str], rows: list[dict]) -> dict[str, Any]:
         msg_col = pick(MESSAGE_GUESSES) if pick(MESSAGE_GUESSES) and isinstance(first.get(pick(MESSAGE_GUESSES)),
                                                                                    list) else None
     if msg_col is not None:
-        sample = first[msg_col][0] if first.get(msg_col) else {}
-        role_key = "from" if "from" in sample else "role" if "role" in sample else None
-        content_key = "value" if "value" in sample else "content" if "content" in sample else None
-        roles = {m.get(role_key) for r in rows for m in (r.get(msg_col) or []) if isinstance(m, dict)} \
-            if role_key else set()
-        openai_like = role_key == "role" and content_key == "content" and roles <= {"system", "user", "assistant",
-                                                                                   "tool"}
+        turns = message_turns(rows, msg_col)
+        found = detect_turn_tags(turns)
+        turn_tags = found["tags"]
+        roles = {m.get(turn_tags["role_tag"]) for m in turns} if "role_tag" in turn_tags else set()
+        openai_like = (turn_tags.get("role_tag") == "role" and turn_tags.get("content_tag") == "content"
+                       and roles <= {"system", "user", "assistant", "tool"})
         entry["formatting"] = "openai" if openai_like else "sharegpt"
+        if notes is not None:
+            notes.extend(f"{msg_col}: {n}" for n in found["notes"])
         columns_map: dict[str, str] = {"messages": msg_col}
         tags: dict[str, str] = {}
-        if not openai_like and role_key:
+        if not openai_like:
             defaults = DEFAULT_TAGS["sharegpt"]
-            if role_key != defaults["role_tag"]:
-                tags["role_tag"] = role_key
-            if content_key and content_key != defaults["content_tag"]:
-                tags["content_tag"] = content_key
-            for tag_key, options in (("user_tag", ("human", "user")), ("assistant_tag", ("gpt", "assistant", "bot")),
-                                     ("system_tag", ("system",)), ("observation_tag", ("observation", "tool")),
-                                     ("function_tag", ("function_call", "function"))):
-                found = next((o for o in options if o in roles), None)
-                if found and found != defaults[tag_key]:
-                    tags[tag_key] = found
+            tags = {k: v for k, v in turn_tags.items() if v != defaults[k]}
         for key, guesses in (("system", SYSTEM_GUESSES), ("tools", ("tools",))):
             col = pick(guesses)
             if col:

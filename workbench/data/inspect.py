@@ -11,8 +11,8 @@ from typing import Any
 
 from workbench.config.base import WorkbenchError
 from workbench.data import records as R
-from workbench.data.formats import detect_format
-from workbench.data.loader import check_readable, file_type, load_spec, peek_rows
+from workbench.data.formats import detect_format, detect_turn_tags, message_turns
+from workbench.data.loader import check_readable, file_type, load_spec, peek_rows, uses_tools
 from workbench.data.registry import (COLUMN_KEYS, DEFAULT_COLUMNS, DEFAULT_TAGS, FORMATS, MEDIA_KEYS, TAG_KEYS,
                                      DatasetSpec, get_spec, read_info, save_entry, spec_from_entry)
 from workbench.data.stats import LengthStats, marked_pieces, token_lengths
@@ -35,6 +35,7 @@ class Source:
     tags: dict[str, str]
     name: str | None = None  # the registered name, None for an upload
     dataset_dir: Path | None = None
+    notes: list[str] = field(default_factory=list)  # how the file was read and what the guess left open
 
 
 def open_registered(dataset_dir: str | Path, name: str, n_rows: int = 20) -> Source:
@@ -44,9 +45,28 @@ def open_registered(dataset_dir: str | Path, name: str, n_rows: int = 20) -> Sou
                              "files")
     if not spec.path.exists():
         raise WorkbenchError(f"dataset {name!r}: file {spec.path} not found")
-    columns, rows = peek_rows(spec.path, n_rows)
+    notes: list[str] = []
+    columns, rows = peek_rows(spec.path, n_rows, notes)
+    if not rows:
+        raise WorkbenchError(f"dataset {name!r}: {spec.path} holds no rows")
+    if spec.formatting != "alpaca":
+        notes += _tag_mismatch(spec, rows)
     return Source(spec.path, columns, rows, spec.formatting, spec.ranking, dict(spec.explicit_columns),
-                  dict(spec.explicit_tags), name=name, dataset_dir=Path(dataset_dir))
+                  dict(spec.explicit_tags), name=name, dataset_dir=Path(dataset_dir), notes=notes)
+
+
+def _tag_mismatch(spec: DatasetSpec, rows: list[dict]) -> list[str]:
+    """A registered entry is shown as registered; only say when its role tags do not fit the turns."""
+    turns = message_turns(rows, spec.columns.get("messages", ""))
+    if not turns:
+        return []
+    found = detect_turn_tags(turns)["tags"]
+    wrong = [k for k in ("role_tag", "content_tag") if k in found and found[k] != spec.tags[k]
+             and sum(spec.tags[k] in t for t in turns) * 2 < len(turns)]
+    if not wrong:
+        return []
+    return ["the role tags do not fit the messages (" + ", ".join(f"{k} is {spec.tags[k]!r}" for k in wrong)
+            + "); they look like " + ", ".join(f"{k}={v!r}" for k, v in found.items())]
 
 
 def open_upload(path: str | Path, n_rows: int = 20) -> Source:
@@ -54,12 +74,13 @@ def open_upload(path: str | Path, n_rows: int = 20) -> Source:
     path = Path(path)
     file_type(path)  # supported extension
     check_readable(path)
-    columns, rows = peek_rows(path, n_rows)
+    notes: list[str] = []
+    columns, rows = peek_rows(path, n_rows, notes)
     if not rows:
         raise WorkbenchError(f"{path.name}: the file holds no rows")
-    guess = detect_format(columns, rows)
+    guess = detect_format(columns, rows, notes)
     return Source(path, columns, rows, guess.get("formatting", "alpaca"), bool(guess.get("ranking")),
-                  dict(guess.get("columns", {})), dict(guess.get("tags", {})))
+                  dict(guess.get("columns", {})), dict(guess.get("tags", {})), notes=notes)
 
 
 def effective_columns(formatting: str, columns_map: dict[str, str], available: list[str]) -> dict[str, str | None]:
@@ -110,6 +131,7 @@ class Preview:
     stats: LengthStats
     rows_read: int
     used: dict[str, str] = field(default_factory=dict)
+    template_notes: list[str] = field(default_factory=list)  # the template against this tokenizer and data
 
     def pieces(self, index: int, template: Template, tokenizer, **kw) -> list[tuple[str, bool]]:
         if not self.records:
@@ -124,7 +146,19 @@ def preview(spec: DatasetSpec, template: Template, tokenizer, *, cutoff_len: int
     loaded = load_spec(spec, max_rows, allow_download=False)
     stats = token_lengths(loaded.records, template, tokenizer, cutoff_len=cutoff_len,
                           train_on_prompt=train_on_prompt, mask_history=mask_history)
-    return Preview(loaded.records, loaded.kind, loaded.warnings(), stats, loaded.rows_read, loaded.used)
+    return Preview(loaded.records, loaded.kind, loaded.warnings(), stats, loaded.rows_read, loaded.used,
+                   template_notes(template, tokenizer, loaded.records))
+
+
+def template_notes(template: Template, tokenizer, records: list[R.Record]) -> list[str]:
+    """What training with this template would refuse or warn about, and how tools would be rendered."""
+    if records and all(isinstance(r, R.Text) for r in records):
+        return []  # plain text is trained without a template
+    notes = template.tokenizer_warnings(tokenizer)
+    if template.tokenizer_problems(tokenizer):
+        notes.append("training with this template is refused (sft, rm, dpo)")
+    tools_note = template.tools_note(tokenizer) if any(map(uses_tools, records)) else None
+    return notes + ([tools_note] if tools_note else [])
 
 
 def safe_file_name(name: str) -> str:

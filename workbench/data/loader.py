@@ -55,12 +55,19 @@ def file_type(path: Path) -> str:
 
 
 def check_readable(path: Path) -> None:
-    """Refuse binary uploads and non-UTF-8 text early, with the file's name."""
+    """Refuse empty and binary files and non-UTF-8 text early, with the file's name.
+
+    The whole of a text file is checked, not just its head: a command that reads only some rows
+    (``max_samples``, streaming, a preview) must fail on a bad byte exactly as a full read does, not go
+    on with fewer rows.
+    """
     if not path.exists():
         raise WorkbenchError(f"{path}: file not found")
     if path.is_dir():
         return
     kind = file_type(path)
+    if path.stat().st_size == 0:
+        raise WorkbenchError(f"{path}: the file is empty (0 bytes)")
     with open(path, "rb") as f:
         head = f.read(65536)
     if kind == "parquet":
@@ -71,14 +78,48 @@ def check_readable(path: Path) -> None:
         return
     if b"\x00" in head:
         raise WorkbenchError(f"{path}: not a text file (it contains binary data); expected {kind} text")
+    check_utf8(path)
+
+
+_UTF8_OK: dict[tuple[str, int, int], bool] = {}  # files already scanned, by (path, size, mtime): scan once
+
+
+def check_utf8(path: Path) -> None:
+    """Raise the one message every reader gives for a byte that is not UTF-8: file, line and byte offset."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key in _UTF8_OK:
+        return
+    problem = _first_bad_utf8(path)
+    if problem is not None:
+        offset, line, byte = problem
+        raise WorkbenchError(f"{path} line {line}: not UTF-8 text (bad byte at offset {offset}: 0x{byte:02x}); "
+                             "save the file as UTF-8")
+    _UTF8_OK[key] = True
+
+
+def _first_bad_utf8(path: Path, chunk: int = 1 << 20) -> tuple[int, int, int] | None:
+    """(byte offset, line number, the byte) of the first byte that is not UTF-8, or None."""
     decoder = codecs.getincrementaldecoder("utf-8")()
-    try:
-        decoder.decode(head, final=False)
-    except UnicodeDecodeError as exc:
-        raise WorkbenchError(f"{path}: not UTF-8 text (bad byte at offset {exc.start})") from None
+    start = 0  # file offset of the chunk being decoded
+    newlines = 0
+    with open(path, "rb") as f:
+        while True:
+            data = f.read(chunk)
+            pending = len(decoder.getstate()[0])  # bytes of a character split across chunks
+            try:
+                decoder.decode(data, final=not data)
+            except UnicodeDecodeError as exc:
+                offset = start - pending + exc.start
+                before = exc.object[:exc.start].count(b"\n")  # the pending bytes hold no newline
+                return offset, newlines + before + 1, exc.object[exc.start]
+            if not data:
+                return None
+            newlines += data.count(b"\n")
+            start += len(data)
 
 
-def _json_rows(path: Path) -> Iterator[tuple[str, Any]]:
+def _json_rows(path: Path, notes: list[str] | None = None) -> Iterator[tuple[str, Any]]:
     with open(path, "r", encoding="utf-8") as f:
         head = f.read(4096).lstrip("\ufeff \t\r\n")
     if head.startswith("["):
@@ -90,17 +131,71 @@ def _json_rows(path: Path) -> Iterator[tuple[str, Any]]:
             yield f"{path.name} row {i}", row
         return
     # JSON lines (also accepted in .json files, as `datasets` does).
+    one_object_file = path.suffix.lower() == ".json"
     with open(path, "r", encoding="utf-8-sig") as f:
+        held: tuple[str, dict] | None = None  # a .json file's first object, until a second shows it is JSON lines
+        seen = False
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
+                if not seen:  # perhaps one JSON object written over many lines
+                    yield from _whole_json_object(path, notes, exc, number)
+                    return
                 raise WorkbenchError(f"{path} line {number} column {exc.colno}: not valid JSON ({exc.msg})") from None
             if not isinstance(row, dict):
                 raise WorkbenchError(f"{path} line {number}: expected a JSON object, got {type(row).__name__}")
-            yield f"{path.name} line {number}", row
+            where = f"{path.name} line {number}"
+            if not seen and one_object_file:
+                seen, held = True, (where, row)
+                continue
+            seen = True
+            if held is not None:
+                yield held
+                held = None
+            yield where, row
+    if held is not None:  # the whole .json file is one object, not a list of rows
+        yield from _object_rows(path, held[1], notes)
+
+
+def _whole_json_object(path: Path, notes: list[str] | None, line_error: json.JSONDecodeError, line: int
+                       ) -> Iterator[tuple[str, Any]]:
+    """A file whose first line is not JSON on its own: one JSON object written over many lines, or an error."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as exc:
+        if path.suffix.lower() == ".jsonl":  # JSON lines: the broken line is the news
+            raise WorkbenchError(f"{path} line {line} column {line_error.colno}: not valid JSON "
+                                 f"({line_error.msg})") from None
+        raise WorkbenchError(f"{path} line {exc.lineno} column {exc.colno}: not valid JSON ({exc.msg})") from None
+    if not isinstance(data, dict):
+        raise WorkbenchError(f"{path}: expected a JSON list of rows or JSON lines, got {type(data).__name__}")
+    yield from _object_rows(path, data, notes)
+
+
+def _object_rows(path: Path, data: dict, notes: list[str] | None) -> Iterator[tuple[str, Any]]:
+    """A file that is one JSON object: the rows of its only key when that holds a list of objects (a common
+    wrapper, e.g. ``{"data": [...]}``), else refused: read as one row it would give a baffling column."""
+    keys = list(data)
+    if len(keys) == 1:
+        value = data[keys[0]]
+        if value == []:
+            raise WorkbenchError(f"{path}: the file is one JSON object whose only key {keys[0]!r} is an empty list: "
+                                 "it holds no rows")
+        if isinstance(value, list) and all(isinstance(v, dict) for v in value):
+            if notes is not None:
+                notes.append(f"{path.name} is one JSON object; its rows were read from its only key {keys[0]!r} "
+                             f"({len(value)} rows)")
+            for i, row in enumerate(value, 1):
+                yield f"{path.name} row {i} (in {keys[0]!r})", row
+            return
+    shown = ", ".join(map(repr, keys[:12])) + (" …" if len(keys) > 12 else "") if keys else "none"
+    hint = ("; official SQuAD files become rows with `python -m workbench data convert --task squad_v2`"
+            if "data" in keys and "version" in keys else "")
+    raise WorkbenchError(f"{path}: the file is one JSON object (keys: {shown}), not a list of rows; write a "
+                         f"JSON list [{{...}}, {{...}}] or one object per line (JSON lines){hint}")
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[str, Any]]:
@@ -174,16 +269,28 @@ def data_files(path: Path) -> list[Path]:
     return [path]
 
 
-def iter_file_rows(path: Path) -> Iterator[tuple[str, Any]]:
+def iter_file_rows(path: Path, notes: list[str] | None = None) -> Iterator[tuple[str, Any]]:
+    """(where, row) for every row of a file or folder; ``notes`` collects what the user should know
+    about how a file was read (a JSON object unwrapped)."""
     for p in data_files(Path(path)):
         check_readable(p)
-        yield from _READERS[file_type(p)](p)
+        kind = file_type(p)
+        try:
+            if kind == "json":
+                yield from _json_rows(p, notes)
+            else:
+                yield from _READERS[kind](p)
+        except UnicodeDecodeError:
+            # Only if the file changed after it was checked: report it as the check does.
+            _UTF8_OK.clear()
+            check_utf8(p)
+            raise
 
 
-def peek_rows(path: Path, n: int = 20) -> tuple[list[str], list[dict]]:
+def peek_rows(path: Path, n: int = 20, notes: list[str] | None = None) -> tuple[list[str], list[dict]]:
     """The first ``n`` rows of a file and the union of their columns (in first-seen order)."""
     rows: list[dict] = []
-    for where, row in iter_file_rows(path):
+    for where, row in iter_file_rows(path, notes):
         if not isinstance(row, dict):
             raise WorkbenchError(f"{where}: expected an object with columns, got {type(row).__name__}")
         rows.append(row)
@@ -210,21 +317,57 @@ def _hub_rows(spec: DatasetSpec, streaming: bool, allow_download: bool = True) -
             raise WorkbenchError(needs_download_message(spec)) from None
         raise WorkbenchError(f"dataset {spec.name!r}: could not load {spec.source} from the hub "
                              f"({type(exc).__name__}: {exc})") from None
-    for i, row in enumerate(ds, 1):
+    if not streaming:
+        _check_arrow_utf8(ds, spec)
+    rows = iter(ds)
+    i = 0
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except UnicodeDecodeError as exc:  # `datasets` keeps bad bytes and fails only when a row is read
+            raise WorkbenchError(_hub_bad_utf8(spec, i + 1, exc)) from None
+        i += 1
         yield f"{spec.source} row {i}", row
 
 
-def spec_rows(spec: DatasetSpec, streaming: bool = False, allow_download: bool = True
-              ) -> Iterator[tuple[str, Any]]:
+def _hub_bad_utf8(spec: DatasetSpec, row: int, exc: UnicodeDecodeError) -> str:
+    return (f"dataset {spec.name!r} ({spec.source}) row {row}: not UTF-8 text (bad byte at offset {exc.start} of a "
+            f"text value: 0x{exc.object[exc.start]:02x}); its data files must be UTF-8")
+
+
+def _check_arrow_utf8(ds, spec: DatasetSpec) -> None:
+    """A whole hub dataset's text checked before any row is used (as local files are), the row named."""
+    import pyarrow as pa
+
+    table = getattr(getattr(ds, "data", None), "table", None)
+    if table is None or getattr(ds, "_indices", None) is not None:
+        return
+    offset = 0
+    for batch in table.to_batches(max_chunksize=1024):
+        try:
+            batch.validate(full=True)
+        except pa.ArrowInvalid:
+            for j in range(batch.num_rows):
+                try:
+                    batch.slice(j, 1).to_pylist()
+                except UnicodeDecodeError as exc:
+                    raise WorkbenchError(_hub_bad_utf8(spec, offset + j + 1, exc)) from None
+        offset += batch.num_rows
+
+
+def spec_rows(spec: DatasetSpec, streaming: bool = False, allow_download: bool = True,
+              notes: list[str] | None = None) -> Iterator[tuple[str, Any]]:
     if spec.load_from == "file":
         if not spec.path.exists():
             raise WorkbenchError(f"dataset {spec.name!r}: file {spec.path} not found")
         check_sha1(spec)
-        return iter_file_rows(spec.path)
+        return iter_file_rows(spec.path, notes)
     if spec.load_from == "script":
         local = spec.dataset_dir / spec.source
         if local.exists():
-            return iter_file_rows(local)
+            return iter_file_rows(local, notes)
         raise WorkbenchError(f"dataset {spec.name!r}: script_url {spec.source} is not a local folder of data files "
                              "(dataset loading scripts are not supported by datasets 4+)")
     return _hub_rows(spec, streaming, allow_download)
@@ -244,13 +387,15 @@ class LoadedDataset:
     rows_read: int = 0
     skipped: Counter = field(default_factory=Counter)
     skip_examples: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # how the file was read, e.g. a JSON object unwrapped
 
     def warnings(self) -> list[str]:
+        out = [f"dataset {self.spec.name!r}: {note}" for note in self.notes]
         if not self.skipped:
-            return []
+            return out
         parts = [f"{n} × {reason} (first: {self.skip_examples[reason]})" for reason, n in self.skipped.most_common()]
-        return [f"dataset {self.spec.name!r}: skipped {sum(self.skipped.values())} of {self.rows_read} rows: "
-                + "; ".join(parts)]
+        return out + [f"dataset {self.spec.name!r}: skipped {sum(self.skipped.values())} of {self.rows_read} rows: "
+                      + "; ".join(parts)]
 
 
 class _RowStream:
@@ -258,7 +403,8 @@ class _RowStream:
 
     def __init__(self, spec: DatasetSpec, streaming: bool = False, allow_download: bool = True):
         self.spec = spec
-        self.rows = spec_rows(spec, streaming, allow_download)
+        self.notes: list[str] = []
+        self.rows = spec_rows(spec, streaming, allow_download, self.notes)
         self.buffer: list[tuple[str, Any]] = []
         columns: dict[str, None] = {}
         for where, row in self.rows:  # the first rows tell which columns exist (JSON rows may differ)
@@ -268,6 +414,8 @@ class _RowStream:
             columns.update(dict.fromkeys(row))
             if len(self.buffer) >= PEEK_ROWS:
                 break
+        if not self.buffer:  # say so, rather than that the mapped columns are missing
+            raise WorkbenchError(f"dataset {spec.name!r}: {spec.where()} holds no rows")
         self.columns = list(columns)
         self.converter = RowConverter(spec, self.columns)
         self.rows_read = 0
@@ -304,14 +452,12 @@ def load_spec(spec: DatasetSpec, max_samples: int | None = None, seed: int = 42,
     if not out and stream.rows_read:
         reasons = "; ".join(f"{n} × {r} (first: {stream.skip_examples[r]})" for r, n in stream.skipped.most_common())
         raise WorkbenchError(f"dataset {spec.name!r}: none of the {stream.rows_read} rows is usable: {reasons}")
-    if not out:
-        raise WorkbenchError(f"dataset {spec.name!r}: {spec.where()} holds no rows")
     if spec.num_samples:
         out = _resample(out, spec.num_samples, seed)
         if max_samples:
             out = out[:max_samples]
     return LoadedDataset(spec, out, stream.converter.kind, stream.columns, stream.converter.used_columns(),
-                         stream.rows_read, stream.skipped, stream.skip_examples)
+                         stream.rows_read, stream.skipped, stream.skip_examples, stream.notes)
 
 
 def _resample(items: list, n: int, seed: int) -> list:
@@ -538,6 +684,10 @@ def build_dataset(data_args: DataArgs, tokenizer, stage: str = "sft", *, model_n
     names, eval_names = data_args.dataset_names(), data_args.eval_dataset_names()
     if not names:
         raise WorkbenchError("dataset: name at least one dataset (comma-separated)")
+    if stage != "pt":  # before reading any data: a model that could never learn to stop is not worth a run
+        template.check_tokenizer(tokenizer)
+        for warning in template.tokenizer_warnings(tokenizer):
+            log(f"warning: {warning}")
     if data_args.streaming:
         return _build_streaming(data_args, tokenizer, stage, template, log)
     specs = [get_spec(n, data_args.dataset_path()) for n in names]
@@ -549,6 +699,8 @@ def build_dataset(data_args: DataArgs, tokenizer, stage: str = "sft", *, model_n
 
         meta = json.loads((cache_dir / "meta.json").read_text())
         log(f"Using the tokenised dataset cached in {cache_dir} (overwrite_cache rebuilds it)")
+        if meta["stats"].get("tools_note"):
+            log(f"note: {meta['stats']['tools_note']}")
         train = datasets.load_from_disk(str(cache_dir / "train"))
         evals = datasets.load_from_disk(str(cache_dir / "eval")) if (cache_dir / "eval").is_dir() else None
         return {"train": train, "eval": evals, "stats": {**meta["stats"], "cached": True, "cache_dir": str(cache_dir)}}
@@ -565,6 +717,10 @@ def build_dataset(data_args: DataArgs, tokenizer, stage: str = "sft", *, model_n
         train_records, eval_records = _split(records, data_args.val_size, data_args.seed)
     stats: dict[str, Any] = {"template": template.name, "records": len(records), "train_records": len(train_records),
                              "eval_records": len(eval_records)}
+    tools_note = template.tools_note(tokenizer) if stage != "pt" and any(map(uses_tools, records)) else None
+    if tools_note:
+        stats["tools_note"] = tools_note
+        log(f"note: {tools_note}")
     train = _tokenize(train_records, stage, template, tokenizer, data_args, stats)
     evals = _tokenize(eval_records, stage, template, tokenizer, data_args, stats) if eval_records else None
     if len(train) == 0:
@@ -596,6 +752,17 @@ def build_dataset(data_args: DataArgs, tokenizer, stage: str = "sft", *, model_n
         log(f"warning: could not cache the tokenised dataset in {cache_dir} ({exc})")
         shutil.rmtree(tmp, ignore_errors=True)
     return {"train": train, "eval": evals, "stats": {**stats, "cached": False, "cache_dir": str(cache_dir)}}
+
+
+def uses_tools(record: R.Record) -> bool:
+    """Whether a record has tool definitions, tool calls or tool results."""
+    if isinstance(record, R.Text):
+        return False
+    if record.tools:
+        return True
+    messages = record.messages if isinstance(record, R.Conversation) else [*record.prompt, record.chosen,
+                                                                            record.rejected]
+    return any(m.get("role") == "tool" or m.get("tool_calls") for m in messages)
 
 
 @contextlib.contextmanager
@@ -631,7 +798,8 @@ def _build_streaming(data_args: DataArgs, tokenizer, stage: str, template: Templ
                     break
 
     for spec in specs:  # fail now, not in the middle of training, on a bad mapping or a missing file
-        _RowStream(spec, streaming=True)
+        for note in _RowStream(spec, streaming=True).notes:
+            log(f"warning: dataset {spec.name!r}: {note}")
     source = datasets.IterableDataset.from_generator(generate)
     if stage == "pt":
         def encode(batch):

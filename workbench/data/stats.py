@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from workbench.data import records as R
@@ -16,6 +16,8 @@ class LengthStats:
     trained: list[int]  # trained (label) tokens per example, before truncation
     cutoff_len: int | None
     dropped: int = 0
+    # What cutoff_len does to the longer examples, as in training: prompt_shortened / truncated / dropped.
+    shortening: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         n = len(self.lengths)
@@ -34,6 +36,7 @@ class LengthStats:
         }
         if self.cutoff_len:
             out["over_cutoff"] = sum(1 for x in ordered if x > self.cutoff_len)
+            out.update({f"cutoff_{k}": v for k, v in self.shortening.items()})
         return out
 
     def text(self) -> str:
@@ -44,6 +47,11 @@ class LengthStats:
                 f"p95 {s['p95']} / max {s['max']} · trained tokens per example (mean) {s['trained_mean']}")
         if self.cutoff_len:
             line += f" · {s['over_cutoff']} longer than cutoff_len={self.cutoff_len}"
+            parts = [f"{n} {what}" for key, what in (("prompt_shortened", "with the prompt shortened to keep the answer"),
+                                                      ("dropped", "dropped (no answer token fits)"))
+                     if (n := self.shortening.get(key))]
+            if parts:
+                line += f" ({', '.join(parts)})"
         return line
 
 
@@ -72,16 +80,24 @@ def token_lengths(records: list[R.Record], template: Template, tokenizer, *, cut
         if conv is not None:
             messages, system, tools = conv
             convs.append((messages, system if system is not None else default_system, tools))
+    too_long = []
     for i in range(0, len(convs), batch_size):
-        for item in template.encode_supervised_batch(tokenizer, convs[i:i + batch_size],
-                                                     train_on_prompt=train_on_prompt, mask_history=mask_history):
+        part = convs[i:i + batch_size]
+        for conv, item in zip(part, template.encode_supervised_batch(tokenizer, part, train_on_prompt=train_on_prompt,
+                                                                     mask_history=mask_history)):
             if item is None:
                 dropped += 1
                 continue
             ids, labels = item
             lengths.append(len(ids))
             trained.append(sum(1 for x in labels if x != IGNORE_INDEX))
-    return LengthStats(lengths, trained, cutoff_len, dropped)
+            if cutoff_len and len(ids) > cutoff_len:
+                too_long.append(conv)
+    shortening: dict[str, int] = {}
+    if too_long:  # only the long ones go through the truncation rule a second time
+        template.encode_supervised_batch(tokenizer, too_long, train_on_prompt=train_on_prompt,
+                                         mask_history=mask_history, cutoff_len=cutoff_len, stats=shortening)
+    return LengthStats(lengths, trained, cutoff_len, dropped, shortening)
 
 
 def marked_pieces(record: R.Record, template: Template, tokenizer, *, cutoff_len: int | None = None,

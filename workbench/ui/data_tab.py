@@ -64,7 +64,7 @@ def _table(source: di.Source, n: int = 10) -> pd.DataFrame:
 
 
 def _column_updates(source: di.Source | None, formatting: str) -> list:
-    if source is None:
+    if not isinstance(source, di.Source):
         return [gr.update(choices=[NONE], value=NONE) for _ in di.MAPPABLE_COLUMNS]
     used = di.effective_columns(formatting, source.columns_map, source.columns)
     return [gr.update(choices=[NONE, *source.columns], value=used[k] or NONE, visible=_visible(k, formatting))
@@ -81,8 +81,12 @@ def _tag_updates(source: di.Source | None) -> list:
 
 def _summary(source: di.Source, where: str) -> str:
     kind = f"{source.formatting}" + (" · ranking" if source.ranking else "")
-    return (f"**{where}** — {len(source.columns)} columns ({', '.join(source.columns) or 'none'}); detected / "
-            f"registered format: **{kind}**. Check the column mapping, then press Preview.")
+    lines = [f"**{where}** — {len(source.columns)} columns ({', '.join(source.columns) or 'none'}); detected / "
+             f"registered format: **{kind}**. Check the column mapping, then press Preview."]
+    if source.formatting != "alpaca" and source.tags:
+        lines.append("Role tags: " + ", ".join(f"`{k}` = `{v}`" for k, v in source.tags.items()))
+    lines += [f"⚠️ {note}" for note in source.notes]
+    return "\n\n".join(lines)
 
 
 def _mapping(formatting, ranking, columns: list, tags: list) -> tuple[dict, dict]:
@@ -94,7 +98,7 @@ def _mapping(formatting, ranking, columns: list, tags: list) -> tuple[dict, dict
 
 def build(ctx: AppContext) -> None:
     version = datasets_changed(ctx)
-    source_state = gr.State(None)  # the di.Source being edited
+    source_state = gr.State(None)  # the di.Source being edited, or why the last open failed (a str)
     preview_state = gr.State(None)  # the last di.Preview
 
     gr.Markdown(T(
@@ -126,7 +130,7 @@ def build(ctx: AppContext) -> None:
                             visible=_visible(k, "alpaca"), min_width=140)
                 for k in di.MAPPABLE_COLUMNS
             ]
-        with gr.Accordion(T("Role tags (sharegpt)", "角色标签（sharegpt）"), open=False):
+        with gr.Accordion(T("Role tags (sharegpt)", "角色标签（sharegpt）"), open=False) as tags_panel:
             with gr.Row():
                 tag_boxes = [gr.Textbox(value="", label=k, placeholder=DEFAULT_TAGS["sharegpt"][k],
                                         elem_id=f"wb-data-tag-{k}", min_width=120) for k in TAG_KEYS]
@@ -195,17 +199,21 @@ def build(ctx: AppContext) -> None:
         conv_btn = gr.Button(T("Convert and register", "转换并注册"), elem_id="wb-conv-run")
         conv_status = gr.Markdown(elem_id="wb-conv-status")
 
-    source_outputs = [source_state, status, formatting, ranking, *column_dds, *tag_boxes, rows_table, save_name,
-                      preview_state, rendered, stats_md, histogram]
+    source_outputs = [source_state, status, formatting, ranking, *column_dds, *tag_boxes, tags_panel, rows_table,
+                      save_name, preview_state, rendered, stats_md, histogram]
 
     def opened(source: di.Source, where: str, name: str) -> list:
+        # Show the role tags whenever the file has them, so nobody has to find them from an error.
+        panel = gr.update(open=True) if source.formatting != "alpaca" and source.tags else gr.update()
         return [source, _summary(source, where), gr.update(value=source.formatting), gr.update(value=source.ranking),
-                *_column_updates(source, source.formatting), *_tag_updates(source), _table(source), name,
+                *_column_updates(source, source.formatting), *_tag_updates(source), panel, _table(source), name,
                 None, None, "", None]
 
-    def failed(exc: Exception) -> list:
-        return [None, _error(exc), gr.update(), gr.update(), *[gr.update() for _ in column_dds],
-                *[gr.update() for _ in tag_boxes], None, gr.update(), None, None, "", None]
+    def failed(exc: Exception, where: str) -> list:
+        # The state keeps why nothing is open, so Preview and Save can say it instead of "open a file first".
+        return [f"{where} could not be opened: {exc}", _error(exc), gr.update(), gr.update(),
+                *[gr.update() for _ in column_dds], *[gr.update() for _ in tag_boxes], gr.update(), None,
+                gr.update(), None, None, "", None]
 
     def on_open(folder: str, name: str):
         if not name:
@@ -213,7 +221,7 @@ def build(ctx: AppContext) -> None:
         try:
             source = di.open_registered(folder, name)
         except Exception as exc:
-            return failed(exc)
+            return failed(exc, f"dataset {name}")
         return opened(source, f"{name} ({source.path.name})", f"{name}_copy")
 
     def on_upload(path: str | None):
@@ -222,7 +230,7 @@ def build(ctx: AppContext) -> None:
         try:
             source = di.open_upload(path)
         except Exception as exc:
-            return failed(exc) + [None]  # clear the rejected file so another can be dropped in
+            return failed(exc, f"upload {Path(path).name}") + [None]  # clear it so another can be dropped in
         return opened(source, f"upload {Path(path).name}", di.safe_file_name(Path(path).stem)) + [gr.update()]
 
     def on_folder(folder: str):
@@ -233,12 +241,14 @@ def build(ctx: AppContext) -> None:
         return gr.update(choices=names or [], value=None), "" if names else \
             f"No dataset_info.json with datasets in {folder} yet; upload a file to start one."
 
-    def on_format(fmt: str, source: di.Source | None):
-        if source is None:
+    def on_format(fmt: str, source: di.Source | str | None):
+        if not isinstance(source, di.Source):
             return [gr.update(visible=_visible(k, fmt)) for k in di.MAPPABLE_COLUMNS]
         return _column_updates(source, fmt)
 
     def current_spec(source, fmt, rank, columns, tags):
+        if isinstance(source, str):  # the last open failed: say why, not that nothing was ever opened
+            raise WorkbenchError(f"no file is open: {source}; upload a fixed file or pick a registered dataset")
         if source is None:
             raise WorkbenchError("open a registered dataset or upload a file first")
         cols, tag_map = _mapping(fmt, rank, columns, tags)
@@ -272,6 +282,7 @@ def build(ctx: AppContext) -> None:
                  f"**{template.name}**, tokenizer of **{model}**.",
                  "Columns used: " + (", ".join(f"`{k}` ← `{v}`" for k, v in prev.used.items()) or "none")]
         lines += [f"⚠️ {w}" for w in prev.warnings]
+        lines += [f"⚠️ template {template.name}: {note}" for note in prev.template_notes]
         stats = prev.stats.text()
         return prev, "\n\n".join(lines), shown, stats, histogram_figure(prev.stats)
 
