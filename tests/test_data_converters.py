@@ -73,7 +73,8 @@ def test_squad_official_json_drops_or_keeps_unanswerable(eval_dir, tmp_path):
         "instruction": "Please answer the question in the context above, you only need to output the text of the "
                        f"answer, no explanation：\ntitle:{article['title']}\ncontext:{para['context']}\n"
                        f"question:{qa['question']}",
-        "input": "", "output": qa["answers"][0]["text"], "id": qa["id"]}
+        "input": "", "output": qa["answers"][0]["text"], "id": qa["id"],
+        "answers": [a["text"] for a in qa["answers"]]}
     convert(ConvertOptions(task="squad_v2", input=eval_dir / "squad_v2_dev_2articles.json",
                            output=tmp_path / "all.json", keep_unanswerable=True, unanswerable_answer="无法回答"))
     kept = read(tmp_path / "all.json")

@@ -9,6 +9,11 @@
 Rows are filtered (keywords, lengths), then sampled with a seeded reservoir in one pass (so a file of
 millions of lines is never held in memory), and written as alpaca json/jsonl with the prompt in
 ``instruction`` and an ``id`` where the source has one.
+
+SQuAD rows also carry ``answers``: every gold answer text of the question, in the source's order (an empty
+list for an unanswerable one). Training reads only ``instruction``/``input``/``output`` (the first gold
+answer) and ignores the extra columns; evaluation (:mod:`workbench.evaluate.tasks`) scores against all of
+``answers`` and reports the original ``id``, so EM/F1 on a converted set equal the official script's.
 """
 
 from __future__ import annotations
@@ -164,6 +169,8 @@ def _qa_example(title, context, question, answers, impossible, qid, opts, report
           "_source": str(context)}
     if qid is not None:
         ex["id"] = str(qid)
+    # Every gold answer (the official score is the maximum over them); none for an unanswerable question.
+    ex["answers"] = [] if impossible else [str(a) for a in answers]
     return ex
 
 

@@ -159,11 +159,18 @@ def score_task(task: Task, predictions: list[str], args: EvalArgs) -> tuple[dict
         scores, per = dict(res.scores), res.per_example
         definition = f"rouge-score F-measure, mean over examples, 0–100; tokens: {res.tokenizer}"
     else:
-        golds = {str(i): ex.references for i, ex in enumerate(task.examples)}
-        preds = {str(i): p for i, p in enumerate(predictions)}
+        if len(predictions) != len(task.examples):
+            raise WorkbenchError(f"task {task.name}: {len(predictions)} predictions for {len(task.examples)} examples")
+        # Keyed by the examples' own ids (the SQuAD question ids of official or converted data), as the official
+        # script keys them; by position only when the ids are not unique.
+        keys = [ex.id for ex in task.examples]
+        if len(set(keys)) != len(keys):
+            keys = [str(i) for i in range(len(task.examples))]
+        golds = {k: ex.references for k, ex in zip(keys, task.examples)}
+        preds = dict(zip(keys, predictions))
         res = M.squad_v2(golds, preds, no_answer_phrase=args.no_answer_phrase or None)
         scores = {"em": res.scores["exact"], "f1": res.scores["f1"], **res.scores}
-        per = [{"em": 100.0 * res.exact[str(i)], "f1": 100.0 * res.f1[str(i)]} for i in range(len(predictions))]
+        per = [{"em": 100.0 * res.exact[k], "f1": 100.0 * res.f1[k]} for k in keys]
         definition = ("SQuAD v2.0 exact match / F1 (official normalisation, max over gold answers, unanswerable = "
                       f"empty answer, {args.no_answer_phrase!r} counts as empty), 0–100")
     return scores, per, definition

@@ -11,6 +11,12 @@ hub ids included), a data file, the official SQuAD json (every gold answer and t
 questions are kept), CNN/DailyMail rows (``article``/``highlights``), WMT rows (``translation``) or
 line-aligned ``SRC+TGT`` text files (a ``*.zh`` file alone finds its ``*.en`` neighbour). Converted
 data gets exactly the prompts the converters write for training.
+
+Rows of a dataset or data file (alpaca, sharegpt, …) that carry an ``id`` keep it as the example's id,
+and an ``answers`` column (the gold answer texts, as ``data convert --task squad_v2`` writes: a list of
+texts, ``[]`` for an unanswerable question; HF's ``{"text": [...]}`` is read too) replaces the single
+reference from the answer turn, so a converted SQuAD set is scored against every gold answer and reported
+under its question ids, as the official script does. Training ignores both columns.
 """
 
 from __future__ import annotations
@@ -140,11 +146,46 @@ def parse_task_specs(tasks: str | list[str], metrics: str | None = None) -> list
 
 # ---- loading examples ---------------------------------------------------------------------------
 
+ID_COLUMN, ANSWERS_COLUMN = "id", "answers"
+
+
+def _row_id(row: dict) -> str | None:
+    value = row.get(ID_COLUMN)
+    return None if value is None or str(value) == "" else str(value)
+
+
+def _row_answers(row: dict, where: str) -> list[str] | None:
+    """The gold answer texts of a row's ``answers`` column; None when the row has none to give."""
+    value = row.get(ANSWERS_COLUMN)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):  # HF SQuAD columns: {"text": [...], "answer_start": [...]}
+        value = value.get("text")
+        if value is None:
+            return None
+    if not isinstance(value, (list, tuple)):
+        raise WorkbenchError(f"{where}: '{ANSWERS_COLUMN}' must be a list of gold answer texts, got "
+                             f"{type(value).__name__}")
+    texts = []
+    for item in value:
+        if isinstance(item, dict):  # official SQuAD: [{"text": ..., "answer_start": ...}]
+            item = item.get("text", "")
+        if not isinstance(item, (str, int, float)) or isinstance(item, bool):
+            raise WorkbenchError(f"{where}: '{ANSWERS_COLUMN}' must be a list of gold answer texts, found "
+                                 f"{type(item).__name__}")
+        texts.append(str(item))
+    return texts
+
+
 def _from_alpaca_rows(rows: list[dict], where: str) -> list[Example]:
     out = []
     for i, row in enumerate(rows, 1):
         prompt = "\n".join(p for p in (row.get("instruction", ""), row.get("input", "")) if p)
-        out.append(Example(str(row.get("id") or i), [{"role": "user", "content": prompt}], [row["output"]]))
+        golds = _row_answers(row, f"{where} row {i}")
+        out.append(Example(_row_id(row) or str(i), [{"role": "user", "content": prompt}],
+                           [row["output"]] if golds is None else golds))
     if not out:
         raise WorkbenchError(f"{where}: no usable rows")
     return out
@@ -232,6 +273,7 @@ def _records_examples(name: str, dataset_dir: str | None, max_samples: int | Non
             raise WorkbenchError(f"dataset {name!r} ({spec.path}) has no reference answers: no {response!r} column "
                                  f"(columns: {', '.join(columns)})")
     loaded = load_spec(spec, max_samples)
+    extras = _row_extras(spec, loaded.columns, loaded.records)
     examples = []
     for i, record in enumerate(loaded.records, 1):
         if not isinstance(record, R.Conversation):
@@ -241,9 +283,51 @@ def _records_examples(name: str, dataset_dir: str | None, max_samples: int | Non
         if last.get("role") != "assistant" or not (last.get("content") or "").strip():
             raise WorkbenchError(f"dataset {name!r} row {i}: no reference answer (the last turn must be the "
                                  "assistant's answer)")
-        examples.append(Example(str(i), [dict(m) for m in record.messages[:-1]], [last["content"]], record.system))
+        rid, golds = extras[i - 1] if extras else (None, None)
+        examples.append(Example(rid or str(i), [dict(m) for m in record.messages[:-1]],
+                                [last["content"]] if golds is None else golds, record.system))
     warnings = [w.replace("skipped", "skipped (not evaluated)") for w in loaded.warnings()]
     return examples, warnings
+
+
+def _row_extras(spec, columns: list[str], records: list) -> list[tuple[str | None, list[str] | None]] | None:
+    """(id, gold answers) of the row behind each record, when the rows have ``id`` / ``answers`` columns.
+
+    Training ignores those columns, so the loader's records do not carry them: the rows are read again
+    and converted the same way, and each record is matched with the row that gave it: the records are the
+    usable rows in order (or a ``num_samples`` choice of them), matched by content and, among rows with
+    identical records, in order.
+    """
+    from workbench.data import records as R
+    from workbench.data.formats import RowConverter, Skip
+    from workbench.data.loader import spec_rows
+
+    if not {ID_COLUMN, ANSWERS_COLUMN} & set(columns) or not records:
+        return None
+    converter = RowConverter(spec, columns)
+    by_record: dict[str, list[tuple[str | None, list[str] | None]]] = {}
+    usable = 0
+    for where, row in spec_rows(spec):  # already read (and cached) by load_spec
+        if not isinstance(row, dict):
+            continue
+        try:
+            record = converter.convert(row, where)
+        except Skip:
+            continue
+        by_record.setdefault(R.to_json(record), []).append((_row_id(row), _row_answers(row, where)))
+        usable += 1
+        if not spec.num_samples and usable >= len(records):
+            break  # the records are the first usable rows
+    taken: dict[str, int] = {}
+    out = []
+    for record in records:
+        key = R.to_json(record)
+        found = by_record.get(key)
+        if not found:  # cannot happen unless the data changed between the reads: fall back to no extras
+            return None
+        out.append(found[taken.get(key, 0) % len(found)])  # num_samples may repeat rows
+        taken[key] = taken.get(key, 0) + 1
+    return out
 
 
 def load_examples(name: str, dataset: str, *, dataset_dir: str | None = None, max_samples: int | None = None,
