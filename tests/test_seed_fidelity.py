@@ -20,3 +20,42 @@ def test_quantized_models_report_their_real_number_of_weights(tiny_model_dir, bi
                            for_training=True).model
     assert any(p.__class__.__name__ in ("Params4bit", "Int8Params") for p in quantized.parameters())
     assert count_parameters(quantized)[1] == count_parameters(plain)[1] == sum(p.numel() for p in plain.parameters())
+
+
+def test_convert_registers_its_output_and_splits_keywords_as_the_seed_writes_them(cli, shared_data, tmp_path):
+    import json
+
+    eval_dir = shared_data / "eval"
+    source = ["--task", "wmt19", "--source", str(eval_dir / "wmt19_validation_newstest2018.zh"), "--target",
+              str(eval_dir / "wmt19_validation_newstest2018.en"), "--max-samples", "50", "--seed", "0"]
+    folder = tmp_path / "datasets"
+    # The seed pastes its keyword list with full-width commas and ideographic commas.
+    seed_style = cli("data", "convert", *source, "--drop-keywords", "中国，美国、经济", "--register", "mt",
+                     "--dataset-dir", str(folder))
+    assert seed_style.returncode == 0, seed_style.stderr
+    assert "drop keywords (3): 中国, 美国, 经济" in seed_style.stdout
+    assert "keyword '中国'" in seed_style.stdout  # the news set mentions China: rows were dropped for it
+    info = json.loads((folder / "dataset_info.json").read_text())
+    assert info["mt"] == {"file_name": "mt.json"}
+    assert "registered 'mt'" in seed_style.stdout
+    # The same keywords written with ASCII commas drop the same rows.
+    ascii_style = cli("data", "convert", *source, "--drop-keywords", "中国,美国,经济", "--output",
+                      str(tmp_path / "ascii.json"))
+    assert ascii_style.returncode == 0, ascii_style.stderr
+    assert json.loads((tmp_path / "ascii.json").read_text()) == json.loads((folder / "mt.json").read_text())
+    check = cli("data", "check", "mt", "--dataset-dir", str(folder))
+    assert check.returncode == 0, check.stdout + check.stderr
+    # A registered file lives in the dataset folder; an --output elsewhere is refused before anything is written.
+    outside = cli("data", "convert", *source, "--register", "mt2", "--dataset-dir", str(folder), "--output",
+                  str(tmp_path / "elsewhere.json"))
+    assert outside.returncode != 0 and "must be in the dataset folder" in outside.stderr
+    assert not (tmp_path / "elsewhere.json").exists() and "mt2" not in json.loads(
+        (folder / "dataset_info.json").read_text())
+
+
+def test_keyword_lists_split_on_ascii_fullwidth_and_ideographic_commas():
+    from workbench.data.converters import parse_keywords
+
+    assert parse_keywords("中国，美国、经济, Trade\nTRADE") == ["中国", "美国", "经济", "trade"]
+    assert parse_keywords(["a，b", "c"]) == ["a", "b", "c"]
+    assert parse_keywords("") == []

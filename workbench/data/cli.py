@@ -39,11 +39,16 @@ def configure_data(parser: argparse.ArgumentParser) -> None:
     conv.add_argument("--input", type=Path, help="json / jsonl / parquet / csv input (SQuAD: the official json too)")
     conv.add_argument("--source", type=Path, help="wmt19: source-language text file, one sentence per line")
     conv.add_argument("--target", type=Path, help="wmt19: target-language text file, line-aligned with --source")
-    conv.add_argument("--output", type=Path, required=True, help="alpaca .json or .jsonl to write")
+    conv.add_argument("--output", type=Path, default=None,
+                      help="alpaca .json or .jsonl to write (with --register: default NAME.json in the dataset folder)")
+    conv.add_argument("--register", metavar="NAME", default=None,
+                      help="also register the output (and NAME_test for --test-output) in dataset_info.json")
+    conv.add_argument("--dataset-dir", default=None, help="with --register: the dataset folder (default: data/)")
     conv.add_argument("--direction", default="zh-en", choices=("zh-en", "en-zh"), help="wmt19 direction")
     conv.add_argument("--max-samples", type=int, default=None, help="a uniform random sample of this many rows")
     conv.add_argument("--seed", type=int, default=42)
-    conv.add_argument("--drop-keywords", default="", help="comma-separated; drop rows containing any (case-insensitive)")
+    conv.add_argument("--drop-keywords", default="",
+                      help="drop rows containing any (case-insensitive); separated by , ， or 、")
     conv.add_argument("--min-input-chars", type=int, default=None)
     conv.add_argument("--max-input-chars", type=int, default=None)
     conv.add_argument("--min-output-chars", type=int, default=None)
@@ -160,19 +165,31 @@ def _preview(args) -> int:
 
 
 def _convert(args) -> int:
-    from workbench.data.converters import ConvertOptions, convert
+    from workbench.data.converters import ConvertOptions, convert, convert_and_register
 
+    if args.output is None and not args.register:
+        raise WorkbenchError("data convert: give --output FILE, or --register NAME to write into the dataset folder")
+    if args.dataset_dir and not args.register:
+        raise WorkbenchError("--dataset-dir is for --register NAME (the folder whose dataset_info.json lists it)")
     opts = ConvertOptions(
         task=args.task, output=args.output, input=args.input, source=args.source, target=args.target,
         max_samples=args.max_samples, seed=args.seed,
-        drop_keywords=[k for k in args.drop_keywords.split(",") if k.strip()],
+        drop_keywords=[args.drop_keywords],
         min_input_chars=args.min_input_chars, max_input_chars=args.max_input_chars,
         min_output_chars=args.min_output_chars, max_output_chars=args.max_output_chars,
         direction=args.direction, keep_unanswerable=args.keep_unanswerable,
         unanswerable_answer=args.unanswerable_answer, test_output=args.test_output, test_size=args.test_size,
         overwrite=args.overwrite,
     )
-    report = convert(opts)
+    if args.register:
+        from workbench.data.inspect import safe_file_name
+
+        dataset_dir = _dataset_dir(args.dataset_dir)
+        if opts.output is None:
+            opts.output = dataset_dir / f"{safe_file_name(args.register)}.json"
+        report = convert_and_register(opts, dataset_dir, args.register, keep_output=True)
+    else:
+        report = convert(opts)
     for line in report.lines():
         print(line)
     return 0

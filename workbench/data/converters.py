@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from workbench.config.base import WorkbenchError
 from workbench.data.registry import atomic_write_text
@@ -80,9 +81,11 @@ class ConvertReport:
     written: int = 0
     test_written: int = 0
     outputs: list[str] = field(default_factory=list)
+    keywords: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
-        out = [f"read {self.read} rows"]
+        out = [f"drop keywords ({len(self.keywords)}): {', '.join(self.keywords)}"] if self.keywords else []
+        out.append(f"read {self.read} rows")
         for reason, n in self.dropped.most_common():
             out.append(f"dropped {n}: {reason}")
         for kw, n in self.keyword_drops.most_common():
@@ -90,6 +93,18 @@ class ConvertReport:
         out.append(f"{self.kept_after_filters} rows passed the filters")
         out += self.outputs
         return out
+
+
+# Keyword lists are pasted as people write them: "a,b", "甲，乙、丙", one per line.
+_KEYWORD_SEPARATORS = re.compile(r"[,，、\n]")
+
+
+def parse_keywords(values: str | Iterable[str]) -> list[str]:
+    """Keywords from text or a list of texts, split on ASCII and full-width commas, the ideographic comma
+    and newlines; lower-cased (matching ignores case), without blanks and repeats, in their order."""
+    items = [values] if isinstance(values, str) else list(values)
+    found = (k.strip().lower() for item in items for k in _KEYWORD_SEPARATORS.split(item or ""))
+    return list(dict.fromkeys(k for k in found if k))
 
 
 # ---- readers -------------------------------------------------------------------------------------
@@ -298,8 +313,8 @@ def convert(opts: ConvertOptions) -> ConvertReport:
     for p in (opts.output, opts.test_output):
         if p is not None and Path(p).exists() and not opts.overwrite:
             raise WorkbenchError(f"{p} already exists; choose another file or pass --overwrite")
-    keywords = [k.strip().lower() for k in opts.drop_keywords if k.strip()]
-    report = ConvertReport()
+    keywords = parse_keywords(opts.drop_keywords)
+    report = ConvertReport(keywords=keywords)
 
     def passing() -> Iterator[dict]:
         for ex in _READERS[opts.task](opts, report):
@@ -334,7 +349,7 @@ def example_rows(task: str, **kwargs: Any) -> list[dict]:
     """Convert without writing (for previews): the first rows that pass the filters."""
     opts = ConvertOptions(task=task, output=Path("unused.json"), **kwargs)
     report = ConvertReport()
-    keywords = [k.strip().lower() for k in opts.drop_keywords if k.strip()]
+    keywords = parse_keywords(opts.drop_keywords)
     out = []
     for ex in _READERS[task](opts, report):
         if _filter(ex, opts, report, keywords):
@@ -344,8 +359,11 @@ def example_rows(task: str, **kwargs: Any) -> list[dict]:
     return out
 
 
-def convert_and_register(opts: ConvertOptions, dataset_dir: str | Path, name: str) -> ConvertReport:
-    """Convert into ``dataset_dir/<name>.json`` and register it under ``name`` (the UI's Convert button).
+def convert_and_register(opts: ConvertOptions, dataset_dir: str | Path, name: str, *,
+                         keep_output: bool = False) -> ConvertReport:
+    """Convert into ``dataset_dir/<name>.json`` and register it under ``name`` (the UI's Convert button,
+    ``data convert --register``). With ``keep_output`` the files named in ``opts`` are used; they must be
+    inside ``dataset_dir``, as every registered file is.
 
     The name is checked first and the output removed again if the registry cannot be written, so a
     failure leaves nothing behind.
@@ -362,9 +380,16 @@ def convert_and_register(opts: ConvertOptions, dataset_dir: str | Path, name: st
         if taken in existing:
             raise WorkbenchError(f"{dataset_dir / 'dataset_info.json'}: a dataset named {taken!r} already exists; "
                                  "choose another name")
-    opts.output = dataset_dir / f"{safe_file_name(name)}.json"
-    if opts.test_output is not None:
-        opts.test_output = dataset_dir / f"{safe_file_name(name)}_test.json"
+    if keep_output:
+        for flag, path in (("--output", opts.output), ("--test-output", opts.test_output)):
+            if path is not None and Path(path).expanduser().resolve().parent != dataset_dir.resolve():
+                raise WorkbenchError(f"{flag} {path}: a registered file must be in the dataset folder {dataset_dir}; "
+                                     f"give a path there, or leave {flag} out to write {safe_file_name(name)}"
+                                     f"{'_test' if flag == '--test-output' else ''}.json there")
+    else:
+        opts.output = dataset_dir / f"{safe_file_name(name)}.json"
+        if opts.test_output is not None:
+            opts.test_output = dataset_dir / f"{safe_file_name(name)}_test.json"
     dataset_dir.mkdir(parents=True, exist_ok=True)
     report = convert(opts)
     written = [p for p in (opts.output, opts.test_output) if p is not None]

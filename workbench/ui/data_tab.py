@@ -316,7 +316,7 @@ def build(ctx: AppContext) -> None:
             opts = ConvertOptions(
                 task=task, output=Path("unset.json"), input=path(inp), source=path(src), target=path(tgt),
                 max_samples=int(max_samples) if max_samples else None, seed=int(seed or 42),
-                drop_keywords=[k for k in (keywords or "").split(",") if k.strip()],
+                drop_keywords=[keywords or ""],  # split by the converter (ASCII and full-width commas, 、)
                 max_input_chars=int(max_chars) if max_chars else None, direction=direction,
                 keep_unanswerable=bool(keep),
             )
