@@ -167,15 +167,36 @@ def test_max_samples_reads_lazily(tmp_path):
         load_records(DataArgs(dataset="big", dataset_dir=str(tmp_path)))
 
 
-def test_file_sha1_is_checked(tmp_path):
+def test_file_sha1_is_checked(tmp_path, monkeypatch):
     (tmp_path / "d.json").write_text(json.dumps([{"instruction": "q", "output": "a"}]))
     good = file_sha1(tmp_path / "d.json")
     write_registry(tmp_path, {"ok": {"file_name": "d.json", "file_sha1": good},
                               "bad": {"file_name": "d.json", "file_sha1": "0" * 40}})
     assert len(load_records(DataArgs(dataset="ok", dataset_dir=str(tmp_path)))) == 1
+    # A mismatch is a warning, as in LLaMA-Factory; WORKBENCH_STRICT_SHA1=1 makes it an error.
+    loaded = load_spec(get_spec("bad", tmp_path))
+    assert len(loaded.records) == 1
+    (warning,) = [w for w in loaded.warnings() if "file_sha1" in w]
+    assert "dataset 'bad'" in warning and "0" * 40 in warning and good in warning and "WORKBENCH_STRICT_SHA1" in warning
+    monkeypatch.setenv("WORKBENCH_STRICT_SHA1", "1")
     with pytest.raises(WorkbenchError) as err:
         load_records(DataArgs(dataset="bad", dataset_dir=str(tmp_path)))
     assert "dataset 'bad'" in str(err.value) and "0" * 40 in str(err.value) and good in str(err.value)
+
+
+def test_hub_source_comes_first_and_offline_falls_back_to_file_name(tmp_path, monkeypatch):
+    """LLaMA-Factory (and seed 001) read hf_hub_url when an entry lists both; offline, the local copy is read."""
+    (tmp_path / "local.json").write_text(json.dumps([{"instruction": "q", "output": "a"}]))
+    write_registry(tmp_path, {"both": {"hf_hub_url": "someone/not-cached-here", "file_name": "local.json"},
+                              "hub": {"hf_hub_url": "someone/not-cached-here"}})
+    spec = get_spec("both", tmp_path)
+    assert (spec.load_from, spec.source) == ("hf_hub", "someone/not-cached-here")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    loaded = load_spec(spec)
+    assert len(loaded.records) == 1
+    assert any("read file_name local.json instead" in w for w in loaded.warnings())
+    with pytest.raises(WorkbenchError, match="needs download"):
+        load_spec(get_spec("hub", tmp_path))
 
 
 def test_build_sft_with_split_and_cache(lf_dir, tokenizer, wb_home):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import csv
+import dataclasses
 import hashlib
 import json
 import random
@@ -359,10 +360,19 @@ def _check_arrow_utf8(ds, spec: DatasetSpec) -> None:
 
 def spec_rows(spec: DatasetSpec, streaming: bool = False, allow_download: bool = True,
               notes: list[str] | None = None) -> Iterator[tuple[str, Any]]:
+    fallback = spec.alternatives.get("file_name")
+    if (spec.load_from.endswith("_hub") and fallback and (offline() or not allow_download)
+            and not hub_cached(spec) and (spec.dataset_dir.expanduser() / fallback).exists()):
+        # LLaMA-Factory reads the hub source when both are listed; without network we read the local copy.
+        if notes is not None:
+            where = "this machine is offline" if offline() else "checking does not download"
+            notes.append(f"dataset {spec.name!r}: {spec.source} is on the hub and not cached, and {where}: read "
+                         f"file_name {fallback} instead")
+        spec = dataclasses.replace(spec, load_from="file", source=fallback)
     if spec.load_from == "file":
         if not spec.path.exists():
             raise WorkbenchError(f"dataset {spec.name!r}: file {spec.path} not found")
-        check_sha1(spec)
+        check_sha1(spec, notes if notes is not None else [])
         return iter_file_rows(spec.path, notes)
     if spec.load_from == "script":
         local = spec.dataset_dir / spec.source

@@ -129,18 +129,29 @@ def spec_from_entry(name: str, entry: Any, dataset_dir: Path, info_file: Path | 
     if not isinstance(entry, dict):
         raise WorkbenchError(f"{where}: expected an object, got {type(entry).__name__}")
     sources = {k: entry[k] for k in SOURCE_KEYS if entry.get(k)}
-    # LLaMA-Factory's preference: a local file first; else the Hugging Face hub, else ModelScope, Modelers.
-    for key, kind in (("file_name", "file"), ("hf_hub_url", "hf_hub"), ("ms_hub_url", "ms_hub"),
-                      ("om_hub_url", "om_hub"), ("script_url", "script")):
+    # LLaMA-Factory's precedence: a hub source first (ModelScope / Modelers when chosen with USE_MODELSCOPE_HUB /
+    # USE_OPENMIND_HUB, or when no Hugging Face URL is given), then script_url, then the local file. Offline, a hub
+    # source that is not cached falls back to file_name when the entry has one (loader.spec_rows).
+    order = [("hf_hub_url", "hf_hub"), ("script_url", "script"), ("file_name", "file")]
+    for key, kind, flag in (("om_hub_url", "om_hub", "USE_OPENMIND_HUB"), ("ms_hub_url", "ms_hub", "USE_MODELSCOPE_HUB")):
+        if key in sources and (_env_true(flag) or "hf_hub_url" not in sources):
+            order.insert(0, (key, kind))
+        else:
+            order.insert(1, (key, kind))
+    for key, kind in order:
         if key in sources:
             load_from, source = kind, sources[key]
             break
     else:
         raise WorkbenchError(f"{where}: no source; give one of {', '.join(SOURCE_KEYS)}")
+    for k in ("file_name", "script_url"):
+        if k in sources and not isinstance(sources[k], str):
+            raise WorkbenchError(f"{where}: {k} must be a string, got {type(sources[k]).__name__}")
     if not isinstance(source, str):
         raise WorkbenchError(f"{where}: {key} must be a string, got {type(source).__name__}")
-    if load_from in ("file", "script"):  # script_url is read as a local folder when it exists (loader.spec_rows)
-        check_inside(source, key, dataset_dir, where)
+    for k in ("file_name", "script_url"):  # script_url is read as a local folder when it exists (loader.spec_rows)
+        if k in sources:
+            check_inside(sources[k], k, dataset_dir, where)
     formatting = entry.get("formatting", "alpaca")
     if formatting not in FORMATS:
         raise WorkbenchError(f"{where}: unknown formatting {formatting!r}; choose from {', '.join(FORMATS)}")
@@ -239,15 +250,24 @@ def file_sha1(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def check_sha1(spec: DatasetSpec) -> None:
+STRICT_SHA1_ENV = "WORKBENCH_STRICT_SHA1"
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "y")
+
+
+def check_sha1(spec: DatasetSpec, notes: list[str] | None = None) -> None:
+    """A ``file_sha1`` mismatch is a warning, as in LLaMA-Factory; an error with WORKBENCH_STRICT_SHA1=1."""
     if spec.load_from != "file" or not spec.file_sha1 or not spec.path.is_file():
         return
     actual = file_sha1(spec.path)
     if actual != spec.file_sha1.lower():
-        raise WorkbenchError(
-            f"dataset {spec.name!r}: file_sha1 mismatch for {spec.path}: dataset_info.json says {spec.file_sha1}, "
-            f"the file has {actual} (the file changed; update file_sha1 or restore the file)"
-        )
+        message = (f"dataset {spec.name!r}: file_sha1 mismatch for {spec.path}: dataset_info.json says "
+                   f"{spec.file_sha1}, the file has {actual} (the file changed; update file_sha1 or restore the file)")
+        if _env_true(STRICT_SHA1_ENV) or notes is None:
+            raise WorkbenchError(message)
+        notes.append(message + f"; {STRICT_SHA1_ENV}=1 makes this an error")
 
 
 def save_entry(dataset_dir: str | Path, name: str, entry: dict[str, Any], *, overwrite: bool = False) -> Path:
