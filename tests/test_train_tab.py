@@ -114,7 +114,7 @@ def test_preview_shows_the_accelerate_command_a_launched_run_expands_to(tmp_path
     from workbench.train.cli import _launch
 
     launched = []
-    monkeypatch.setattr(launch_module, "run_launch", lambda cmd, env: launched.append(cmd) or 0)
+    monkeypatch.setattr(launch_module, "run_launch", lambda cmd, env, **kw: launched.append(cmd) or 0)
     _launch(plan.train_config, plan.launch, str(plan.path / "config.yaml"), {})
     assert launched == [argv]
 
@@ -157,6 +157,9 @@ def test_presets_save_load_and_bad_files(wb_home):
     listed = presets.list_presets()
     assert "cpu_quickstart" in listed and "cpu_quickstart (mine)" in listed
     assert presets.load_preset("cpu_quickstart (mine)")[0] == {"learning_rate": 2e-4}
+    # Qwen's finetune names in a preset load as the options the form has.
+    (wb_home / "presets" / "qwen.yaml").write_text("model_max_length: 512\nlora_r: 16\nuse_lora: true\n")
+    assert presets.load_preset("qwen")[0] == {"cutoff_len": 512, "lora_rank": 16, "finetuning_type": "lora"}
     (wb_home / "presets" / "typo.yaml").write_text("learning_rat: 0.1\n")
     with pytest.raises(OptionError, match=r"learning_rat: .*typo.yaml: unknown option"):
         presets.load_preset("typo")

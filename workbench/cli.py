@@ -12,7 +12,7 @@ import importlib
 import os
 import sys
 
-from workbench.config.base import WorkbenchError
+from workbench.config.base import WorkbenchError, allow_negative_numbers
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "webui": ("workbench.ui.app:webui", "start the web app (same as python webui.py)"),
@@ -38,6 +38,8 @@ def _resolve(name: str):
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m workbench", description="Workbench: fine-tune, chat with, evaluate and export language models.")
+    # `--learning_rate -1e-4`: a negative number is a flag's value (then checked by the option), never a flag.
+    allow_negative_numbers(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         # allow_abbrev=False: a misspelt flag (--learning_rat) is an error, never taken for the option it prefixes.
@@ -45,7 +47,17 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         if name == command:
             configure, _ = _resolve(name)
             configure(sub_parser)
+        _negative_numbers_everywhere(sub_parser)
     return parser
+
+
+def _negative_numbers_everywhere(parser: argparse.ArgumentParser) -> None:
+    """:func:`allow_negative_numbers` for a parser and the sub-commands a command added (``data preview``, ...)."""
+    allow_negative_numbers(parser)
+    for action in parser._actions:  # noqa: SLF001 - argparse lists sub-parsers only here
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            for child in action.choices.values():
+                _negative_numbers_everywhere(child)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,7 +43,10 @@ def load_preset(name: str) -> tuple[dict[str, Any], Path]:
     unknown = sorted(k for k in values if k not in known)
     if unknown:
         raise OptionError(unknown[0], f"{path}: unknown option(s) {', '.join(unknown)}")
-    return values, path
+    from workbench.config.base import resolve_aliases
+    from workbench.runs import train_option_classes
+
+    return resolve_aliases(train_option_classes(), values), path  # the form knows options, not their aliases
 
 
 def save_preset(name: str, values: dict[str, Any]) -> Path:
@@ -68,11 +71,11 @@ def save_preset(name: str, values: dict[str, Any]) -> Path:
 
 
 def _known_keys() -> set[str]:
-    from workbench.config.base import option_fields
+    from workbench.config.base import aliases_of, option_fields
     from workbench.config.train import IGNORED_KEYS
     from workbench.runs import train_option_classes
 
     keys = set(IGNORED_KEYS)
     for cls in train_option_classes():
-        keys |= set(option_fields(cls))
+        keys |= set(option_fields(cls)) | set(aliases_of(cls))  # Qwen's/HF's names too (model_max_length)
     return keys

@@ -5,11 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from workbench.config.base import OptionError, Options, option
+from workbench.config.base import Alias, OptionError, Options, option
 
 
 @dataclass
 class DataArgs(Options):
+    # Qwen's finetune.py names: its data files are data files here too (``dataset`` takes paths).
+    ALIASES = {
+        "model_max_length": Alias("cutoff_len", "Qwen finetune.py / tokenizer name for cutoff_len"),
+        "data_path": Alias("dataset", "Qwen finetune.py: the training data file (json/jsonl; its format is detected)"),
+        "eval_data_path": Alias("eval_dataset", "Qwen finetune.py: the evaluation data file"),
+    }
+
     dataset: str | None = option(
         None,
         "Comma-separated dataset names from dataset_info.json (or paths to data files); each is loaded and "

@@ -3,6 +3,7 @@ several adapters into one new adapter). Declared once; the CLI flags and the Exp
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -140,6 +141,8 @@ class MergeAdaptersArgs(OutputOptions):
                 values.append(float(item))
             except ValueError:
                 raise OptionError("weights", f"weight {position} ({item!r}) is not a number") from None
+            if not math.isfinite(values[-1]):
+                raise OptionError("weights", f"weight {position} ({item!r}) is not a finite number")
         if count is not None and len(values) != count:
             raise OptionError("weights", f"{len(values)} weight(s) given for {count} adapter(s); give one per adapter")
         return values

@@ -6,16 +6,24 @@ logging, checkpoints); ``LaunchArgs`` says how many processes run it. Together w
 and ``DataArgs`` they make one run config: :func:`parse_train_config` merges a YAML file and
 ``--key value`` overrides into them, naming unknown keys and warning about LLaMA-Factory keys that
 Workbench knowingly ignores (:data:`IGNORED_KEYS`).
+
+Every other field of transformers' ``TrainingArguments`` (adam_beta2, lr_scheduler_kwargs, ...) is an
+option of ``TrainArgs`` too: derived from that dataclass (type, default, help) rather than listed here,
+and passed to it unchanged, except the few in :data:`TRAINING_ARGUMENTS_REFUSED`. Other programs' names
+for options (Qwen's finetune.py: ``model_max_length``, ``use_lora``, ``q_lora``, ``lora_r``, ...) are
+declared as aliases next to the options they set (``ALIASES`` of each class).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from workbench.config.base import OptionError, Options, WorkbenchError, option, split_mapping
+from workbench.config.base import (UNSET, Alias, OptionError, Options, WorkbenchError, aliases_of, mirror_fields,
+                                   option, option_fields, parse_bool, split_mapping)
 from workbench.config.data import DataArgs
 from workbench.config.model import ModelArgs
 
@@ -94,9 +102,60 @@ UNSUPPORTED_KEYS: dict[str, str] = {
     "shift_attn": "shifted sparse attention is not supported",
 }
 
+# Fields of transformers' TrainingArguments that are not passed through: Workbench sets them itself, or they
+# would be silently without effect here. Refused by name (unless given as false / 0 / none).
+TRAINING_ARGUMENTS_REFUSED: dict[str, str] = {
+    "remove_unused_columns": "the collators read the tokenised columns, so Workbench always keeps them",
+    "label_names": "the labels column is always 'labels'",
+    "prediction_loss_only": "evaluation during training reports the loss; use `python -m workbench eval` for "
+                            "generation metrics",
+    "include_for_metrics": "no compute_metrics runs during training; use `python -m workbench eval`",
+    "batch_eval_metrics": "no compute_metrics runs during training; use `python -m workbench eval`",
+    "label_smoothing_factor": "Workbench's trainers compute the loss themselves (for DPO use dpo_label_smoothing)",
+    "use_cpu": "use device: cpu",
+    "use_liger_kernel": "Liger kernels are not used",
+    "liger_kernel_config": "Liger kernels are not used",
+    "local_rank": "set by the launcher: use --launch --num_processes N",
+    "parallelism_config": "an accelerate ParallelismConfig object cannot be given here; use accelerate_config",
+}
+# TrainingArguments fields about uploading: accepted with a warning, like push_to_hub.
+TRAINING_ARGUMENTS_IGNORED: dict[str, str] = {
+    name: "nothing is uploaded (push_to_hub is ignored)"
+    for name in ("hub_token", "hub_private_repo", "hub_model_id", "hub_strategy", "hub_always_push", "hub_revision")
+}
+# Qwen's finetune.py (Qwen/Qwen1.5/Qwen2/Qwen2.5 finetune.sh) options that have no Workbench counterpart; the
+# ones that do are aliases (DataArgs.ALIASES, FinetuningArgs.ALIASES).
+QWEN_IGNORED: dict[str, str] = {
+    "lazy_preprocess": "Workbench tokenises the data once before training and caches it (Qwen's lazy mode "
+                       "tokenises each example when first used); for data larger than memory use streaming",
+    "lora_weight_path": "Qwen's finetune.py does not read it either; to continue from an adapter use "
+                        "adapter_name_or_path",
+}
+QWEN_REFUSED: dict[str, str] = {
+    "lora_bias": "LoRA biases are not trained (only lora_bias none)",
+}
+IGNORED_KEYS.update(TRAINING_ARGUMENTS_IGNORED)
+IGNORED_KEYS.update(QWEN_IGNORED)
+UNSUPPORTED_KEYS.update(TRAINING_ARGUMENTS_REFUSED)
+UNSUPPORTED_KEYS.update(QWEN_REFUSED)
+# Qwen's finetune.sh names DeepSpeed configs of its repository; the shipped presets are the same ZeRO stages.
+QWEN_DEEPSPEED = {"ds_config_zero2.json": "ds_z2_config.json", "ds_config_zero3.json": "ds_z3_config.json"}
+
 
 @dataclass
 class FinetuningArgs(Options):
+    # Qwen's finetune.py names (its README's finetune.sh runs with only the model path changed).
+    ALIASES = {
+        "use_lora": Alias("finetuning_type", "Qwen finetune.py: true means finetuning_type lora, false full",
+                          convert=lambda v: "lora" if parse_bool(v) else "full", flag=True),
+        "q_lora": Alias("quantization_bit", "Qwen finetune.py: true means QLoRA (quantization_bit 4, NF4, double "
+                        "quantization); false sets nothing", convert=lambda v: 4 if parse_bool(v) else UNSET,
+                        flag=True),
+        "lora_r": Alias("lora_rank", "Qwen finetune.py / PEFT name for lora_rank"),
+        "lora_target_modules": Alias("lora_target", "Qwen finetune.py: module names, as separate words or "
+                                     "comma-separated", nargs="+"),
+    }
+
     stage: str = option(
         "sft", "Training stage: pt (pre-training on text), sft (supervised, prompts masked), rm (reward model "
         "on preference pairs), dpo (direct preference optimisation)", choices=STAGES, label_zh="训练阶段",
@@ -170,6 +229,18 @@ class FinetuningArgs(Options):
 
 @dataclass
 class TrainArgs(Options):
+    """How to train: Hugging Face ``TrainingArguments`` names. The declared fields below are the ones the Train
+    tab shows or Workbench acts on; every other TrainingArguments field is added by
+    :func:`_with_training_arguments` and passed through unchanged."""
+
+    ALIASES = {
+        "evaluation_strategy": Alias("eval_strategy", "transformers' older name for eval_strategy"),
+        "activation_checkpointing": Alias("gradient_checkpointing", "transformers 5's name for gradient_checkpointing",
+                                          flag=True),
+        "gradient_checkpointing_kwargs": Alias("activation_checkpointing_kwargs",
+                                               "transformers' older name for activation_checkpointing_kwargs"),
+    }
+
     output_dir: str | None = option(
         None, "Where the adapter, checkpoints, progress.jsonl and config.yaml go (empty: a new directory under "
         "the runs directory)", group="output", label_zh="输出目录",
@@ -299,6 +370,9 @@ class TrainArgs(Options):
             raise OptionError("num_train_epochs", "must be above 0 unless max_steps is set")
         if not self.do_train:
             raise OptionError("do_train", "false is not supported: evaluate with `python -m workbench eval`")
+        sampling = getattr(self, "train_sampling_strategy", "random")
+        if self.group_by_length and sampling not in ("random", "group_by_length"):
+            raise OptionError("train_sampling_strategy", f"{sampling} contradicts group_by_length; set one of them")
         self.report_to = ",".join(self.report_backends()) or "none"
         if self.resume_from_checkpoint is not None:
             text = str(self.resume_from_checkpoint).strip()
@@ -307,12 +381,51 @@ class TrainArgs(Options):
             elif text.lower() in ("true", "yes", "latest"):
                 self.resume_from_checkpoint = "true"
 
+    def passthrough(self) -> dict[str, Any]:
+        """The TrainingArguments fields Workbench does not declare, where they differ from transformers' default:
+        keyword arguments passed to TrainingArguments (and TRL's configs) unchanged."""
+        out = {}
+        for name, f in option_fields(type(self)).items():
+            if f.metadata.get("passthrough"):
+                value = getattr(self, name)
+                if value != _default(f):
+                    out[name] = value
+        return out
+
+    def to_dict(self, non_default_only: bool = False) -> dict[str, Any]:
+        """Declared options always (unless ``non_default_only``); pass-through ones only where set."""
+        out = super().to_dict(non_default_only)
+        fields_ = option_fields(type(self))
+        return {k: v for k, v in out.items() if not fields_[k].metadata.get("passthrough") or v != _default(fields_[k])}
+
     def report_backends(self) -> list[str]:
         names = [n.strip().lower() for n in self.report_to.split(",") if n.strip()]
         for name in names:
             if name not in REPORT_TO:
                 raise OptionError("report_to", f"{name!r} is not one of: {', '.join(REPORT_TO)}")
         return [n for n in names if n != "none"]
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+
+
+TRAINING_ARGUMENTS_GROUP = "TrainingArguments options passed to transformers unchanged"
+
+
+def _with_training_arguments(declared: type) -> type:
+    """``declared`` plus one option per remaining ``transformers.TrainingArguments`` field (type, default and help
+    from that dataclass), not shown in the Train tab and listed under their own heading in ``--help``."""
+    from transformers import TrainingArguments
+
+    taken = set(IGNORED_KEYS) | set(UNSUPPORTED_KEYS)
+    for cls in (ModelArgs, DataArgs, FinetuningArgs, declared, LaunchArgs):
+        taken |= set(option_fields(cls)) | set(aliases_of(cls))
+    extra = mirror_fields(TrainingArguments, skip=taken, paths=("accelerator_config", "fsdp_config"),
+                          group="advanced", ui=False, passthrough=True, cli_group=TRAINING_ARGUMENTS_GROUP)
+    cls = dataclasses.make_dataclass(declared.__name__, extra, bases=(declared,))
+    cls.__module__, cls.__qualname__, cls.__doc__ = declared.__module__, declared.__qualname__, declared.__doc__
+    return cls
 
 
 @dataclass
@@ -369,14 +482,25 @@ class TrainConfig:
         return out
 
 
+TrainArgs = _with_training_arguments(TrainArgs)  # noqa: F811 - the declared options plus TrainingArguments'
 TRAIN_CLASSES = (ModelArgs, DataArgs, FinetuningArgs, TrainArgs)
+
+
+def _asks_for_something(value: Any) -> bool:
+    """False for the values that ask for nothing: empty, none, false, 0."""
+    if value is None or value is False:
+        return False
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value != 0
+    text = str(value).strip().lower()
+    return text not in ("", "none", "null", "false", "no", "off", "0", "0.0")
 
 
 def parse_train_config(values: Mapping[str, Any]) -> TrainConfig:
     """Flat mapping (YAML merged with CLI overrides) → validated TrainConfig; no model or data is touched."""
     values = dict(values)
     for key, reason in UNSUPPORTED_KEYS.items():
-        if key in values and values[key] not in (None, False, "", "none"):
+        if key in values and _asks_for_something(values[key]):
             raise OptionError(key, reason)
         values.pop(key, None)
     if str(values.get("pref_loss", "")).lower() in ("orpo", "simpo", "kto_pair"):
@@ -435,7 +559,7 @@ def resolve_deepspeed_config(value: str) -> Path:
     else:
         path = Path(name).expanduser()
         # LLaMA-Factory YAML names examples/deepspeed/ds_z3_config.json: the same file names live in presets/deepspeed/.
-        shipped = project_presets_dir() / "deepspeed" / path.name
+        shipped = project_presets_dir() / "deepspeed" / QWEN_DEEPSPEED.get(path.name, path.name)
         if not path.is_file() and shipped.is_file():
             path = shipped
     if not path.is_file():
