@@ -124,7 +124,7 @@ def test_merged_model_is_prompted_with_its_training_template(tiny_model_dir, tmp
              output_dir=tmp_path / "out", log=said.append)
     loaded = [line for line in said if line.startswith("loaded ")]
     assert len(loaded) == 2, said
-    assert not loaded[0].endswith("template llama2") and loaded[1].endswith("template llama2"), loaded
+    assert loaded[0].endswith("templates base: jinja") and loaded[1].endswith("templates m: llama2"), loaded
 
 
 def test_data_parallel_generation_gathers_in_order(cli, tiny_model_dir, adapters, tmp_path):

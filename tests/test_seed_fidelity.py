@@ -59,3 +59,50 @@ def test_keyword_lists_split_on_ascii_fullwidth_and_ideographic_commas():
     assert parse_keywords("中国，美国、经济, Trade\nTRADE") == ["中国", "美国", "经济", "trade"]
     assert parse_keywords(["a，b", "c"]) == ["a", "b", "c"]
     assert parse_keywords("") == []
+
+
+def _identity_adapter(tiny_model_dir, out, template: str):
+    """A LoRA whose B is zero (PEFT's initialisation): it answers exactly as the base, so any difference in its
+    answers comes from the prompt template alone. Its run record says which template it was trained with."""
+    import json
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(out)
+    (out / "workbench_run.json").write_text(json.dumps({"stage": "sft", "finetuning_type": "lora",
+                                                        "base_model": str(tiny_model_dir), "template": template}))
+    return out
+
+
+def test_evaluate_prompts_each_adapter_with_its_training_template(tiny_model_dir, tmp_path):
+    import json
+
+    from workbench.config.eval import EvalArgs
+    from workbench.config.generation import GenerationArgs
+    from workbench.evaluate.runner import evaluate
+
+    adapter = _identity_adapter(tiny_model_dir, tmp_path / "llama2-adapter", "llama2")
+    model = ModelArgs(model_name_or_path=str(tiny_model_dir), infer_dtype="float32", device="cpu")
+    gen = GenerationArgs(do_sample=False)
+    args = dict(task="qa", max_samples=3, max_new_tokens=6, batch_size=6)
+    logs: list[str] = []
+    evaluate(model, EvalArgs(**args), gen, adapters={"ident": str(adapter)}, output_dir=tmp_path / "auto",
+             log=logs.append)
+    assert any("templates base: jinja, ident: llama2" in line for line in logs)
+    evaluate(model, EvalArgs(template="llama2", **args), gen, adapters={}, output_dir=tmp_path / "base-llama2",
+             log=lambda m: None)
+
+    def predictions(run, name):
+        lines = (tmp_path / run / name / "qa" / "predictions.jsonl").read_text().splitlines()
+        return [json.loads(line)["prediction"] for line in lines]
+
+    # The adapter answered in llama2 format: exactly what the base says when prompted with llama2.
+    assert predictions("auto", "ident") == predictions("base-llama2", "base")
+    # An explicit template is used for every variant, with a warning naming the adapter's own.
+    logs.clear()
+    evaluate(model, EvalArgs(template="chatml", **args), gen, adapters={"ident": str(adapter)},
+             output_dir=tmp_path / "explicit", log=logs.append)
+    assert any("trained with template 'llama2', but 'chatml' is chosen" in line for line in logs)

@@ -241,7 +241,8 @@ def evaluate(model_args: ModelArgs, eval_args: EvalArgs, gen: GenerationArgs, *,
              adapters: dict[str, str] | None = None, output_dir: str | Path | None = None,
              log: Callable[[str], None] | None = None) -> dict:
     """Run every task for the base, the adapters and the merged models; write and return the results."""
-    from workbench.data.templates import resolve_template
+    from workbench.data.templates import get_template, resolve_template
+    from workbench.models.registry import variant_template
     from workbench.infer.batch import generate_batch_output
     from workbench.infer.session import check_adapters_base
     from workbench.models.adapters import parse_adapter_specs
@@ -275,7 +276,7 @@ def evaluate(model_args: ModelArgs, eval_args: EvalArgs, gen: GenerationArgs, *,
 
         if torch.cuda.is_available():
             model_args = dataclasses.replace(model_args, device=f"cuda:{state.local_process_index}")
-    template = resolve_template(eval_args.template, model_args.model_name_or_path)
+    resolve_template(eval_args.template, model_args.model_name_or_path)  # an unknown name fails before loading
     groups: list[tuple[str, ModelArgs, dict[str, str], list[str]]] = []
     shared = [v.name for v in variants if v.kind in ("base", "adapter")]
     if shared:
@@ -290,23 +291,34 @@ def evaluate(model_args: ModelArgs, eval_args: EvalArgs, gen: GenerationArgs, *,
     gen_seconds, new_tokens, prompt_tokens = 0.0, 0, 0
     truncated: dict[str, int] = {}
     load_seconds = 0.0
-    base_template = template
+    kinds = {v.name: v.kind for v in variants}
     for label, group_args, group_adapters, names in groups:
-        # A merged model answers in the template it was trained with (template auto reads its export record).
-        template = base_template if group_args is model_args else resolve_template(
-            eval_args.template, group_args.model_name_or_path)
+        # Each answers in the template it was trained with when the template is auto: an adapter from its run
+        # record, a merged model from its export record, the base from the registry (or its tokenizer's own).
+        templates = {}
+        for name in names:
+            chosen, note = variant_template(eval_args.template, group_args.model_name_or_path,
+                                            group_adapters.get(name) if kinds[name] == "adapter" else None)
+            if note:
+                say(f"warning: {note}")
+            templates[name] = get_template(chosen)
         say(f"loading {label}" + (f" with adapters {', '.join(group_adapters)}" if group_adapters else ""))
         loaded = load_model(group_args, adapters=group_adapters, padding_side="left")
         load_seconds += loaded.load_seconds
-        say(f"loaded {loaded.describe()} in {loaded.load_seconds:.1f}s; template {template.name}")
-        stops = template.stop_token_ids(loaded.tokenizer)
-        kinds = {v.name: v.kind for v in variants}
+        used = ", ".join(f"{n}: {t.name}" for n, t in templates.items())
+        say(f"loaded {loaded.describe()} in {loaded.load_seconds:.1f}s; templates {used}")
+        # One batch mixes variants: any of their end-of-turn tokens ends a row (all are special tokens).
+        stops = list(dict.fromkeys(i for t in templates.values() for i in t.stop_token_ids(loaded.tokenizer)))
         peft_names = [n if kinds[n] == "adapter" else None for n in names]  # base and merged rows: no adapter
         for t_index, task in enumerate(tasks):
-            ids, cut = encode_examples(template, loaded.tokenizer, task.examples, gen.system, eval_args.max_prompt_len)
-            truncated[task.name] = cut
-            order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-            rows = [Row(t_index, i, name, ids[i]) for i in order for name in names]
+            encoded = {}
+            for t in {t.name: t for t in templates.values()}.values():
+                encoded[t.name] = encode_examples(t, loaded.tokenizer, task.examples, gen.system,
+                                                  eval_args.max_prompt_len)
+            truncated[task.name] = max(cut for _, cut in encoded.values())
+            first = encoded[templates[names[0]].name][0]
+            order = sorted(range(len(first)), key=lambda i: -len(first[i]))
+            rows = [Row(t_index, i, name, encoded[templates[name].name][0][i]) for i in order for name in names]
             # Shard by example, not by row, so every process still batches the base with the adapters.
             mine = [(k, r) for k, r in enumerate(rows) if (k // len(names)) % world == rank]
             task_gen = dataclasses.replace(gen, max_new_tokens=task.max_new_tokens)

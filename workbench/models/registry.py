@@ -70,6 +70,40 @@ def exported_template(name_or_path: str) -> str | None:
     return name if name in TEMPLATES else None
 
 
+RUN_RECORD = "workbench_run.json"  # written into an adapter's directory at the end of training
+
+
+def adapter_template(path: str) -> str | None:
+    """The chat template an adapter was trained with (its ``workbench_run.json``; a merged-adapter directory
+    carries one too), or None when it records no known template."""
+    try:
+        record = json.loads((Path(str(path).strip()).expanduser() / RUN_RECORD).read_text(encoding="utf-8"))
+        name = str(record.get("template") or "").strip().lower()
+    except (OSError, ValueError, AttributeError):
+        return None
+    from workbench.data.templates import TEMPLATES
+
+    return name if name in TEMPLATES else None
+
+
+def variant_template(chosen: str | None, model_name_or_path: str, adapter_path: str | None = None
+                     ) -> tuple[str, str | None]:
+    """(template name, note) for the base model (``adapter_path`` None) or one adapter.
+
+    ``auto`` means: an adapter's training template, else the model's own (:func:`default_template`). A
+    template chosen explicitly is used for every variant; the note says when it differs from the one an
+    adapter was trained with.
+    """
+    key = (chosen or "auto").strip().lower()
+    trained = adapter_template(adapter_path) if adapter_path else None
+    if key == "auto":
+        return (trained or default_template(model_name_or_path)), None
+    if trained and trained != key:
+        return key, (f"adapter at {adapter_path} was trained with template {trained!r}, but {key!r} is chosen; "
+                     f"answers may be off (choose auto to use each adapter's own)")
+    return key, None
+
+
 def default_template(name_or_path: str) -> str:
     """A merged model's training template, else the registry's template for the model, else "auto"."""
     recorded = exported_template(name_or_path) if name_or_path else None
