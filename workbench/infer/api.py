@@ -8,6 +8,19 @@ with the same sampling settings are generated together in one batch, never inter
 
 Sampling follows the request: ``temperature`` omitted or 0 means greedy (deterministic); above 0 samples.
 Extensions: ``top_k`` and ``repetition_penalty``.
+
+Tools: ``tool_choice`` ``auto`` (the default with tools: the model decides), ``none`` (the tools stay out of the
+prompt, so no call is ever returned), ``required`` and a named function ``{"type": "function", "function":
+{"name": ...}}``. The last two CONSTRAIN generation, they never re-prompt: the answer is forced to start with the
+Hermes call prefix ``<tool_call>\n{"name":`` (with the name and ``"arguments":`` when it is known), and every
+following token is restricted to those that keep the text a valid call — a name among the tools, a JSON object
+as arguments (valid JSON, not checked against the parameters' schema), then ``}\n</tool_call>`` and the end of
+the answer — closing the JSON early enough to fit ``max_tokens``. So any model, even a random one, answers with
+exactly one parseable call (``finish_reason`` ``tool_calls``); the forced text counts as completion tokens, and
+``stop`` strings do not apply to it. A ``max_tokens`` too small for the shortest call is a 400. The deprecated
+``functions`` / ``function_call`` fields map to ``tools`` / ``tool_choice``, and such requests are answered the
+old way: ``message.function_call`` (one call) and ``finish_reason`` ``function_call`` instead of ``tool_calls``;
+``function_call`` assistant messages and ``function`` role messages are accepted in the history.
 """
 
 from __future__ import annotations
@@ -21,8 +34,10 @@ import math
 import os
 import secrets
 import sys
+import threading
 import time
 import uuid
+import weakref
 from typing import Any
 
 from fastapi import Request  # at module level: FastAPI resolves the handlers' annotations here
@@ -35,9 +50,9 @@ IGNORED_FIELDS = {"user", "metadata", "store", "parallel_tool_calls", "service_t
 KNOWN_FIELDS = {
     "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "n", "seed",
     "stop", "stream", "stream_options", "tools", "tool_choice", "frequency_penalty", "presence_penalty",
-    "repetition_penalty", "logprobs", "top_logprobs", "response_format", "logit_bias",
+    "repetition_penalty", "logprobs", "top_logprobs", "response_format", "logit_bias", "functions", "function_call",
 } | IGNORED_FIELDS
-ROLES = ("system", "developer", "user", "assistant", "tool")
+ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 
 
 class ApiError(Exception):
@@ -148,9 +163,11 @@ def convert_messages(messages: Any) -> tuple[list[dict], str | None]:
                                param=f"messages[{i}].role", code="invalid_value")
             system = content if system is None else system + "\n\n" + content
             continue
-        turn: dict = {"role": role, "content": content}
+        turn: dict = {"role": "tool" if role == "function" else role, "content": content}  # function: legacy tool
         if role == "assistant" and m.get("tool_calls"):
             turn["tool_calls"] = [_tool_call(c, i, j) for j, c in enumerate(m["tool_calls"])]
+        elif role == "assistant" and m.get("function_call"):  # the deprecated form of one tool call
+            turn["tool_calls"] = [_tool_call({"function": m["function_call"]}, i, 0, "function_call")]
         elif role == "user" and m.get("content") is None:
             raise ApiError(400, f"messages[{i}].content is required for a user message.",
                            param=f"messages[{i}].content", code="missing_required_parameter")
@@ -161,19 +178,75 @@ def convert_messages(messages: Any) -> tuple[list[dict], str | None]:
     return out, system
 
 
-def _tool_call(call: Any, i: int, j: int) -> dict:
-    where = f"messages[{i}].tool_calls[{j}]"
+def _tool_call(call: Any, i: int, j: int, field: str = "tool_calls") -> dict:
+    where = f"messages[{i}].tool_calls[{j}]" if field == "tool_calls" else f"messages[{i}].{field}"
     fn = call.get("function") if isinstance(call, dict) else None
     if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-        raise ApiError(400, f"{where} needs function.name.", param=where, code="invalid_value")
+        need = "function.name" if field == "tool_calls" else "a name"
+        raise ApiError(400, f"{where} needs {need}.", param=where, code="invalid_value")
     args = fn.get("arguments", {})
     if isinstance(args, str):
         try:
             args = json.loads(args) if args.strip() else {}
         except json.JSONDecodeError:
-            raise ApiError(400, f"{where}.function.arguments is not valid JSON.", param=where,
-                           code="invalid_value") from None
+            what = "function.arguments" if field == "tool_calls" else "arguments"
+            raise ApiError(400, f"{where}.{what} is not valid JSON.", param=where, code="invalid_value") from None
     return {"name": fn["name"], "arguments": args}
+
+
+def tool_fields(body: dict) -> tuple[Any, Any, bool]:
+    """``tools`` and ``tool_choice`` of a request, the deprecated ``functions`` / ``function_call`` mapped to
+    them; and whether the request used the deprecated fields (it is answered with ``function_call``)."""
+    tools, choice = body.get("tools"), body.get("tool_choice")
+    functions, function_call = body.get("functions"), body.get("function_call")
+    legacy = functions is not None or function_call is not None
+    if not legacy:
+        return tools, choice, False
+    if tools is not None or choice is not None:
+        both = "functions" if functions is not None else "function_call"
+        raise ApiError(400, "Use either 'tools' / 'tool_choice' or the deprecated 'functions' / 'function_call', "
+                            "not both.", param=both, code="invalid_value")
+    if functions is not None:
+        if not isinstance(functions, list):
+            raise ApiError(400, "'functions' must be a list of function objects.", param="functions",
+                           code="invalid_type")
+        tools = [{"type": "function", "function": f} for f in functions]
+    if function_call is None or function_call in ("auto", "none"):
+        choice = function_call
+    elif isinstance(function_call, dict) and isinstance(function_call.get("name"), str) and function_call["name"]:
+        choice = {"type": "function", "function": {"name": function_call["name"]}}
+    else:
+        raise ApiError(400, "'function_call' must be \"none\", \"auto\" or {\"name\": \"my_function\"}.",
+                       param="function_call", code="invalid_value")
+    return tools, choice, True
+
+
+def tool_choice_of(choice: Any, tools: list[dict] | None, *, param: str) -> str | dict:
+    """The validated choice: "auto", "none", "required" or ``{"name": ...}`` (a function among the tools)."""
+    if choice is None:
+        return "auto" if tools else "none"
+    if isinstance(choice, str):
+        if choice not in ("auto", "none", "required"):
+            raise ApiError(400, f"Invalid '{param}': {choice!r} is not one of auto, none, required or a named "
+                                "function {\"type\": \"function\", \"function\": {\"name\": ...}}.",
+                           param=param, code="invalid_value")
+        if choice == "required" and not tools:
+            raise ApiError(400, f"'{param}' required needs 'tools' to choose from.", param=param,
+                           code="invalid_value")
+        return choice
+    fn = choice.get("function") if isinstance(choice, dict) else None
+    if (not isinstance(choice, dict) or choice.get("type", "function") != "function" or not isinstance(fn, dict)
+            or not isinstance(fn.get("name"), str) or not fn["name"]):
+        kind = choice.get("type") if isinstance(choice, dict) else type(choice).__name__
+        raise ApiError(400, f"Invalid '{param}': expected auto, none, required or {{\"type\": \"function\", "
+                            f"\"function\": {{\"name\": ...}}}}, got {kind!r}.", param=param, code="invalid_value")
+    name = fn["name"]
+    names = [t["function"]["name"] for t in tools or ()]
+    if name not in names:
+        offered = f"the tools are: {', '.join(names)}" if names else "no tools were given"
+        raise ApiError(400, f"Invalid '{param}': the function '{name}' is not among the tools ({offered}).",
+                       param=param, code="invalid_value")
+    return {"name": name}
 
 
 class ChatRequest:
@@ -258,20 +331,16 @@ class ChatRequest:
         if not isinstance(options, dict):
             raise ApiError(400, "'stream_options' must be an object.", param="stream_options", code="invalid_type")
         self.include_usage = bool(options.get("include_usage"))
-        tool_choice = body.get("tool_choice", "auto")
-        if tool_choice not in ("auto", "none", "required") and not isinstance(tool_choice, dict):
-            raise ApiError(400, "'tool_choice' must be auto, none or required.", param="tool_choice",
-                           code="invalid_value")
-        if isinstance(tool_choice, dict) or tool_choice == "required":
-            raise ApiError(400, "Only tool_choice auto or none is supported (the model decides whether to call).",
-                           param="tool_choice", code="unsupported_parameter")
-        tools = body.get("tools")
+        tools, tool_choice, self.legacy = tool_fields(body)
+        tools_param = "functions" if self.legacy else "tools"
         if tools is not None and not isinstance(tools, list):
             raise ApiError(400, "'tools' must be a list of tool objects.", param="tools", code="invalid_type")
         try:
-            self.tools = parse_tools(tools, source="tools") if tool_choice != "none" else None
+            tools = parse_tools(tools, source=tools_param)
         except WorkbenchError as exc:
-            raise ApiError(400, str(exc), param="tools", code="invalid_value") from None
+            raise ApiError(400, str(exc), param=tools_param, code="invalid_value") from None
+        self.tool_choice = tool_choice_of(tool_choice, tools, param="function_call" if self.legacy else "tool_choice")
+        self.tools = tools if self.tool_choice != "none" else None  # none: the tools stay out of the prompt
         # Prompt: template, tools support and context length checked here, before the request queues.
         try:
             self.prompt_ids, self.max_new_tokens = engine.encode(
@@ -281,9 +350,386 @@ class ChatRequest:
         except ContextLengthError as exc:
             raise ApiError(400, str(exc), param="messages", code="context_length_exceeded") from None
         except ToolsNotSupportedError as exc:
-            raise ApiError(400, str(exc), param="tools", code="invalid_value") from None
+            raise ApiError(400, str(exc), param=tools_param, code="invalid_value") from None
         except WorkbenchError as exc:
             raise ApiError(400, str(exc), param="messages", code="invalid_value") from None
+        # required / a named function: the answer is forced to be a call (see force_tool_call).
+        self.forced_text, self.forced_ids, self.constraint, self.forced_name = "", [], None, None
+        self.gen_tokens = self.max_new_tokens
+        if self.tool_choice not in ("auto", "none"):
+            force_tool_call(self, engine)
+
+
+# -- forced tool calls (tool_choice required / a named function) ---------------------------------------
+#
+# The answer is forced to start with the Hermes call prefix (appended to the prompt ids after the generation
+# prompt), and a per-row constraint (RowSpec.constraint) lets through only tokens that keep the rest a valid
+# call: a character-level automaton (ToolCallGrammar) checks each candidate token's text, and the shortest
+# completion from the state it leads to must still fit the tokens left, so the call is always closed in time.
+
+_WS = " \t\n\r"
+_MAX_WS = 16         # longest run of whitespace allowed (a model must not pad a call with blanks forever)
+_MAX_DEPTH = 16      # deepest nesting of objects and arrays in the arguments
+_DIGITS = frozenset("0123456789")
+_HEX = frozenset("0123456789abcdefABCDEF")
+_NUMBER = {  # JSON number states: state -> {char: next state}
+    "minus": {"0": "zero", **{d: "int" for d in "123456789"}},
+    "zero": {".": "dot", "e": "exp_mark", "E": "exp_mark"},
+    "int": {**{d: "int" for d in _DIGITS}, ".": "dot", "e": "exp_mark", "E": "exp_mark"},
+    "dot": {d: "frac" for d in _DIGITS},
+    "frac": {**{d: "frac" for d in _DIGITS}, "e": "exp_mark", "E": "exp_mark"},
+    "exp_mark": {"+": "exp_sign", "-": "exp_sign", **{d: "exp" for d in _DIGITS}},
+    "exp_sign": {d: "exp" for d in _DIGITS},
+    "exp": {d: "exp" for d in _DIGITS},
+}
+_NUMBER_ENDS = frozenset({"zero", "int", "frac", "exp"})
+_LITERALS = {"t": "rue", "f": "alse", "n": "ull"}
+
+# A JSON state is (stack, mode, aux, ws): stack "o"/"a" per open object/array, the mode (what may come next),
+# its detail (string escape, number state, rest of a literal) and the current whitespace run.
+_JSON_START = ("", "start", None, 0)
+
+
+def _json_close(stack: str) -> tuple:
+    stack = stack[:-1]
+    return (stack, "after", None, 0) if stack else ("", "end", None, 0)
+
+
+def _json_value(stack: str, ch: str) -> tuple | None:
+    if ch == '"':
+        return (stack, "str", (False, ""), 0)
+    if ch in "{[":
+        if len(stack) >= _MAX_DEPTH:
+            return None
+        return (stack + "o", "key_or_end", None, 0) if ch == "{" else (stack + "a", "val_or_end", None, 0)
+    if ch == "-" or ch in _DIGITS:
+        return (stack, "num", {"-": "minus", "0": "zero"}.get(ch, "int"), 0)
+    rest = _LITERALS.get(ch)
+    return (stack, "lit", rest, 0) if rest else None
+
+
+def json_step(state: tuple, ch: str) -> tuple | None:
+    """The state after one more character of a JSON object, or None when the character cannot come next."""
+    stack, mode, aux, ws = state
+    if mode == "str":
+        key, esc = aux
+        if esc == "":
+            if ch == '"':
+                return (stack, "colon" if key else "after", None, 0)
+            if ch == "\\":
+                return (stack, "str", (key, "\\"), 0)
+            return None if ord(ch) < 0x20 else state
+        if esc == "\\":
+            if ch in '"\\/bfnrt':
+                return (stack, "str", (key, ""), 0)
+            return (stack, "str", (key, 1), 0) if ch == "u" else None
+        if ch not in _HEX:  # esc = n: the n-th of the four hex digits of \uXXXX comes next
+            return None
+        return (stack, "str", (key, "" if esc == 4 else esc + 1), 0)
+    if mode == "num":
+        nxt = _NUMBER[aux].get(ch)
+        if nxt is not None:
+            return (stack, "num", nxt, 0)
+        return json_step((stack, "after", None, 0), ch) if aux in _NUMBER_ENDS else None
+    if mode == "lit":
+        if ch != aux[0]:
+            return None
+        return (stack, "lit", aux[1:], 0) if len(aux) > 1 else (stack, "after", None, 0)
+    if mode == "end":
+        return None
+    if ch in _WS:
+        return (stack, mode, aux, ws + 1) if ws < _MAX_WS else None
+    if mode == "start":  # the arguments: an object
+        return ("o", "key_or_end", None, 0) if ch == "{" else None
+    if mode == "val":
+        return _json_value(stack, ch)
+    if mode == "val_or_end":
+        return _json_close(stack) if ch == "]" else _json_value(stack, ch)
+    if mode in ("key_or_end", "key"):
+        if ch == '"':
+            return (stack, "str", (True, ""), 0)
+        return _json_close(stack) if ch == "}" and mode == "key_or_end" else None
+    if mode == "colon":
+        return (stack, "val", None, 0) if ch == ":" else None
+    # after a value
+    if ch == ",":
+        return (stack, "key" if stack[-1] == "o" else "val", None, 0)
+    return _json_close(stack) if ch == ("}" if stack[-1] == "o" else "]") else None
+
+
+def json_closure(state: tuple) -> str:
+    """The shortest text that completes the JSON object from this state."""
+    stack, mode, aux, _ = state
+    if mode == "start":
+        return "{}"
+    head = ""
+    if mode == "val":
+        head = "null"
+    elif mode == "key":
+        head = '"":null'
+    elif mode == "colon":
+        head = ":null"
+    elif mode == "str":
+        key, esc = aux
+        head = ("" if esc == "" else "n" if esc == "\\" else "0" * (5 - esc)) + '"' + (":null" if key else "")
+    elif mode == "num":
+        head = "" if aux in _NUMBER_ENDS else "0"
+    elif mode == "lit":
+        head = aux
+    return head + "".join("}" if c == "o" else "]" for c in reversed(stack))
+
+
+class ToolCallGrammar:
+    """What may follow the forced prefix: with ``names`` (``required`` among several tools) the prefix ends at
+    ``{"name":`` and one of the names comes next, then ``, "arguments":``; without, the prefix already holds
+    the name and ``"arguments":``. Then a JSON object, ``}`` and ``</tool_call>`` (whitespace allowed between).
+    States are ``(phase, detail)``; :meth:`closure` is the shortest text from a state to a complete call."""
+
+    def __init__(self, names: list[str] | None = None, texts: "TokenTexts | None" = None):
+        phases: list[tuple[str, Any]] = []
+        if names:
+            # Each name as JSON; with \u escapes where the tokens cannot spell a character (a byte-level vocabulary
+            # without a token for it): the name parses the same.
+            spelt = [json.dumps(n, ensure_ascii=False) for n in names]
+            targets = tuple(dict.fromkeys(
+                t if texts is None or texts.greedy(t) is not None else json.dumps(n) for n, t in zip(names, spelt)))
+            phases += [("ws", " "), ("names", targets), ("ws", ""), ("lit", ","), ("ws", " "),
+                       ("lit", '"arguments"'), ("ws", ""), ("lit", ":")]
+            self._targets = frozenset(targets)
+            self._prefixes = frozenset(t[:k] for t in targets for k in range(1, len(t) + 1))
+        phases += [("ws", " "), ("value", None), ("ws", ""), ("lit", "}"), ("ws", "\n"), ("lit", "</tool_call>")]
+        self.phases = phases
+        tails = [""]
+        for kind, arg in reversed(phases):
+            first = "{}" if kind == "value" else min(arg, key=len) if kind == "names" else arg
+            tails.append(first + tails[-1])
+        self._tails = tails[::-1]  # _tails[i]: the shortest text for phases i, i+1, ... from their start
+
+    def _init(self, i: int):
+        kind = self.phases[i][0] if i < len(self.phases) else None
+        return {"ws": 0, "lit": 0, "names": "", "value": _JSON_START}.get(kind)
+
+    def initial(self) -> tuple:
+        return (0, self._init(0))
+
+    def done(self, state: tuple) -> bool:
+        return state[0] >= len(self.phases)
+
+    def step(self, state: tuple, ch: str) -> tuple | None:
+        i, sub = state
+        while i < len(self.phases):
+            kind, arg = self.phases[i]
+            if kind == "ws":
+                if ch in _WS and sub < _MAX_WS:
+                    return (i, sub + 1)
+                i += 1
+                sub = self._init(i)
+                continue
+            if kind == "lit":
+                if arg[sub] != ch:
+                    return None
+                return (i, sub + 1) if sub + 1 < len(arg) else (i + 1, self._init(i + 1))
+            if kind == "names":
+                typed = sub + ch
+                if typed in self._targets:
+                    return (i + 1, self._init(i + 1))
+                return (i, typed) if typed in self._prefixes else None
+            nxt = json_step(sub, ch)
+            if nxt is None:
+                return None
+            return (i + 1, self._init(i + 1)) if nxt[1] == "end" else (i, nxt)
+        return None
+
+    def feed(self, state: tuple, text: str) -> tuple | None:
+        for ch in text:
+            state = self.step(state, ch)
+            if state is None:
+                return None
+        return state
+
+    def closure(self, state: tuple) -> str:
+        i, sub = state
+        if i >= len(self.phases):
+            return ""
+        kind, arg = self.phases[i]
+        if kind == "ws":
+            head = "" if sub else arg
+        elif kind == "lit":
+            head = arg[sub:]
+        elif kind == "names":
+            head = min((t for t in arg if t.startswith(sub)), key=len)[len(sub):]
+        else:
+            head = json_closure(sub)
+        return head + self._tails[i + 1]
+
+
+class TokenTexts:
+    """Each token's text as it reads after other text (decoded after an anchor token, as the streamer decodes
+    a whole answer; special tokens and partial UTF-8 characters: None), indexed by first character, and a
+    greedy longest-match tokenisation of a given text."""
+
+    def __init__(self, tokenizer):
+        anchor = tokenizer.encode("a", add_special_tokens=False)
+        head = tokenizer.decode(anchor, skip_special_tokens=True)
+        size = len(tokenizer)
+        texts = tokenizer.batch_decode([anchor + [i] for i in range(size)], skip_special_tokens=True)
+        self.pieces: list[str | None] = []
+        self.by_first: dict[str, list[int]] = {}
+        self.ids: dict[str, int] = {}
+        for i, text in enumerate(texts):
+            piece = text[len(head):] if text.startswith(head) else ""
+            if not piece or "\ufffd" in piece:
+                self.pieces.append(None)
+                continue
+            self.pieces.append(piece)
+            self.by_first.setdefault(piece[0], []).append(i)
+            self.ids.setdefault(piece, i)
+        self.longest = min(64, max((len(p) for p in self.ids), default=1))
+        self._greedy: dict[str, list[int] | None] = {}
+
+    def piece(self, token: int) -> str | None:
+        return self.pieces[token] if 0 <= token < len(self.pieces) else None
+
+    def greedy(self, text: str) -> list[int] | None:
+        """Token ids spelling ``text`` (longest match first); None when some character has no token."""
+        if text in self._greedy:
+            return self._greedy[text]
+        out: list[int] | None = []
+        i = 0
+        while i < len(text):
+            for n in range(min(self.longest, len(text) - i), 0, -1):
+                token = self.ids.get(text[i:i + n])
+                if token is not None:
+                    out.append(token)
+                    i += n
+                    break
+            else:
+                out = None
+                break
+        if len(self._greedy) > 100_000:  # closures repeat a lot; keep the cache bounded
+            self._greedy.clear()
+        self._greedy[text] = out
+        return out
+
+
+_TOKEN_TEXTS: "weakref.WeakKeyDictionary[Any, TokenTexts]" = weakref.WeakKeyDictionary()
+_TOKEN_TEXTS_LOCK = threading.Lock()
+
+
+def token_texts(tokenizer) -> TokenTexts:
+    """The tokenizer's :class:`TokenTexts`, built once (about a second for a 150k vocabulary)."""
+    with _TOKEN_TEXTS_LOCK:
+        texts = _TOKEN_TEXTS.get(tokenizer)
+        if texts is None:
+            texts = _TOKEN_TEXTS[tokenizer] = TokenTexts(tokenizer)
+        return texts
+
+
+class ToolCallConstraint:
+    """A row's token constraint (``RowSpec.constraint``): at each step only tokens that keep the answer a
+    valid call AND leave room to close it within ``limit`` tokens; once the call is closed, only the stop
+    tokens. ``keep``: how many of the likeliest valid tokens stay (1 for greedy decoding; more, so that
+    sampling still samples)."""
+
+    SCAN = 512  # likeliest tokens checked first; all tokens that can start here only when none of them fits
+
+    def __init__(self, grammar: ToolCallGrammar, texts: TokenTexts, stop_ids: list[int], limit: int, keep: int = 1):
+        self.grammar, self.texts, self.stop_ids = grammar, texts, list(stop_ids)
+        self.limit, self.keep = limit, max(1, keep)
+        self.state = grammar.initial()
+        self.seen = 0
+        self.broken = False  # a token it did not allow arrived (padding after the row ended): stop constraining
+
+    def _fits(self, token: int, left: int) -> bool:
+        piece = self.texts.piece(token)
+        if piece is None:
+            return False
+        state = self.grammar.feed(self.state, piece)
+        if state is None:
+            return False
+        rest = self.grammar.closure(state)
+        if len(rest) <= left:  # every character the closure needs is at most one token
+            return True
+        ids = self.texts.greedy(rest)
+        return ids is not None and len(ids) <= left
+
+    def allowed(self, scores, left: int) -> list[int]:
+        import torch
+
+        if self.grammar.done(self.state):
+            return self.stop_ids
+        found = []
+        top = torch.topk(scores.float(), min(self.SCAN, scores.shape[-1])).indices.tolist()
+        for token in top:
+            if self._fits(token, left):
+                found.append(token)
+                if len(found) >= self.keep:
+                    return found
+        if found:
+            return found
+        # None of the likeliest fits: every token that can start here, likeliest first.
+        starts = [t for ch, tokens in self.texts.by_first.items() if self.grammar.step(self.state, ch) is not None
+                  for t in tokens if t < scores.shape[-1]]
+        if starts:
+            order = torch.argsort(scores[starts].float(), descending=True).tolist()
+            for k in order:
+                if self._fits(starts[k], left):
+                    found.append(starts[k])
+                    if len(found) >= self.keep:
+                        break
+        if found:
+            return found
+        closing = self.texts.greedy(self.grammar.closure(self.state))  # out of room: close the call
+        return closing[:1] if closing else self.stop_ids
+
+    def __call__(self, generated: list[int], scores):
+        import torch
+
+        for token in generated[self.seen:]:
+            self.seen += 1
+            if self.broken or self.grammar.done(self.state):
+                continue
+            piece = self.texts.piece(token)
+            state = None if piece is None else self.grammar.feed(self.state, piece)
+            if state is None:
+                self.broken = True
+            else:
+                self.state = state
+        if self.broken:
+            return scores
+        allowed = self.allowed(scores, self.limit - len(generated) - 1)
+        index = torch.tensor([t for t in allowed if t < scores.shape[-1]], dtype=torch.long, device=scores.device)
+        masked = torch.full_like(scores, float("-inf"))
+        masked[index] = scores[index]
+        return masked
+
+
+def force_tool_call(req: "ChatRequest", engine) -> None:
+    """Set up a forced call on a validated request: the prefix ids after the prompt, the constraint, and the
+    tokens left for the rest of the call (``max_tokens`` counts the forced prefix too)."""
+    tokenizer = engine.loaded.tokenizer
+    names = list(dict.fromkeys(t["function"]["name"] for t in req.tools))
+    name = req.tool_choice["name"] if isinstance(req.tool_choice, dict) else names[0] if len(names) == 1 else None
+    texts = token_texts(tokenizer)
+    if name is not None:
+        prefix = '<tool_call>\n{"name": ' + json.dumps(name, ensure_ascii=False) + ', "arguments":'
+        grammar = ToolCallGrammar()
+    else:
+        prefix = '<tool_call>\n{"name":'
+        grammar = ToolCallGrammar(names, texts)
+    ids = tokenizer.encode(prefix, add_special_tokens=False)
+    shortest = texts.greedy(grammar.closure(grammar.initial()))
+    if shortest is None:
+        raise ApiError(400, f"tool_choice {req.tool_choice!r}: this tokenizer cannot spell a tool call.",
+                       param="tool_choice", code="invalid_value")
+    need = len(ids) + len(shortest)
+    if req.max_new_tokens < need:
+        raise ApiError(400, f"max_tokens is {req.max_new_tokens}, too few for a forced tool call: the shortest "
+                            f"call takes {need} tokens; raise max_tokens.", param="max_tokens", code="invalid_value")
+    req.forced_text, req.forced_ids, req.forced_name = prefix, ids, name
+    req.gen_tokens = req.max_new_tokens - len(ids)
+    req.constraint = ToolCallConstraint(grammar, texts, engine.stop_token_ids(), req.gen_tokens,
+                                        keep=64 if req.gen.do_sample else 1)
 
 
 # -- responses ---------------------------------------------------------------------------------------
@@ -294,9 +740,34 @@ def _tool_calls_json(calls: list[dict]) -> list[dict]:
             for c in calls]
 
 
-def _usage(row) -> dict:
-    return {"prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens,
-            "total_tokens": row.prompt_tokens + row.completion_tokens}
+def _function_call_json(calls: list[dict]) -> dict:
+    """The deprecated ``function_call`` of a message: the first call."""
+    return {"name": calls[0]["name"], "arguments": json.dumps(calls[0].get("arguments", {}), ensure_ascii=False)}
+
+
+def _usage(row, forced: int = 0) -> dict:
+    # A forced prefix sits in the prompt ids but is part of the answer: counted as completion tokens.
+    prompt, completion = row.prompt_tokens - forced, row.completion_tokens + forced
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def answer(engine, row, req: "ChatRequest") -> tuple[str | None, list[dict]]:
+    """The finished row's content and tool calls. A forced call is parsed from the forced prefix plus the
+    generated text; if that is no valid call (the constraint should make that impossible) it is an error."""
+    row.wait()
+    if not req.forced_text:
+        reply = engine.reply(row)
+        if reply.tool_calls:
+            return reply.content or None, reply.tool_calls
+        return reply.text, []
+    text = req.forced_text + row.text
+    calls = [c for c in engine.template.parse_tool_calls(text)
+             if isinstance(c.get("arguments"), dict) and c["name"] in {t["function"]["name"] for t in req.tools}
+             and (req.forced_name is None or c["name"] == req.forced_name)]
+    if not calls:
+        raise ApiError(500, f"the forced tool call is not valid ({row.finish_reason}): {text[:400]!r}",
+                       type="server_error", code="invalid_tool_call")
+    return None, calls[:1]
 
 
 def _visible(text: str, tools: bool, final: bool) -> str:
@@ -400,8 +871,10 @@ def create_app(engine, *, api_key: str | None = None, max_batch: int = 8, defaul
             raise ApiError(400, "We could not parse the JSON body of your request.", code="invalid_json") from None
         req = await asyncio.to_thread(ChatRequest, body, engine, base_names=base_names,
                                       default_max_tokens=default_max_tokens)
-        spec = RowSpec(req.prompt_ids, req.variant, req.max_new_tokens, req.stop, label=req.model,
-                       tools=bool(req.tools))
+        # A forced call: its prefix follows the prompt, the constraint shapes the rest, stop strings do not apply.
+        spec = RowSpec(req.prompt_ids + req.forced_ids, req.variant, req.gen_tokens,
+                       () if req.forced_text else req.stop, label=req.model, tools=bool(req.tools),
+                       constraint=req.constraint)
         row = scheduler.submit(spec, req.gen)
         completion_id = "chatcmpl-" + uuid.uuid4().hex
         now = int(time.time())
@@ -417,16 +890,18 @@ def create_app(engine, *, api_key: str | None = None, max_batch: int = 8, defaul
         finally:
             if not row.done:  # the client went away
                 row.cancel()
-        reply = engine.reply(row)
-        message: dict[str, Any] = {"role": "assistant", "content": reply.text, "refusal": None}
+        content, calls = answer(engine, row, req)
+        message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
         finish = row.finish_reason if row.finish_reason in ("stop", "length") else "stop"
-        if reply.tool_calls:
-            message["content"] = reply.content or None
-            message["tool_calls"] = _tool_calls_json(reply.tool_calls)
+        if calls and req.legacy:  # the deprecated functions: one call, as function_call
+            message["function_call"] = _function_call_json(calls)
+            finish = "function_call"
+        elif calls:
+            message["tool_calls"] = _tool_calls_json(calls)
             finish = "tool_calls"
         return {"id": completion_id, "object": "chat.completion", "created": now, "model": req.model,
                 "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
-                "usage": _usage(row), "system_fingerprint": None}
+                "usage": _usage(row, len(req.forced_ids)), "system_fingerprint": None}
 
     async def _stream(row, req: ChatRequest, completion_id: str, now: int):
         def chunk(delta: dict, finish: str | None = None, usage: dict | None = None, choices=True) -> str:
@@ -440,6 +915,7 @@ def create_app(engine, *, api_key: str | None = None, max_batch: int = 8, defaul
         events = row._events
         text, sent = "", 0
         tools = bool(req.tools)
+        forced = bool(req.forced_text)  # a forced call has no content to stream
         try:
             yield chunk({"role": "assistant", "content": ""})
             while True:
@@ -449,7 +925,7 @@ def create_app(engine, *, api_key: str | None = None, max_batch: int = 8, defaul
                     continue
                 if kind == "delta":
                     text += payload
-                    visible = _visible(text, tools, final=False)
+                    visible = "" if forced else _visible(text, tools, final=False)
                     if len(visible) > sent:
                         yield chunk({"content": visible[sent:]})
                         sent = len(visible)
@@ -461,11 +937,18 @@ def create_app(engine, *, api_key: str | None = None, max_batch: int = 8, defaul
                     yield f"data: {json.dumps(err.body())}\n\n"
                     return
                 break
-            reply = engine.reply(row)
-            visible = _visible(text, tools, final=True)
-            if reply.tool_calls:  # any text before the call was streamed already (visible stops at <tool_call>)
-                calls = _tool_calls_json(reply.tool_calls)
-                yield chunk({"tool_calls": [{"index": k, **c} for k, c in enumerate(calls)]})
+            try:
+                _, calls = answer(engine, row, req)
+            except ApiError as exc:
+                yield f"data: {json.dumps(exc.body())}\n\n"
+                return
+            visible = "" if forced else _visible(text, tools, final=True)
+            # Any text before a call was streamed already (visible stops at <tool_call>).
+            if calls and req.legacy:
+                yield chunk({"function_call": _function_call_json(calls)})
+                finish = "function_call"
+            elif calls:
+                yield chunk({"tool_calls": [{"index": k, **c} for k, c in enumerate(_tool_calls_json(calls))]})
                 finish = "tool_calls"
             else:
                 if len(visible) > sent:
@@ -473,7 +956,7 @@ def create_app(engine, *, api_key: str | None = None, max_batch: int = 8, defaul
                 finish = row.finish_reason if row.finish_reason in ("stop", "length") else "stop"
             yield chunk({}, finish)
             if req.include_usage:
-                yield chunk({}, None, _usage(row), choices=False)
+                yield chunk({}, None, _usage(row, len(req.forced_ids)), choices=False)
             yield "data: [DONE]\n\n"
         finally:
             if not row.done:  # the client disconnected: stop generating its row

@@ -101,6 +101,9 @@ class RowSpec:
     stop: tuple[str, ...] = ()          # stop strings (not included in the text)
     label: str = ""
     tools: bool = False                 # tools were offered: parse tool calls from the answer
+    # Optional per-row token constraint: ``constraint(generated_ids, scores) -> scores`` is called at every
+    # decoding step with this row's generated ids so far and its next-token scores (the API forces tool calls).
+    constraint: Any = None
 
 
 class RowHandle:
@@ -318,6 +321,22 @@ def _make_criteria(streamer: _RowsStreamer, prompt_len: int):
     return RowsCriteria()
 
 
+def _make_constraints(rows: list[RowHandle], prompt_len: int):
+    from transformers import LogitsProcessor
+
+    constrained = [(i, r.spec.constraint) for i, r in enumerate(rows) if r.spec.constraint is not None]
+
+    class RowsConstraints(LogitsProcessor):
+        """Each constrained row's ``spec.constraint`` edits that row's scores; other rows are untouched."""
+
+        def __call__(self, input_ids, scores):
+            for i, constraint in constrained:
+                scores[i] = constraint(input_ids[i, prompt_len:].tolist(), scores[i])
+            return scores
+
+    return RowsConstraints() if constrained else None
+
+
 def is_peft(model) -> bool:
     return hasattr(model, "peft_config") and bool(getattr(model, "peft_config", None))
 
@@ -326,7 +345,7 @@ def generate_rows(loaded, rows: list[RowHandle], gen: GenerationArgs, stop_token
                   on_step=None) -> list[RowHandle]:
     """Generate every row in ONE ``model.generate`` call (blocking); results land in the handles."""
     import torch
-    from transformers import StoppingCriteriaList
+    from transformers import LogitsProcessorList, StoppingCriteriaList
 
     tokenizer, model = loaded.tokenizer, loaded.model
     stop_ids = list(dict.fromkeys(int(t) for t in stop_token_ids))
@@ -352,6 +371,9 @@ def generate_rows(loaded, rows: list[RowHandle], gen: GenerationArgs, stop_token
         if is_peft(model):
             # Always name the adapter of every row: without adapter_names PEFT applies its active adapter.
             extra["adapter_names"] = [a or _PEFT_BASE for a in adapters]
+        constraints = _make_constraints(rows, width)
+        if constraints is not None:
+            extra["logits_processor"] = LogitsProcessorList([constraints])
         if gen.seed is not None:
             torch.manual_seed(gen.seed)
         if model.training:
