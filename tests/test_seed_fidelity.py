@@ -106,3 +106,61 @@ def test_evaluate_prompts_each_adapter_with_its_training_template(tiny_model_dir
     evaluate(model, EvalArgs(template="chatml", **args), gen, adapters={"ident": str(adapter)},
              output_dir=tmp_path / "explicit", log=logs.append)
     assert any("trained with template 'llama2', but 'chatml' is chosen" in line for line in logs)
+
+
+def test_training_threads_are_an_option_and_shown_in_the_log(cli, tiny_model_dir, tmp_path):
+    result = cli("train", "--model_name_or_path", str(tiny_model_dir), "--dataset", "identity", "--max_steps", "1",
+                 "--cutoff_len", "64", "--torch_threads", "1", "--output_dir", str(tmp_path / "one-thread"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Threads: 1 per process (torch_threads" in result.stderr
+    bad = cli("train", "--model_name_or_path", str(tiny_model_dir), "--dataset", "identity", "--torch_threads", "0",
+              "--output_dir", str(tmp_path / "zero"))
+    assert bad.returncode != 0 and "torch_threads" in bad.stderr
+
+
+def test_default_threads_are_the_cores_shared_by_the_local_processes(monkeypatch):
+    import os
+
+    import torch
+
+    from workbench.train.run import set_cpu_threads
+
+    before = torch.get_num_threads()
+    try:
+        cores = len(os.sched_getaffinity(0))
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores))
+        assert set_cpu_threads(None).startswith("1 per process") and torch.get_num_threads() == 1
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+        assert set_cpu_threads(None).startswith(f"{cores} per process ({cores} cores ÷ 1 process here")
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_chat_answers_each_adapter_in_its_training_template(tiny_model_dir, tmp_path):
+    from workbench.config.generation import GenerationArgs
+    from workbench.infer.engine import ChatEngine
+    from workbench.models.loader import load_model
+
+    adapter = _identity_adapter(tiny_model_dir, tmp_path / "llama2-adapter", "llama2")
+    loaded = load_model(ModelArgs(model_name_or_path=str(tiny_model_dir), infer_dtype="float32", device="cpu"),
+                        adapters={"ident": str(adapter)})
+    engine = ChatEngine(loaded, "auto")
+    assert engine.template_for("base").name == "jinja" and engine.template_for("ident").name == "llama2"
+    conversation = [{"role": "user", "content": "Capital of France?"}]
+    base_ids, _ = engine.encode(conversation)
+    ident_ids, _ = engine.encode(conversation, variant="ident")
+    assert loaded.tokenizer.decode(ident_ids).endswith("[INST] Capital of France? [/INST]")
+    assert base_ids != ident_ids
+    assert any("each answers in the template it was trained with: base jinja, ident llama2" in n
+               for n in engine.notes())
+    # Compare: one batch, each column in its own template. The identity adapter in llama2 answers as the base
+    # model would when prompted in llama2.
+    gen = GenerationArgs(do_sample=False, max_new_tokens=6)
+    batch = engine.compare(conversation, gen)
+    answers = {row.label: engine.reply(row).text for row in batch.rows}
+    as_llama2 = ChatEngine(loaded, "llama2").chat(conversation, gen, variant="base").text
+    assert answers["ident"] == as_llama2
+    # An explicit choice applies to all, and the note names the adapter's own template.
+    chosen = ChatEngine(loaded, "chatml")
+    assert chosen.template_for("ident").name == "chatml"
+    assert any("trained with template 'llama2', but 'chatml' is chosen" in n for n in chosen.notes())

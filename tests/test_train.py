@@ -465,6 +465,8 @@ def test_two_process_run_matches_one_process_with_the_doubled_batch(tiny_model_d
     assert two.returncode == 0, two.stderr[-3000:]
     assert "accelerate.commands.launch --multi_gpu --num_processes 2" in two.stdout
     assert "2 processes (gloo)" in two.stderr
+    # Each rank gets its share of the cores, and DDP does not walk the graph for unused parameters (nor warn).
+    assert "÷ 2 processes here" in two.stderr and "find_unused_parameters=True" not in two.stderr
     train(tiny_values(tiny_model_dir, tmp_path / "one", cutoff_len=96, max_steps=3, learning_rate=1e-2, seed=42,
                       per_device_train_batch_size=8))
     two_losses, one_losses = losses(tmp_path / "two"), losses(tmp_path / "one")

@@ -25,6 +25,7 @@ import psutil  # imported before any signal handler exists
 from workbench import jobs
 
 LOW_DISK_BYTES = 1 << 20  # below this, a failure is reported as "disk full"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 # The child gets a process group of its own, so abort can signal it and everything it starts.
 _NEW_GROUP = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
 
@@ -41,6 +42,61 @@ def _become_subreaper() -> None:
         pass
 
 
+def _parse_oom_kill(text: str) -> int | None:
+    for entry in text.splitlines():
+        key, _, value = entry.partition(" ")
+        if key == "oom_kill" and value.strip().isdigit():
+            return int(value)
+    return None
+
+
+def oom_counter(pid: int | str = "self", root: Path | None = None) -> Path | None:
+    """The file that counts the kernel's out-of-memory kills in the memory cgroup of ``pid``: cgroup v2's
+    ``<root>/<path>/memory.events``, or v1's ``<root>/memory/<path>/memory.oom_control`` (``<path>`` from
+    ``/proc/<pid>/cgroup``); None where there is none to read."""
+    root = CGROUP_ROOT if root is None else root
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    candidates: list[Path] = []
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        rel = path.strip().lstrip("/")
+        if hierarchy == "0" and not controllers:  # v2 (or the unified part of a hybrid set-up)
+            candidates += [root / rel / "memory.events", root / "unified" / rel / "memory.events"]
+        elif "memory" in controllers.split(","):
+            candidates.append(root / "memory" / rel / "memory.oom_control")
+    # In a container the listed path may be the host's while the container's own cgroup is mounted at the root.
+    candidates += [root / "memory.events", root / "memory" / "memory.oom_control"]
+    for file in candidates:
+        try:
+            if _parse_oom_kill(file.read_text()) is not None:
+                return file
+        except OSError:
+            continue
+    return None
+
+
+def count_oom_kills(counter: Path) -> int | None:
+    """OOM kills so far in ``counter``'s cgroup and the cgroups below it. v2's memory.events already includes
+    them; v1 counts each cgroup on its own, so the files below are added up."""
+    try:
+        total = _parse_oom_kill(counter.read_text())
+    except OSError:
+        return None
+    if total is None or counter.name == "memory.events":
+        return total
+    for sub, _, files in os.walk(counter.parent):
+        if Path(sub) != counter.parent and counter.name in files:
+            try:
+                total += _parse_oom_kill((Path(sub) / counter.name).read_text()) or 0
+            except OSError:  # removed meanwhile
+                pass
+    return total
+
+
 class Supervisor:
     def __init__(self, run_dir: Path):
         self.job = jobs.Job(run_dir)
@@ -49,6 +105,8 @@ class Supervisor:
         self.abort_at: float | None = None
         self.abort_signal = signal.SIGTERM
         self.doomed: list = []  # descendants seen at abort time (they may leave the group)
+        self.oom_file: Path | None = None  # where the kernel counts OOM kills in the job's cgroup
+        self.oom_before: int | None = None  # that count when the job started
 
     # -- signals --
     def on_signal(self, signum, frame) -> None:
@@ -118,19 +176,37 @@ class Supervisor:
         except OSError:
             free = None
         disk_full = (free is not None and free < LOW_DISK_BYTES) or any("No space left on device" in l for l in tail)
-        if code < 0:
-            what = f"killed by {signal.Signals(-code).name}" if -code in signal.valid_signals() else f"signal {-code}"
-            if -code == signal.SIGKILL and not disk_full:
-                what += " (out of memory? the system may have stopped it)"
-        else:
-            what = f"exited with code {code}"
         reason = jobs.error_from_log(tail)
-        message = f"{what}: {reason}" if reason else what
+        if code == -signal.SIGKILL:
+            what = "killed (SIGKILL)"
+            message = what + self.sigkill_cause() + (f". The last error in its log: {reason}" if reason else "")
+        else:
+            if code < 0:
+                what = (f"killed by {signal.Signals(-code).name}" if -code in signal.valid_signals()
+                        else f"signal {-code}")
+            else:
+                what = f"exited with code {code}"
+            message = f"{what}: {reason}" if reason else what
         if disk_full:
             message = (f"the disk holding {self.job.path} is full ({free if free is not None else '?'} bytes free), "
                        f"so the job could not write its output ({what})" + (f"; {reason}" if reason else "")
                        + ". Free some space, then start it again or resume from its last checkpoint.")
         return message[: jobs.MAX_ERROR_CHARS]
+
+    def sigkill_cause(self) -> str:
+        """Who sent the SIGKILL, as far as the evidence goes: the kernel's OOM killer only when the cgroup's
+        oom_kill counter rose while the job ran (dmesg is usually unreadable and is not consulted)."""
+        after = count_oom_kills(self.oom_file) if self.oom_file is not None else None
+        if self.oom_before is not None and after is not None and after > self.oom_before:
+            return (f", most likely by the kernel's out-of-memory killer: it stopped {after - self.oom_before} "
+                    f"process(es) in the job's cgroup while the job ran (oom_kill in {self.oom_file} went from "
+                    f"{self.oom_before} to {after}). The job needed more memory than the machine (or its memory "
+                    "limit) allows")
+        checked = (f"; no out-of-memory kill was recorded in its cgroup ({self.oom_file})"
+                   if self.oom_before is not None and after is not None
+                   else "; check the system log (dmesg) for an out-of-memory kill")
+        return (" by something outside Workbench: a `kill -9`, a time or resource limit of a scheduler or container, "
+                f"or the system running out of memory{checked}")
 
     # -- the run --
     def run(self) -> int:
@@ -145,6 +221,8 @@ class Supervisor:
             self.log("aborted before it started")
             self.finish("aborted", None, "aborted before it started")
             return 0
+        self.oom_file = oom_counter()  # the child starts in our cgroup (or one below it)
+        self.oom_before = count_oom_kills(self.oom_file) if self.oom_file is not None else None
         try:
             # stdout is log.txt (opened by start_job): the child writes there directly, no pipe to drain.
             self.child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sys.stdout, stderr=subprocess.STDOUT,

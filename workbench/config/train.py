@@ -343,8 +343,14 @@ class TrainArgs(Options):
     dataloader_num_workers: int = option(0, "Worker processes collating batches (0: the main process)", min=0,
                                          group="advanced", ui=False,
                                          label_zh="数据加载进程数", help_zh="整理批次的工作进程数（0：在主进程中完成）")
+    torch_threads: int | None = option(
+        None, "CPU threads per training process (empty: the cores this process may use ÷ the processes on this "
+              "machine, so ranks do not fight over cores)", min=1, group="advanced", ui=False,
+        label_zh="CPU 线程数", help_zh="每个训练进程的 CPU 线程数（留空：本进程可用的核数 ÷ 本机的进程数，避免进程争抢核心）",
+    )
     ddp_find_unused_parameters: bool | None = option(
-        None, "DDP: look for parameters without gradients (empty: automatic)", group="distributed", ui=False,
+        None, "DDP: look for parameters without gradients (empty: off, as every trained parameter gets one; "
+              "on costs a graph walk per step)", group="distributed", ui=False,
         label_zh="查找未使用参数", help_zh="DDP：查找没有梯度的参数（留空：自动）",
     )
     report_to: str = option(

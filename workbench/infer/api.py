@@ -345,7 +345,7 @@ class ChatRequest:
         try:
             self.prompt_ids, self.max_new_tokens = engine.encode(
                 self.messages, system=self.system, tools=self.tools, max_new_tokens=self.gen.max_new_tokens,
-                strict_length=self.explicit_max,
+                strict_length=self.explicit_max, variant=self.variant,
             )
         except ContextLengthError as exc:
             raise ApiError(400, str(exc), param="messages", code="context_length_exceeded") from None
@@ -761,7 +761,7 @@ def answer(engine, row, req: "ChatRequest") -> tuple[str | None, list[dict]]:
             return reply.content or None, reply.tool_calls
         return reply.text, []
     text = req.forced_text + row.text
-    calls = [c for c in engine.template.parse_tool_calls(text)
+    calls = [c for c in engine.template_for(req.variant).parse_tool_calls(text)
              if isinstance(c.get("arguments"), dict) and c["name"] in {t["function"]["name"] for t in req.tools}
              and (req.forced_name is None or c["name"] == req.forced_name)]
     if not calls:
@@ -1015,6 +1015,8 @@ def run_api(args) -> int:
     names = ", ".join(engine.variants[1:]) or "none"
     print(f"Workbench API on http://{args.host}:{args.port}/v1 — model {loaded.label}, adapters: {names}"
           f"{', API key required' if args.api_key else ''}", file=sys.stderr, flush=True)
+    for note in engine.notes(tools=True):  # templates per adapter, and how tools are rendered if a client sends them
+        print(f"note: {note}", file=sys.stderr, flush=True)
     if warning:
         print(warning, file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

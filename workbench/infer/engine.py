@@ -431,7 +431,8 @@ class ChatEngine:
         from workbench.data.templates import resolve_template
 
         self.loaded = loaded
-        self.template = resolve_template(template, loaded.label)
+        self.template_choice = template or "auto"
+        self.template = resolve_template(template, loaded.label)  # the base model's
         self.lock = lock or threading.RLock()
 
     # -- what can answer -------------------------------------------------------------------------
@@ -458,30 +459,62 @@ class ChatEngine:
         config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
         return getattr(config, "max_position_embeddings", None)
 
+    def template_for(self, variant: str | None = None):
+        """The template a variant answers in: with ``auto``, an adapter's training template (its run record),
+        else the base model's; a template chosen explicitly, for every variant."""
+        adapter = self.check_variant(variant)
+        if adapter is None:
+            return self.template
+        from workbench.data.templates import get_template
+        from workbench.models.registry import variant_template
+
+        name, _ = variant_template(self.template_choice, self.loaded.label, self.loaded.adapters.get(adapter))
+        return self.template if name == "auto" else get_template(name)
+
     def stop_token_ids(self) -> list[int]:
-        return self.template.stop_token_ids(self.loaded.tokenizer)
+        """The end-of-turn ids of every variant's template (rows of several variants share a batch; all of
+        them are special tokens, so one variant's stop never cuts another's text)."""
+        tokenizer = self.loaded.tokenizer
+        return list(dict.fromkeys(i for v in self.variants for i in self.template_for(v).stop_token_ids(tokenizer)))
 
     def notes(self, *, tools: bool = False) -> list[str]:
-        """What the user should know about the template with this model: a stop token the tokenizer cannot
-        encode (answers run to max_new_tokens), a format the model was not trained on, and, when the
-        conversation uses tools, a template that ignores them (rendered in the Hermes format instead)."""
+        """What the user should know about the templates with this model: a stop token the tokenizer cannot
+        encode (answers run to max_new_tokens), a format the model was not trained on, adapters answering in
+        their own training templates (or overridden), and, when the conversation uses tools, a template that
+        ignores them (rendered in the Hermes format instead)."""
+        from workbench.models.registry import variant_template
+
         tokenizer = self.loaded.tokenizer
-        out = self.template.tokenizer_warnings(tokenizer)
-        note = self.template.tools_note(tokenizer) if tools else None
-        return out + ([note] if note else [])
+        templates = {v: self.template_for(v) for v in self.variants}
+        out: list[str] = []
+        for t in {t.name: t for t in templates.values()}.values():
+            out += t.tokenizer_warnings(tokenizer)
+            note = t.tools_note(tokenizer) if tools else None
+            if note and note not in out:
+                out.append(note)
+        if len({t.name for t in templates.values()}) > 1:
+            out.append("each answers in the template it was trained with: "
+                       + ", ".join(f"{v} {t.name}" for v, t in templates.items()))
+        for name in self.adapter_names:
+            _, override = variant_template(self.template_choice, self.loaded.label, self.loaded.adapters.get(name))
+            if override:
+                out.append(override)
+        return out
 
     # -- prompts ---------------------------------------------------------------------------------
     def encode(self, messages: list[dict], *, system: str | None = None, tools: list[dict] | None = None,
-               max_new_tokens: int | None = None, strict_length: bool = False) -> tuple[list[int], int | None]:
-        """Prompt ids for a conversation (ending with the assistant generation prompt), and the number of
-        new tokens that fit. ``strict_length`` makes prompt + max_new_tokens > context an error (the API);
-        otherwise the answer is shortened to fit (chat)."""
-        if tools and not self.template.supports_tools:
+               max_new_tokens: int | None = None, strict_length: bool = False,
+               variant: str | None = None) -> tuple[list[int], int | None]:
+        """Prompt ids for a conversation (ending with the assistant generation prompt) in ``variant``'s
+        template, and the number of new tokens that fit. ``strict_length`` makes prompt + max_new_tokens >
+        context an error (the API); otherwise the answer is shortened to fit (chat)."""
+        template = self.template_for(variant)
+        if tools and not template.supports_tools:
             raise ToolsNotSupportedError(
-                f"template {self.template.name!r} has no tool-calling format, but tools were given; "
+                f"template {template.name!r} has no tool-calling format, but tools were given; "
                 "choose a tool-capable template (qwen, chatml, smollm2) or remove the tools"
             )
-        ids = self.template.encode_prompt(self.loaded.tokenizer, messages, system=system, tools=tools)
+        ids = template.encode_prompt(self.loaded.tokenizer, messages, system=system, tools=tools)
         limit = self.context_length
         if limit:
             if len(ids) >= limit:
@@ -520,7 +553,8 @@ class ChatEngine:
     def spec(self, messages: list[dict], gen: GenerationArgs, *, variant: str | None = None,
              tools: list[dict] | None = None, stop: Iterable[str] = ()) -> RowSpec:
         adapter = self.check_variant(variant)
-        ids, max_new = self.encode(messages, system=gen.system, tools=tools, max_new_tokens=gen.max_new_tokens)
+        ids, max_new = self.encode(messages, system=gen.system, tools=tools, max_new_tokens=gen.max_new_tokens,
+                                   variant=adapter)
         return RowSpec(ids, adapter, max_new, tuple(s for s in stop if s), label=variant or BASE, tools=bool(tools))
 
     def stream(self, messages: list[dict], gen: GenerationArgs, *, variant: str | None = None,
@@ -547,7 +581,7 @@ class ChatEngine:
 
     def reply(self, row: RowHandle) -> Reply:
         row.wait()
-        calls = self.template.parse_tool_calls(row.text) if row.spec.tools else []
+        calls = self.template_for(row.spec.adapter).parse_tool_calls(row.text) if row.spec.tools else []
         return Reply(
             variant=row.label, text=row.text.strip(), content=strip_tool_calls(row.text) if calls else row.text.strip(),
             tool_calls=calls, finish_reason=row.finish_reason, prompt_tokens=row.prompt_tokens,

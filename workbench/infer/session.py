@@ -13,7 +13,8 @@ from pathlib import Path
 from workbench.config.base import WorkbenchError
 from workbench.config.model import ModelArgs
 from workbench.models import registry
-from workbench.models.adapters import check_adapter_fits, parse_adapter_specs, read_adapter_config
+from workbench.models.adapters import (check_adapter_finite, check_adapter_fits, parse_adapter_specs,
+                                       read_adapter_config)
 from workbench.models.loader import LoadedModel, load_model
 
 RUN_FILE = "workbench_run.json"
@@ -86,6 +87,7 @@ def check_adapter_base(loaded: LoadedModel, name: str, path: str | Path) -> None
     model = loaded.model
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     check_adapter_fits(base, path, loaded.label)
+    check_adapter_finite(path, name)  # NaN/inf weights (a diverged run) are refused before anything changes
 
 
 def attach_adapter(loaded: LoadedModel, name: str, path: str | Path) -> None:
@@ -126,6 +128,7 @@ def load_for_chat(args: ModelArgs, adapters: dict[str, str] | None = None) -> Lo
     adapters = dict(adapters if adapters is not None else args.adapter_map())
     for name, path in adapters.items():
         adapter_trained_on(path)  # a missing or broken adapter fails before the model loads
+        check_adapter_finite(path, name)
     loaded = load_model(args, adapters={})
     for name, path in adapters.items():
         attach_adapter(loaded, name, path)

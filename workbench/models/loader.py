@@ -13,7 +13,7 @@ from typing import Any
 from workbench.config.base import WorkbenchError
 from workbench.config.model import ModelArgs
 from workbench.models import registry
-from workbench.models.adapters import check_adapter_fits, read_adapter_config
+from workbench.models.adapters import check_adapter_finite, check_adapter_fits, read_adapter_config
 
 
 def _looks_like_path(name: str) -> bool:
@@ -219,6 +219,7 @@ def attach_adapters(model, adapters: dict[str, str], *, base_label: str, is_trai
     for name, path in adapters.items():
         read_adapter_config(path)
         check_adapter_fits(model, path, base_label)
+        check_adapter_finite(path, name)
     peft_model = model if isinstance(model, PeftModel) else None
     for name, path in adapters.items():
         try:

@@ -17,6 +17,8 @@ from typing import Any, TextIO
 
 from transformers import TrainerCallback
 
+from workbench.config.base import WorkbenchError
+
 BASE_KEYS = ("step", "total_steps", "epoch", "loss", "eval_loss", "lr", "grad_norm", "tokens_per_second",
              "elapsed", "eta")
 # Trainer bookkeeping that is not a per-step metric.
@@ -73,7 +75,58 @@ def _loss(value: float | None) -> str:
     return f"{value:.4f}" if value is not None else "nan"
 
 
+def _is_nonfinite(value: Any) -> bool:
+    try:
+        return not math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def nonfinite_parameters(model) -> list[tuple[str, int, int]]:
+    """Trainable parameters holding NaN or inf: (name, how many values, of how many), in model order."""
+    import torch
+
+    params = [(name, p) for name, p in model.named_parameters() if p.requires_grad and p.numel()]
+    if not params:
+        return []
+    with torch.no_grad():
+        flags = torch.stack([torch.isfinite(p).all().cpu() for _, p in params]).tolist()
+        return [(name, int((~torch.isfinite(p)).sum().item()), p.numel())
+                for (name, p), ok in zip(params, flags) if not ok]
+
+
+def divergence_advice(args, model=None) -> str:
+    """What to change after a run whose loss or weights became NaN/inf."""
+    lr = getattr(args, "learning_rate", None)
+    tips = [f"a lower learning_rate (it is {lr:g}; try 10x smaller)" if lr else "a lower learning_rate"]
+    if not getattr(args, "max_grad_norm", 1.0):
+        tips.append("max_grad_norm 1.0 (gradient clipping)")
+    tips.append("a longer warmup (e.g. warmup_ratio 0.1)" if getattr(args, "warmup_steps", 0)
+                else "some warmup (e.g. warmup_ratio 0.1)")
+    if getattr(args, "fp16", False):
+        tips.append("bf16 instead of fp16 (fp16 overflows easily), or float32 (neither)")
+    elif getattr(args, "bf16", False):
+        tips.append("float32 instead of bf16 (turn bf16 off)")
+    dtype = None
+    if model is not None:
+        dtype = next((str(p.dtype).replace("torch.", "") for p in model.parameters()
+                      if str(p.dtype) in ("torch.float16", "torch.bfloat16")), None)
+    if dtype:
+        tips.append(f"the weights loaded in float32 (infer_dtype float32; they are {dtype} now)")
+    return "; ".join(tips)
+
+
+def _describe_params(bad: list[tuple[str, int, int]]) -> str:
+    shown = ", ".join(f"{name.removeprefix('base_model.model.')} ({count} of {total} values)"
+                      for name, count, total in bad[:3])
+    return shown + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+
+
 class ProgressCallback(TrainerCallback):
+    """Writes progress.jsonl, and stops the run when it diverges: a logged loss or grad_norm that is NaN/inf (and,
+    for a grad_norm, weights that the update made NaN/inf), or NaN/inf weights about to be saved in a checkpoint.
+    The training function then calls :meth:`raise_if_diverged`, which also checks the final weights."""
+
     def __init__(self, path: str | Path, echo: TextIO | None = sys.stdout):
         self.path = Path(path)
         self.echo = echo
@@ -81,16 +134,90 @@ class ProgressCallback(TrainerCallback):
         self.start_step = 0
         self.last_time = self.started
         self.last_tokens = 0
+        self.last_logged_step = 0
+        self.diverged: str | None = None  # why training was stopped: one line for the user
+        self.diverged_step: int | None = None
+
+    # -- non-finite loss / weights (every process runs these, on identical values, so all stop together) --------
+    def _stop(self, args, state, control, what: list[str], model, span: str | None = None) -> None:
+        span = span or f"at step {state.global_step}"
+        self.diverged = (f"training diverged {span} of {state.max_steps}: {'; '.join(what)}. The run was stopped "
+                         f"and these weights were not saved. Try again with {divergence_advice(args, model)}.")
+        self.diverged_step = state.global_step
+        if control is not None:
+            control.should_training_stop = True
+            control.should_save = False  # no checkpoint of broken weights
+            control.should_evaluate = False
+
+    def _check_logs(self, args, state, control, logs: dict[str, Any], model) -> None:
+        """A logged loss (averaged over processes) or grad_norm that is NaN/inf stops the run."""
+        loss, grad_norm = logs.get("loss"), logs.get("grad_norm")
+        bad_loss, bad_grad = _is_nonfinite(loss), _is_nonfinite(grad_norm)
+        if self.diverged or not (bad_loss or bad_grad):
+            return
+        # A non-finite gradient norm alone can be harmless: fp16 loss scaling skips that update, and clipping
+        # zeroes gradients whose norm merely overflowed. The weights tell whether the update did damage.
+        bad_params = nonfinite_parameters(model) if model is not None else []
+        if not bad_loss and not bad_params:
+            if self.echo is not None and state.is_world_process_zero:
+                self.echo.write(f"[train] warning: step {state.global_step}: grad_norm is {float(grad_norm)}, but the "
+                                "weights are still finite (the update was skipped or clipped); training continues\n")
+                self.echo.flush()
+            return
+        what = []
+        if bad_loss:
+            what.append(f"the training loss became {float(loss)}")
+        if bad_grad:
+            what.append(f"the gradient norm became {float(grad_norm)}")
+        if bad_params:
+            what.append(f"trainable weights hold NaN/inf: {_describe_params(bad_params)}")
+        span = None if state.global_step - self.last_logged_step <= 1 else \
+            f"between steps {self.last_logged_step + 1} and {state.global_step}"
+        self._stop(args, state, control, what, model, span)
+
+    def _check_before_save(self, args, state, control, model) -> None:
+        if self.diverged:
+            control.should_save = control.should_evaluate = False
+            return
+        if control.should_save and model is not None:
+            bad = nonfinite_parameters(model)
+            if bad:
+                self._stop(args, state, control, [f"trainable weights hold NaN/inf: {_describe_params(bad)}"], model,
+                           f"by step {state.global_step}")
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self._check_before_save(args, state, control, model)
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        self._check_before_save(args, state, control, model)
+
+    def raise_if_diverged(self, trainer) -> None:
+        """After ``trainer.train()``, before the final save: raise WorkbenchError (the process then exits non-zero
+        and the job is shown as failed, not finished) if the run was stopped as diverged, or if any trainable
+        weight is NaN/inf now."""
+        if self.diverged:
+            raise WorkbenchError(self.diverged)
+        bad = nonfinite_parameters(trainer.model)
+        if bad:
+            raise WorkbenchError(
+                f"training ended at step {trainer.state.global_step} with NaN/inf in its trainable weights: "
+                f"{_describe_params(bad)}. The result was not saved. Try again with "
+                f"{divergence_advice(trainer.args, trainer.model)}.")
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.started = self.last_time = time.time()
-        self.start_step = state.global_step  # > 0 when resumed
+        self.start_step = self.last_logged_step = state.global_step  # > 0 when resumed
         self.last_tokens = state.num_input_tokens_seen
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
+        if not logs:
             return
         is_eval = any(k.startswith("eval_") for k in logs)
+        if not is_eval and "loss" in logs:
+            self._check_logs(args, state, control, logs, kwargs.get("model"))
+            self.last_logged_step = state.global_step
+        if not state.is_world_process_zero:
+            return
         if not is_eval and "loss" not in logs:
             return  # the end-of-training summary goes to all_results.json
         now = time.time()
@@ -112,7 +239,8 @@ class ProgressCallback(TrainerCallback):
             tokens = state.num_input_tokens_seen
             span = now - self.last_time
             entry.update(
-                loss=_num(logs.get("loss")),
+                # transformers' logging_nan_inf_filter logs a NaN loss right after a log as 0.0: not a real loss.
+                loss=None if self.diverged_step == step and logs.get("loss") == 0.0 else _num(logs.get("loss")),
                 lr=_num(logs.get("learning_rate")),
                 grad_norm=_num(logs.get("grad_norm")),
                 tokens_per_second=round((tokens - self.last_tokens) / span, 2) if span > 0 and tokens else None,

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -79,6 +82,9 @@ def prepare_output_dir(output_dir: Path, *, overwrite: bool, resuming: bool) -> 
     """Refuse a directory with another run in it unless told to overwrite (then clear only our artifacts)."""
     if output_dir.exists() and not output_dir.is_dir():
         raise OptionError("output_dir", f"{output_dir} exists and is not a directory")
+    existed = output_dir.is_dir()
+    if existed:  # before anything is removed from it, or any model loads
+        check_writable(output_dir)
     previous = holds_run(output_dir)
     if previous and not resuming:
         if not overwrite:
@@ -98,6 +104,42 @@ def prepare_output_dir(output_dir: Path, *, overwrite: bool, resuming: bool) -> 
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OptionError("output_dir", f"cannot create {output_dir} ({exc.strerror})") from None
+    if not existed:
+        check_writable(output_dir)
+
+
+def check_writable(output_dir: Path) -> None:
+    """Refuse, before any model loads, an output_dir (or a progress.jsonl in it) that cannot be written.
+
+    ``os.access`` alone is not enough (it can be wrong on network filesystems, with ACLs or for an immutable folder),
+    so a temporary file is also created and removed."""
+    unwritable = "is not writable"
+    advice = "choose another output_dir or make it writable"
+    if not os.access(output_dir, os.W_OK | os.X_OK):
+        raise OptionError("output_dir", f"{output_dir} {unwritable} ({_access_reason(output_dir)}); {advice}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".workbench-write-test-", dir=output_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OptionError("output_dir", f"{output_dir} {unwritable} ({exc.strerror or exc}); {advice}") from None
+    progress = output_dir / PROGRESS_FILE
+    if progress.exists():  # a resumed run rewrites it
+        try:
+            with open(progress, "a", encoding="utf-8"):
+                pass
+        except OSError as exc:
+            raise OptionError("output_dir", f"{progress} {unwritable} ({exc.strerror or exc}); {advice}") from None
+
+
+def _access_reason(path: Path) -> str:
+    """Why os.access refused: a read-only filesystem or the folder's permissions."""
+    try:
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return os.strerror(errno.EROFS)
+    except (OSError, AttributeError):
+        pass
+    return os.strerror(errno.EACCES)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -65,6 +65,22 @@ def check_datasets_fit_stage(data, stage: str) -> None:
                                          f"dpo, not {stage}")
 
 
+def set_cpu_threads(requested: int | None) -> str:
+    """Give each process its share of the cores it may run on (several ranks with every core each slowed a loaded
+    2-core machine ~10×); returns the choice as a log line."""
+    import torch
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    threads = requested or max(1, cores // local)
+    torch.set_num_threads(threads)
+    why = "torch_threads" if requested else f"{cores} cores ÷ {local} process{'es' if local > 1 else ''} here"
+    return f"{threads} per process ({why}; torch_threads sets it)"
+
+
 def training_arguments(cfg: TrainConfig, output_dir: Path, device: str, has_eval: bool) -> dict[str, Any]:
     """TrainArgs → keyword arguments of transformers' TrainingArguments (and TRL's configs)."""
     tr = cfg.train
@@ -105,14 +121,24 @@ def training_arguments(cfg: TrainConfig, output_dir: Path, device: str, has_eval
         include_num_input_tokens_seen="non_padding",
         disable_tqdm=tr.disable_tqdm,
         torch_compile=tr.torch_compile,
-        ddp_find_unused_parameters=tr.ddp_find_unused_parameters,
+        # LoRA, freeze and full runs give every trained parameter a gradient; HF's automatic True made DDP walk
+        # the graph each step and warn about it in every multi-process log (LLaMA-Factory also sets False).
+        ddp_find_unused_parameters=bool(tr.ddp_find_unused_parameters),
         deepspeed=str(resolve_deepspeed_config(tr.deepspeed)) if tr.deepspeed else None,
         save_only_model=tr.save_only_model,
         dataloader_num_workers=tr.dataloader_num_workers,
         ddp_timeout=tr.ddp_timeout,
     )
+    # Every other TrainingArguments option the user set (adam_beta2, lr_scheduler_kwargs, ...), unchanged; they may
+    # replace a value chosen above (data_seed, train_sampling_strategy, activation_checkpointing_kwargs).
+    kwargs.update(tr.passthrough())
     if cfg.data.streaming:
-        kwargs["accelerator_config"] = {"dispatch_batches": False}
+        accel = kwargs.get("accelerator_config") or {}
+        if isinstance(accel, str):  # a JSON file's path
+            import json
+
+            accel = json.loads(Path(accel).expanduser().read_text(encoding="utf-8"))
+        kwargs["accelerator_config"] = {**accel, "dispatch_batches": False}
     return kwargs
 
 
@@ -182,6 +208,9 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = _log) -> dict
     from workbench.models.loader import load_model, load_tokenizer, pick_device, resolve_model_path
 
     device = pick_device(margs.device)
+    threads = set_cpu_threads(tr.torch_threads)
+    if main:
+        log(f"Threads: {threads}")
     check_precision(tr, device, log)
     if tr.deepspeed:
         check_deepspeed_installed()
@@ -198,7 +227,10 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = _log) -> dict
     tokenizer = load_tokenizer(model_path, padding_side="right", trust_remote_code=margs.trust_remote_code)
     has_eval = bool(data.val_size) or bool(data.eval_dataset_names())
     args_kwargs = training_arguments(cfg, output_dir, device, has_eval)
-    probe_args = TrainingArguments(**{**args_kwargs, "report_to": "none"})  # sets up the process group
+    try:
+        probe_args = TrainingArguments(**{**args_kwargs, "report_to": "none"})  # sets up the process group
+    except (ValueError, OSError) as exc:  # e.g. load_best_model_at_end with mismatched strategies
+        raise WorkbenchError(f"transformers' TrainingArguments refused these options: {exc}") from None
     with probe_args.main_process_first(desc="tokenising the dataset"):
         from workbench.data.loader import build_dataset
 
@@ -311,6 +343,7 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = _log) -> dict
 
     # ---- 5. train and save --------------------------------------------------------------------------
     result = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    progress.raise_if_diverged(trainer)  # NaN/inf loss or weights: the run fails here, nothing is saved as done
     metrics = dict(result.metrics)
     metrics["num_input_tokens_seen"] = trainer.state.num_input_tokens_seen
     trainer.save_model(str(output_dir))
