@@ -203,3 +203,16 @@ def test_length_stats_count_the_examples_cutoff_shortens(tokenizer):
     assert stats.summary()["over_cutoff"] == 1
     assert stats.shortening == {"prompt_shortened": 1, "truncated": 1}
     assert "1 with the prompt shortened to keep the answer" in stats.text()
+
+
+def test_train_tab_plan_refuses_or_warns_about_the_template(tmp_path):
+    from workbench import runs
+
+    values = {"model_name_or_path": "smollm2-135m-instruct", "dataset": "identity", "max_steps": 2}
+    with pytest.raises(WorkbenchError, match="template 'llama3' does not fit the tokenizer"):
+        runs.plan_training({**values, "template": "llama3"}, "l3", root=tmp_path)
+    plan = runs.plan_training({**values, "template": "llama2"}, "l2", root=tmp_path)
+    assert any(w.startswith("template llama2: template 'llama2' renders") for w in plan.warnings)
+    assert not any("template" in w for w in runs.plan_training(values, "auto", root=tmp_path).warnings)
+    # Plain-text pre-training has no template to check.
+    runs.plan_training({**values, "template": "llama3", "stage": "pt"}, "pt", root=tmp_path)

@@ -306,7 +306,24 @@ def plan_training(values: dict[str, Any], name: str, root: Path | str | None = N
     if launch.launch or launch.num_processes > 1 or launch.num_machines > 1:
         argv += ["--launch", *child_flags(launch_flags)]
     return TrainPlan(name=path.name, path=path, config=compact_config(values), argv=argv, reuse=bool(resume),
-                     warnings=list(cfg.warnings), train_config=cfg, launch=launch)
+                     warnings=list(cfg.warnings) + template_warnings(cfg), train_config=cfg, launch=launch)
+
+
+def template_warnings(cfg) -> list[str]:
+    """Refuse a template whose stop tokens the model's tokenizer cannot encode, before a job starts; warn about a
+    format the model was not trained on. Skipped (training checks again) when the tokenizer is not here yet."""
+    if cfg.finetuning.stage == "pt":
+        return []
+    from workbench.data.inspect import tokenizer_for
+    from workbench.data.templates import resolve_template
+
+    try:
+        tokenizer = tokenizer_for(cfg.model.model_name_or_path)
+    except Exception:
+        return []
+    template = resolve_template(cfg.data.template, cfg.model.model_name_or_path)
+    template.check_tokenizer(tokenizer)
+    return [f"template {template.name}: {w}" for w in template.tokenizer_warnings(tokenizer)]
 
 
 def start_training(plan: TrainPlan, root: Path | str | None = None) -> jobs.Job:
