@@ -3,6 +3,7 @@ non-zero B matrices so every adapter changes the answers."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -23,3 +24,47 @@ def make_adapter(model_dir: Path, out: Path, *, seed: int, r: int = 4, targets=(
         config["base_model_name_or_path"] = base_name
         (out / "adapter_config.json").write_text(json.dumps(config))
     return out
+
+
+@contextlib.contextmanager
+def api_server(model_dir: Path, log_dir: Path, *extra: str, key: str):
+    """``python -m workbench api`` on a free loopback port (template smollm2, max_tokens 16 unless ``extra``
+    overrides them); yields its URL and stops its process group afterwards."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from conftest import free_port
+    from helpers import REPO_ROOT
+
+    port = free_port()
+    log_path = log_dir / "api.log"
+    argv = [sys.executable, "-m", "workbench", "api", "--model", str(model_dir), "--port", str(port),
+            "--api-key", key, "--template", "smollm2", "--max-tokens", "16", *extra]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"api exited early:\n{log_path.read_text()}")
+        try:
+            urllib.request.urlopen(url + "/health", timeout=2)
+            break
+        except OSError:
+            if time.time() > deadline:
+                proc.kill()
+                raise RuntimeError(f"api did not start:\n{log_path.read_text()}")
+            time.sleep(0.5)
+    try:
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -59,6 +59,19 @@ def wb_home(tmp_path, monkeypatch) -> Path:
     return tmp_path / "home"
 
 
+@pytest.fixture()
+def no_model_load(monkeypatch):
+    """Bad input must be refused before weights load: loading one fails the test."""
+    import workbench.models.loader as loader
+    import workbench.train.run as run
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the bad input was reported")
+
+    monkeypatch.setattr(loader, "load_model", refuse)
+    monkeypatch.setattr(run, "load_reward_model", refuse)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

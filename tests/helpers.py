@@ -44,3 +44,15 @@ def make_tiny_model(bundled_dir: Path, out_dir: Path, *, seed: int = 0, layers: 
         if (bundled_dir / name).is_file():
             shutil.copy(bundled_dir / name, out_dir / name)
     return out_dir
+
+
+def tiny_values(model_dir: Path, out: Path, **overrides) -> dict:
+    """A short LoRA SFT run of the tiny model on the identity set, as training options."""
+    values = {
+        "model_name_or_path": str(model_dir), "stage": "sft", "finetuning_type": "lora",
+        "lora_target": "q_proj,v_proj", "dataset": "identity", "cutoff_len": 96, "max_steps": 3,
+        "per_device_train_batch_size": 4, "learning_rate": 5e-3, "logging_steps": 1, "save_steps": 100,
+        "output_dir": str(out), "seed": 7,
+    }
+    values.update(overrides)
+    return values

@@ -8,19 +8,13 @@ constraint forced it — and it must still parse."""
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
 
 import openai
 import pytest
 
-from conftest import free_port
-from helpers import REPO_ROOT
+from chat_helpers import api_server
+
 from workbench.config.model import ModelArgs
 
 KEY = "test-key-tools"
@@ -38,32 +32,8 @@ FUNCTIONS = [t["function"] for t in TOOLS]
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tmp_path_factory):
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("api-tools") / "api.log"
-    argv = [sys.executable, "-m", "workbench", "api", "--model", str(tiny_model_dir), "--port", str(port),
-            "--api-key", KEY, "--template", "smollm2", "--max-tokens", "16"]
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"api exited early:\n{log_path.read_text()}")
-        try:
-            urllib.request.urlopen(url + "/health", timeout=2)
-            break
-        except OSError:
-            if time.time() > deadline:
-                proc.kill()
-                raise RuntimeError(f"api did not start:\n{log_path.read_text()}")
-            time.sleep(0.5)
-    yield url
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+    with api_server(tiny_model_dir, tmp_path_factory.mktemp("api-tools"), key=KEY) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,6 @@ concurrent requests, error objects and HTTP codes, API key, client disconnects."
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -17,9 +13,7 @@ import httpx
 import openai
 import pytest
 
-from chat_helpers import make_adapter
-from conftest import free_port
-from helpers import REPO_ROOT
+from chat_helpers import api_server, make_adapter
 from workbench.config.generation import GenerationArgs
 from workbench.config.model import ModelArgs
 
@@ -36,34 +30,9 @@ def adapters(tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, adapters, tmp_path_factory):
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("api") / "api.log"
-    argv = [sys.executable, "-m", "workbench", "api", "--model", str(tiny_model_dir), "--port", str(port),
-            "--api-key", KEY, "--template", "smollm2", "--max-tokens", "16"]
-    for name, path in adapters.items():
-        argv += ["--adapter", f"{name}={path}"]
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"api exited early:\n{log_path.read_text()}")
-        try:
-            urllib.request.urlopen(url + "/health", timeout=2)
-            break
-        except OSError:
-            if time.time() > deadline:
-                proc.kill()
-                raise RuntimeError(f"api did not start:\n{log_path.read_text()}")
-            time.sleep(0.5)
-    yield url
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+    args = [a for name, path in adapters.items() for a in ("--adapter", f"{name}={path}")]
+    with api_server(tiny_model_dir, tmp_path_factory.mktemp("api"), *args, key=KEY) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

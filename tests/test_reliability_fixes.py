@@ -9,7 +9,6 @@ the kernel in a memory-limited cgroup. The few stand-ins are said where they are
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import subprocess
@@ -21,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import tiny_values as base_tiny_values
+
 from workbench import jobs
 from workbench.config.base import OptionError, WorkbenchError
 from workbench.config.train import parse_train_config
@@ -30,14 +31,7 @@ PY = sys.executable
 
 
 def tiny_values(model_dir: Path, out: Path, **overrides) -> dict:
-    values = {
-        "model_name_or_path": str(model_dir), "stage": "sft", "finetuning_type": "lora",
-        "lora_target": "q_proj,v_proj", "dataset": "identity", "cutoff_len": 96, "max_steps": 4,
-        "per_device_train_batch_size": 4, "learning_rate": 5e-3, "logging_steps": 1, "save_steps": 100,
-        "output_dir": str(out), "seed": 7,
-    }
-    values.update(overrides)
-    return values
+    return base_tiny_values(model_dir, out, **{"max_steps": 4, **overrides})
 
 
 # float16 weights with a learning rate of 1e30: the first update overflows the LoRA weights to inf, and the next
@@ -157,7 +151,6 @@ def test_a_logged_nan_loss_stops_training(tmp_path):
 def good_and_nan_adapters(tiny_model_dir, tmp_path_factory):
     """Two real LoRA adapters for the tiny model; one has a NaN written into one of its saved tensors (what a
     diverged run that saved anyway would leave)."""
-    import torch
     from safetensors.torch import load_file, save_file
 
     from chat_helpers import make_adapter
@@ -213,19 +206,6 @@ def test_nan_adapter_is_refused_by_every_loader_path(tiny_model_dir, good_and_na
 
 
 # ---- 2. read-only output_dir ---------------------------------------------------------------------------------
-
-@pytest.fixture()
-def no_model_load(monkeypatch):
-    """Bad input must be refused before weights load: loading one fails the test."""
-    import workbench.models.loader as loader
-    import workbench.train.run as run
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the bad input was reported")
-
-    monkeypatch.setattr(loader, "load_model", refuse)
-    monkeypatch.setattr(run, "load_reward_model", refuse)
-
 
 @pytest.fixture()
 def read_only_dir(tmp_path):

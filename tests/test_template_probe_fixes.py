@@ -3,7 +3,6 @@ cannot encode, truncation that kept too little of the answer, and a deprecation 
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 

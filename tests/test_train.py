@@ -11,22 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, tiny_values
 
 from workbench.config.base import OptionError, WorkbenchError, load_yaml
 from workbench.config.train import IGNORED_KEYS, parse_train_config
 from workbench.train.callbacks import BASE_KEYS, read_progress
-
-
-def tiny_values(model_dir: Path, out: Path, **overrides) -> dict:
-    values = {
-        "model_name_or_path": str(model_dir), "stage": "sft", "finetuning_type": "lora",
-        "lora_target": "q_proj,v_proj", "dataset": "identity", "cutoff_len": 96, "max_steps": 3,
-        "per_device_train_batch_size": 4, "learning_rate": 5e-3, "logging_steps": 1, "save_steps": 100,
-        "output_dir": str(out), "seed": 7,
-    }
-    values.update(overrides)
-    return values
 
 
 def train(values: dict) -> dict:
@@ -37,19 +26,6 @@ def train(values: dict) -> dict:
 
 def losses(out: Path) -> dict[int, float]:
     return {e["step"]: e["loss"] for e in read_progress(out / "progress.jsonl") if e["kind"] == "train"}
-
-
-@pytest.fixture()
-def no_model_load(monkeypatch):
-    """Bad input must be refused before weights load: loading one fails the test."""
-    import workbench.models.loader as loader
-    import workbench.train.run as run
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the bad input was reported")
-
-    monkeypatch.setattr(loader, "load_model", refuse)
-    monkeypatch.setattr(run, "load_reward_model", refuse)
 
 
 # ---- options ------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator
 from workbench.config.base import WorkbenchError
 from workbench.config.data import DataArgs
 from workbench.data import records as R
-from workbench.data.formats import RowConverter, RowError, Skip
+from workbench.data.formats import RowConverter, Skip
 from workbench.data.registry import (FILE_TYPES, DatasetSpec, check_sha1, file_sha1, get_spec, hub_cached,
                                      needs_download_message, offline)
 from workbench.data.templates import IGNORE_INDEX, Template, resolve_template

@@ -57,17 +57,22 @@ def lookup(name_or_path: str) -> ModelInfo | None:
 EXPORT_RECORD = "workbench_export.json"  # written next to a merged model by workbench.export
 
 
-def exported_template(name_or_path: str) -> str | None:
-    """The chat template the adapter(s) of a merged model were trained with, from its ``workbench_export.json``
-    (None when the directory holds no such record or it names no known template)."""
+def _recorded_template(directory: str, record: str) -> str | None:
+    """The known template named by ``directory/record`` (a run or export record), or None."""
     try:
-        record = json.loads((Path(str(name_or_path).strip()).expanduser() / EXPORT_RECORD).read_text(encoding="utf-8"))
-        name = str(record.get("template") or "").strip().lower()
+        data = json.loads((Path(str(directory).strip()).expanduser() / record).read_text(encoding="utf-8"))
+        name = str(data.get("template") or "").strip().lower()
     except (OSError, ValueError, AttributeError):
         return None
     from workbench.data.templates import TEMPLATES
 
     return name if name in TEMPLATES else None
+
+
+def exported_template(name_or_path: str) -> str | None:
+    """The chat template the adapter(s) of a merged model were trained with, from its ``workbench_export.json``
+    (None when the directory holds no such record or it names no known template)."""
+    return _recorded_template(name_or_path, EXPORT_RECORD)
 
 
 RUN_RECORD = "workbench_run.json"  # written into an adapter's directory at the end of training
@@ -76,14 +81,7 @@ RUN_RECORD = "workbench_run.json"  # written into an adapter's directory at the 
 def adapter_template(path: str) -> str | None:
     """The chat template an adapter was trained with (its ``workbench_run.json``; a merged-adapter directory
     carries one too), or None when it records no known template."""
-    try:
-        record = json.loads((Path(str(path).strip()).expanduser() / RUN_RECORD).read_text(encoding="utf-8"))
-        name = str(record.get("template") or "").strip().lower()
-    except (OSError, ValueError, AttributeError):
-        return None
-    from workbench.data.templates import TEMPLATES
-
-    return name if name in TEMPLATES else None
+    return _recorded_template(path, RUN_RECORD)
 
 
 def variant_template(chosen: str | None, model_name_or_path: str, adapter_path: str | None = None

@@ -7,7 +7,6 @@ per row highlighted), a grouped bar chart, the metric definitions, an example br
 
 from __future__ import annotations
 
-import shlex
 import traceback
 from typing import Any
 
