@@ -164,3 +164,33 @@ def test_chat_answers_each_adapter_in_its_training_template(tiny_model_dir, tmp_
     chosen = ChatEngine(loaded, "chatml")
     assert chosen.template_for("ident").name == "chatml"
     assert any("trained with template 'llama2', but 'chatml' is chosen" in n for n in chosen.notes())
+
+
+def test_frozen_linears_stored_in_the_autocast_dtype_give_identical_numbers(tiny_model_dir):
+    """Training speed: a LoRA run under bf16 autocast keeps its frozen linear weights in bf16 (no cast per matmul);
+    autocast rounds float32 weights the same way, so the loss and gradients are bit-identical."""
+    import copy
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from workbench.train.methods import cast_frozen_linears
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    cast = copy.deepcopy(model)
+    assert cast_frozen_linears(cast, torch.bfloat16) > 0
+    assert cast.get_input_embeddings().weight.dtype == torch.float32  # tied to lm_head: stays float32
+    assert all(p.dtype == torch.float32 for n, p in cast.named_parameters() if p.requires_grad)
+    ids = torch.randint(0, 1000, (2, 24))
+    results = []
+    for m in (model, cast):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = m(input_ids=ids, labels=ids).loss
+        loss.backward()
+        grads = [p.grad.clone() for n, p in m.named_parameters() if p.requires_grad]
+        results.append((loss.detach(), grads))
+    assert torch.equal(results[0][0], results[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))

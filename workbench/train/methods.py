@@ -214,3 +214,29 @@ def count_parameters(model) -> tuple[int, int]:
         if p.requires_grad:
             trainable += n
     return trainable, total
+
+
+def cast_frozen_linears(model, dtype) -> int:
+    """Store the frozen weights of a LoRA run's linear layers in the autocast dtype; returns how many.
+
+    Under bf16/fp16 autocast every matmul casts its float32 weight to the half dtype on every call: the
+    profile of a LoRA step on CPU showed those copies at ~15% of the time. Casting once gives the same
+    numbers (autocast rounds the same way) without the copies. Weights tied to the input embeddings stay
+    float32 (the embedding output feeds the float32 residual stream), and trained weights stay untouched.
+    """
+    import torch
+
+    embeddings = model.get_input_embeddings()
+    tied = {id(embeddings.weight)} if embeddings is not None else set()
+    count = 0
+    for module in model.modules():
+        if not isinstance(module, torch.nn.Linear) or id(module.weight) in tied:
+            continue
+        weight = module.weight
+        if weight.requires_grad or weight.dtype != torch.float32:
+            continue
+        module.weight.data = weight.data.to(dtype)
+        if module.bias is not None and not module.bias.requires_grad:
+            module.bias.data = module.bias.data.to(dtype)
+        count += 1
+    return count

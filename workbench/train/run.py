@@ -327,6 +327,11 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = _log) -> dict
     trainer.remove_callback(PrinterCallback)
     if quantized and ft.stage in ("rm", "dpo"):
         keep_trainable_in_compute_dtype(trainer.model)
+    if ft.finetuning_type == "lora" and not quantized and not tr.deepspeed and (tr.bf16 or tr.fp16):
+        from workbench.train.methods import cast_frozen_linears
+
+        # Only the adapter is saved, so the base's storage dtype is ours to choose: the autocast dtype.
+        cast_frozen_linears(trainer.model, torch.bfloat16 if tr.bf16 else torch.float16)
     if main:
         trainable, total = count_parameters(trainer.model)
         world = trainer.args.world_size
