@@ -295,6 +295,7 @@ def test_detection_keeps_the_llamafactory_defaults(shared_data):
 
 @pytest.mark.browser
 @pytest.mark.integration
+@pytest.mark.expect_timeout(60_000)
 def test_data_tab_fills_role_tags_and_explains_a_failed_open(page, alpaca_rows, tmp_path):
     from playwright.sync_api import expect
 
@@ -307,8 +308,9 @@ def test_data_tab_fills_role_tags_and_explains_a_failed_open(page, alpaca_rows, 
     box = page.locator("#wb-data-dir textarea, #wb-data-dir input").first
     box.fill(str(folder))
     box.press("Enter")
-    page.locator("#wb-data-upload input[type=file]").set_input_files(str(upload))
     status = page.locator("#wb-data-status")
+    expect(status).to_contain_text("No dataset_info.json with datasets")  # the folder is read before the upload
+    page.locator("#wb-data-upload input[type=file]").set_input_files(str(upload))
     expect(status).to_contain_text("upload chat.jsonl")
     expect(status).to_contain_text("Role tags")
     for key, value in (("role_tag", "speaker"), ("content_tag", "text"), ("user_tag", "user"),
