@@ -21,12 +21,20 @@ exactly one parseable call (``finish_reason`` ``tool_calls``); the forced text c
 ``functions`` / ``function_call`` fields map to ``tools`` / ``tool_choice``, and such requests are answered the
 old way: ``message.function_call`` (one call) and ``finish_reason`` ``function_call`` instead of ``tool_calls``;
 ``function_call`` assistant messages and ``function`` role messages are accepted in the history.
+
+Feedback: ``POST /v1/feedback`` records which of two (or more) answers is better as preference data for the rm /
+dpo stages (:mod:`workbench.data.preferences`). A client compares models by sending the same messages to each
+(one request per model) and then posts ``{"chosen_id": ID, "rejected_id": ID}`` (or ``"rejected_ids": [ID, ...]``;
+optional ``"edited"``: a corrected text for the chosen answer); ``{"rejected_ids": [...]}`` without ``chosen_id``
+notes that every answer was bad. The server keeps the last ``feedback_keep`` finished answers (conversation,
+answer, model, sampling) in memory by their ``chatcmpl-...`` id; an id it does not hold is a 404.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import ipaddress
 import json
@@ -53,6 +61,8 @@ KNOWN_FIELDS = {
     "repetition_penalty", "logprobs", "top_logprobs", "response_format", "logit_bias", "functions", "function_call",
 } | IGNORED_FIELDS
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+FEEDBACK_FIELDS = {"chosen_id", "rejected_id", "rejected_ids", "edited"}
+FEEDBACK_KEEP = 1000  # finished answers remembered for POST /v1/feedback
 
 
 class ApiError(Exception):
@@ -785,18 +795,101 @@ def _visible(text: str, tools: bool, final: bool) -> str:
     return text
 
 
-def create_app(engine, *, api_key: str | None = None, max_batch: int = 8, default_max_tokens: int = 256):
+def sampling_of(req: "ChatRequest") -> dict:
+    """What a request was generated with, as recorded with feedback."""
+    out = {k: getattr(req.gen, k) for k in ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k",
+                                             "repetition_penalty", "seed")}
+    if req.stop:
+        out["stop"] = list(req.stop)
+    if req.tool_choice not in ("auto", "none"):
+        out["tool_choice"] = req.tool_choice
+    return out
+
+
+def feedback_ids(body: Any) -> tuple[str | None, list[str], str | None]:
+    """A validated feedback body: (chosen id or None for "all bad", rejected ids, edited text)."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "The request body must be a JSON object.", code="invalid_type")
+    unknown = sorted(set(body) - FEEDBACK_FIELDS)
+    if unknown:
+        raise ApiError(400, f"Unrecognized feedback argument supplied: {', '.join(unknown)}; expected chosen_id, "
+                            "rejected_id or rejected_ids, and optionally edited.", param=unknown[0],
+                       code="unknown_parameter")
+    chosen = body.get("chosen_id")
+    if chosen is not None and (not isinstance(chosen, str) or not chosen):
+        raise ApiError(400, "'chosen_id' must be the id of a chat completion.", param="chosen_id",
+                       code="invalid_type")
+    if "rejected_id" in body and "rejected_ids" in body:
+        raise ApiError(400, "Give either 'rejected_id' or 'rejected_ids', not both.", param="rejected_ids",
+                       code="invalid_value")
+    rejected = body.get("rejected_ids") if "rejected_ids" in body else (
+        [body["rejected_id"]] if "rejected_id" in body else [])
+    param = "rejected_ids" if "rejected_ids" in body else "rejected_id"
+    if not isinstance(rejected, list) or not all(isinstance(r, str) and r for r in rejected):
+        raise ApiError(400, f"'{param}' must be {'a list of ids' if param == 'rejected_ids' else 'an id'} of chat "
+                            "completions.", param=param, code="invalid_type")
+    if not rejected:
+        raise ApiError(400, "Missing required parameter: 'rejected_id' (or 'rejected_ids'): the answer(s) the chosen "
+                            "one is better than.", param="rejected_id", code="missing_required_parameter")
+    ids = ([chosen] if chosen else []) + rejected
+    if len(set(ids)) != len(ids):
+        raise ApiError(400, "Each answer may appear once: the same id was given twice.", param=param,
+                       code="invalid_value")
+    edited = body.get("edited")
+    if edited is not None and (not isinstance(edited, str) or not edited.strip()):
+        raise ApiError(400, "'edited' must be the corrected text of the chosen answer.", param="edited",
+                       code="invalid_value")
+    if edited is not None and chosen is None:
+        raise ApiError(400, "'edited' corrects the chosen answer; give 'chosen_id' too.", param="edited",
+                       code="invalid_value")
+    return chosen, rejected, edited
+
+
+def create_app(engine, *, api_key: str | None = None, max_batch: int = 8, default_max_tokens: int = 256,
+               feedback: bool = True, dataset_dir: str | None = None, feedback_dataset: str | None = None,
+               feedback_keep: int = FEEDBACK_KEEP):
+    """``feedback``: keep finished answers for ``POST /v1/feedback``, which appends to the preference dataset
+    ``feedback_dataset`` (default ``preferences``) in ``dataset_dir`` (default: the project's data/)."""
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    from workbench.infer.engine import BatchScheduler, RowSpec
+    from workbench.data import preferences
+    from workbench.infer.engine import BASE, BatchScheduler, RowSpec
+    from workbench.paths import project_data_dir
 
     scheduler = BatchScheduler(engine, max_batch=max_batch)
     base_name = engine.loaded.label
     base_names = {base_name, "base"}
     created = int(time.time())
+    feedback_name = preferences.check_name(feedback_dataset)
+    recent: collections.OrderedDict[str, preferences.Answer] = collections.OrderedDict()  # id → finished answer
+    recent_lock = threading.Lock()
+
+    def remember(completion_id: str, req: "ChatRequest", content: str | None, calls: list[dict]) -> None:
+        """Keep a finished answer for feedback (the oldest is forgotten beyond ``feedback_keep``)."""
+        if not feedback or feedback_keep < 1:
+            return
+        message: dict[str, Any] = {"role": "assistant", "content": content or ""}
+        if calls:
+            message["tool_calls"] = [{"name": c["name"], "arguments": c.get("arguments", {})} for c in calls]
+        answer_ = preferences.Answer(req.variant or BASE, [preferences.clean(m) for m in req.messages], message,
+                                     sampling_of(req), req.system, req.tools, completion_id)
+        with recent_lock:
+            recent[completion_id] = answer_
+            while len(recent) > feedback_keep:
+                recent.popitem(last=False)
+
+    def recalled(ids: list[str], params: list[str]) -> list:
+        with recent_lock:
+            found = [recent.get(i) for i in ids]
+        for i, param, a in zip(ids, params, found):
+            if a is None:
+                raise ApiError(404, f"No answer with id '{i}' is held for feedback: this server keeps the last "
+                                    f"{feedback_keep} answers since it started, by the 'id' of their chat "
+                                    "completion.", param=param, code="response_not_found")
+        return found
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
@@ -891,6 +984,7 @@ def create_app(engine, *, api_key: str | None = None, max_batch: int = 8, defaul
             if not row.done:  # the client went away
                 row.cancel()
         content, calls = answer(engine, row, req)
+        remember(completion_id, req, content, calls)
         message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
         finish = row.finish_reason if row.finish_reason in ("stop", "length") else "stop"
         if calls and req.legacy:  # the deprecated functions: one call, as function_call
@@ -902,6 +996,50 @@ def create_app(engine, *, api_key: str | None = None, max_batch: int = 8, defaul
         return {"id": completion_id, "object": "chat.completion", "created": now, "model": req.model,
                 "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
                 "usage": _usage(row, len(req.forced_ids)), "system_fingerprint": None}
+
+    @app.post("/v1/feedback")
+    async def post_feedback(request: Request):
+        if not feedback:
+            raise ApiError(404, "Feedback is off on this server (it was started with --no-feedback).",
+                           code="feedback_off")
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ApiError(400, "We could not parse the JSON body of your request.", code="invalid_json") from None
+        chosen_id, rejected_ids, edited = feedback_ids(body)
+        params = (["chosen_id"] if chosen_id else []) + [
+            "rejected_ids" if "rejected_ids" in body else "rejected_id"] * len(rejected_ids)
+        answers = recalled(([chosen_id] if chosen_id else []) + rejected_ids, params)
+        first = answers[0]
+        for a, param in zip(answers[1:], params[1:]):
+            if (a.prompt, a.system or "", a.tools) != (first.prompt, first.system or "", first.tools):
+                raise ApiError(400, f"The answers '{first.id}' and '{a.id}' reply to different conversations "
+                                    "(messages, system prompt or tools differ); compare answers to the same messages.",
+                               param=param, code="conversation_mismatch")
+        folder = dataset_dir or str(project_data_dir())
+        try:
+            if chosen_id:
+                rows = preferences.pair_rows(first, answers[1:], edited=edited, source="api", base_model=base_name)
+            else:
+                row = preferences.both_bad_row(answers, source="api", base_model=base_name)
+        except WorkbenchError as exc:
+            raise ApiError(400, str(exc), code="invalid_value") from None
+        try:
+            if chosen_id:
+                saved = await asyncio.to_thread(preferences.save_rows, folder, feedback_name, rows)
+            else:
+                saved = await asyncio.to_thread(preferences.save_both_bad, folder, feedback_name, row)
+        except WorkbenchError as exc:
+            raise ApiError(409, str(exc), type="server_error", code="dataset_conflict") from None
+        except OSError as exc:
+            raise ApiError(500, f"could not write the feedback: {exc}", type="server_error") from None
+        out = {"object": "feedback", "dataset": feedback_name, "file": saved.path.name, "rows": saved.rows,
+               "total": saved.total, "registered": saved.registered}
+        if chosen_id:
+            out.update(chosen=first.model, rejected=[a.model for a in answers[1:]])
+        else:
+            out.update(verdict="all bad", trainable=False)
+        return out
 
     async def _stream(row, req: ChatRequest, completion_id: str, now: int):
         def chunk(delta: dict, finish: str | None = None, usage: dict | None = None, choices=True) -> str:
@@ -938,10 +1076,11 @@ def create_app(engine, *, api_key: str | None = None, max_batch: int = 8, defaul
                     return
                 break
             try:
-                _, calls = answer(engine, row, req)
+                content, calls = answer(engine, row, req)
             except ApiError as exc:
                 yield f"data: {json.dumps(exc.body())}\n\n"
                 return
+            remember(completion_id, req, content, calls)
             visible = "" if forced else _visible(text, tools, final=True)
             # Any text before a call was streamed already (visible stops at <tool_call>).
             if calls and req.legacy:
@@ -984,6 +1123,13 @@ def configure_api(parser: argparse.ArgumentParser) -> None:
                         help="most concurrent requests generated together in one batch")
     parser.add_argument("--max-tokens", type=int, default=256,
                         help="answer length when a request gives no max_tokens (cut to the context)")
+    parser.add_argument("--dataset-dir", default=None,
+                        help="where POST /v1/feedback keeps preference data (default: the project's data/)")
+    parser.add_argument("--feedback-dataset", default=None, metavar="NAME",
+                        help="the preference dataset POST /v1/feedback appends to: NAME.jsonl, registered in "
+                             "dataset_info.json on first use (default: preferences)")
+    parser.add_argument("--no-feedback", dest="feedback", action="store_false",
+                        help="keep no answers in memory and turn POST /v1/feedback off")
     add_arguments(parser, ModelArgs, skip=("model_name_or_path", "adapter_name_or_path"))
 
 
@@ -1004,12 +1150,17 @@ def run_api(args) -> int:
     if args.max_tokens < 1:
         raise WorkbenchError(f"--max-tokens {args.max_tokens}: must be at least 1")
     adapters = parse_adapter_specs(args.adapter)
+    from workbench.data.preferences import check_name
+
+    check_name(getattr(args, "feedback_dataset", None))
     from workbench.data.templates import resolve_template
 
     resolve_template(args.template, model_args.model_name_or_path)
     loaded = load_for_chat(model_args, adapters)
     engine = ChatEngine(loaded, args.template)
-    app = create_app(engine, api_key=args.api_key, max_batch=args.max_batch, default_max_tokens=args.max_tokens)
+    app = create_app(engine, api_key=args.api_key, max_batch=args.max_batch, default_max_tokens=args.max_tokens,
+                     feedback=getattr(args, "feedback", True), dataset_dir=getattr(args, "dataset_dir", None),
+                     feedback_dataset=getattr(args, "feedback_dataset", None))
     import uvicorn
 
     names = ", ".join(engine.variants[1:]) or "none"

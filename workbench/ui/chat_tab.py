@@ -1,6 +1,9 @@
 """Chat tab: talk to the loaded model or one of its adapters, or compare base and adapters side by side
 (one column per variant, all generated together in one batch, each with its own history).
 
+Under the compare columns, the user judges the answers on screen ("👍 this one is better", optionally edited
+first, or "👎 both bad"); :mod:`workbench.data.preferences` keeps each judgement as ranking data for rm / dpo.
+
 The model comes from the top bar; adapters are attached here (finished runs or any adapter directory)
 and stay unmerged. Everything runs through :mod:`workbench.infer` (the engine, the model manager);
 this module only turns conversations into chat bubbles and back.
@@ -9,15 +12,19 @@ this module only turns conversations into chat bubbles and back.
 from __future__ import annotations
 
 import json
+import time
 import traceback
+import uuid
 from typing import Any
 
 import gradio as gr
 
 from workbench.config.base import WorkbenchError
 from workbench.config.generation import GenerationArgs
+from workbench.data import preferences
 from workbench.infer.engine import BASE, parse_tools, strip_tool_calls
 from workbench.models.adapters import adapter_name_for, parse_adapter_specs
+from workbench.paths import project_data_dir
 from workbench.ui.context import AppContext
 from workbench.ui.forms import collect, option_components
 from workbench.ui.i18n import T
@@ -30,13 +37,14 @@ TOOLS_EXAMPLE = json.dumps([{"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}], indent=2)
 
 
+GENERATED = "generated"  # an answer's key in the compare histories: its batch and settings (never rendered)
+MAX_JUDGED = 200  # fingerprints of judged turns remembered per session (a turn is judged once)
+
+
 def _version(ctx: AppContext, key: str) -> gr.State:
-    """A state other tabs bump when runs or adapters appear on disk (created by whichever tab asks first)."""
-    state = ctx.extras.get(key)
-    if state is None:
-        state = gr.State(0)
-        ctx.extras[key] = state
-    return state
+    """A state other tabs bump when runs, adapters or datasets appear on disk (created by whichever tab asks
+    first)."""
+    return ctx.shared_state(key, 0)
 
 
 def adapter_choices() -> list[tuple[str, str]]:
@@ -109,6 +117,39 @@ def drop_answer(messages: list[dict]) -> list[dict]:
 def called_tool(messages: list[dict]) -> bool:
     """Whether the conversation's last answer called a tool (what a tool result answers)."""
     return bool(messages and messages[-1]["role"] == "assistant" and messages[-1].get("tool_calls"))
+
+
+def generated_meta(gen: GenerationArgs, tools: list[dict] | None, batch: str) -> dict:
+    """What an answer of a compare batch was generated with (kept with the answer for judgements)."""
+    return {"batch": batch, "time": time.time(), "sampling": {k: getattr(gen, k) for k in GEN_FIELDS},
+            "system": gen.system, "tools": tools}
+
+
+def compare_answers(convs: dict[str, list[dict]], shown: list[str], column: str | None = None
+                    ) -> list[preferences.Answer]:
+    """The answers on screen that were generated together with ``column``'s last answer (default: the most recent
+    batch): the last answer of each shown column from that batch. A column that did not answer that turn (it
+    called no tool, or has no answer yet) is left out."""
+    found = []
+    for name in list(shown or [])[:MAX_COLUMNS]:
+        conv = list(convs.get(name) or [])
+        split = preferences.last_answer(conv)
+        if split is None:
+            continue
+        meta = conv[-1].get(GENERATED) or {}
+        answer = preferences.Answer(name, split[0], split[1], meta.get("sampling"), meta.get("system"),
+                                    meta.get("tools"))
+        found.append((answer, meta.get("batch"), meta.get("time", 0.0)))
+    if column is not None:
+        batches = [b for a, b, _ in found if a.model == column]
+        if not batches:
+            return []
+        batch = batches[0]
+    elif found:
+        batch = max(found, key=lambda f: f[2])[1]
+    else:
+        return []
+    return [a for a, b, _ in found if b == batch]
 
 
 def compare_turns(convs: dict[str, list[dict]], chosen: list[str], turn: dict | None = None,
@@ -185,6 +226,34 @@ def build(ctx: AppContext) -> None:
             with gr.Row(visible=False, equal_height=False) as compare_row:
                 columns = [gr.Chatbot(height=460, label=BASE, visible=(i == 0), elem_id=f"chat-col-{i}",
                                       buttons=["copy"]) for i in range(MAX_COLUMNS)]
+            # Judging the answers on screen (compare mode): each judgement is kept as ranking data.
+            with gr.Column(visible=False, elem_id="chat-judge") as judge_box:
+                gr.Markdown(T(
+                    "**Which answer is better?** Each judgement of the answers on screen is kept as preference data "
+                    "(chosen / rejected) in the Data tab's folder, for training with stage `rm` or `dpo`.",
+                    "**哪个回答更好？** 对屏幕上回答的每次评判都会作为偏好数据（优选 / 劣选）保存在数据标签页的目录中，"
+                    "可用于 `rm` 或 `dpo` 阶段训练。"))
+                judge_cols, prefer_btns, edit_btns = [], [], []
+                with gr.Row(equal_height=True):
+                    for i in range(MAX_COLUMNS):
+                        with gr.Column(visible=(i == 0), min_width=160) as judge_col:
+                            prefer_btns.append(gr.Button(f"👍 {BASE}", size="sm", elem_id=f"chat-prefer-{i}"))
+                            edit_btns.append(gr.Button(T("✏️ Edit it, then keep", "✏️ 编辑后保留"), size="sm",
+                                                       elem_id=f"chat-edit-{i}"))
+                        judge_cols.append(judge_col)
+                with gr.Row(equal_height=True):
+                    both_bad_btn = gr.Button(T("👎 Both bad (none is better)", "👎 都不好（没有更好的）"), size="sm",
+                                             scale=1, elem_id="chat-both-bad")
+                    pref_name = gr.Textbox(value=preferences.DEFAULT_DATASET, scale=2, elem_id="chat-pref-name",
+                                           label=T("Keep judgements in dataset", "评判保存到数据集"))
+                with gr.Column(visible=False) as edit_box:
+                    edit_text = gr.Textbox(label=T("Edit the better answer, then keep it", "编辑更好的回答，然后保留"),
+                                           lines=4, elem_id="chat-edit-text")
+                    with gr.Row():
+                        keep_btn = gr.Button(T("Keep the edited answer as the better one", "将编辑后的回答保留为更好的回答"),
+                                             variant="primary", elem_id="chat-edit-keep")
+                        cancel_btn = gr.Button(T("Cancel", "取消"), elem_id="chat-edit-cancel")
+                judge_status = gr.Markdown(elem_id="chat-judge-status")
             message = gr.Textbox(placeholder=T("Type a message and press Enter", "输入消息后按回车"), show_label=False,
                                  lines=2, elem_id="chat-input")
             with gr.Row():
@@ -337,8 +406,9 @@ def build(ctx: AppContext) -> None:
         finally:
             active.pop(key, None)
         convs = dict(convs)
+        meta = generated_meta(gen, tools, uuid.uuid4().hex)
         for name, reply in zip(answering, replies):
-            convs[name] = convs[name] + [reply.message()]
+            convs[name] = convs[name] + [{**reply.message(), GENERATED: meta}]
         stopped = " (stopped)" if any(r.finish_reason == "cancelled" for r in replies) else ""
         summary = ", ".join(f"{r.variant}: {r.completion_tokens} tokens" for r in replies)
         yield (*column_updates(chosen, convs), convs, f"✅ one batch — {summary}{stopped}"
@@ -420,6 +490,118 @@ def build(ctx: AppContext) -> None:
     def on_clear():
         return ([], [], {}, *[gr.update(value=[]) for _ in range(MAX_COLUMNS)], "", "")
 
+    # -- judging compare answers --------------------------------------------------------------------
+    judged = gr.State([])      # fingerprints of the turns judged in this session (each turn is judged once)
+    pending = gr.State(None)   # an edit in progress: {"column", "fingerprint"}
+    datasets_version = _version(ctx, "datasets_version")  # bumped when a dataset is registered (Train tab picker)
+    folder_input = ctx.extras.get("data_dir")  # the Data tab's folder box: judgements go where datasets are
+    if folder_input is None:
+        folder_input = gr.State(str(project_data_dir()))
+
+    def judge_columns(shown):
+        shown = list(shown or [])[:MAX_COLUMNS]
+        cols = [gr.update(visible=i < len(shown)) for i in range(MAX_COLUMNS)]
+        labels = [gr.update(value=f"👍 {shown[i]}") if i < len(shown) else gr.update() for i in range(MAX_COLUMNS)]
+        return (*cols, *labels)
+
+    def turn_to_judge(shown, convs, column: str | None, judged_fps, request) -> list:
+        """The answers a judgement is about: those on screen, never new ones; refused while they are generating."""
+        if active.get(request.session_hash if request else "-") is not None:
+            raise WorkbenchError("the answers are still being generated: judge them when they are complete "
+                                 "(or press Stop)")
+        answers = compare_answers(convs or {}, shown, column)
+        if not answers:
+            raise WorkbenchError(f"{column or 'no column'} has no answer on screen yet: send a message first")
+        if preferences.fingerprint(answers) in (judged_fps or []):
+            raise WorkbenchError("these answers were judged already; ask the next question (or Regenerate) to judge "
+                                 "again")
+        return answers
+
+    def keep(folder, name, answers, column, edited=None):
+        loaded = ctx.manager.current()
+        folder = str(folder or "").strip() or str(project_data_dir())
+        return preferences.record(folder, name, answers, column, edited=edited,
+                                  base_model=loaded.label if loaded else None)
+
+    def kept(answers, column, saved, judged_fps, version, edited=False):
+        others = ", ".join(f"**{a.model}**" for a in answers if a.model != column)
+        verdict = f"👍 **{column}**{' (edited)' if edited else ''} over {others}"
+        fps = [*(judged_fps or []), preferences.fingerprint(answers)][-MAX_JUDGED:]
+        return (f"✅ {verdict}. {preferences.describe(saved)}", fps, version + 1 if saved.registered else gr.skip(),
+                gr.update(visible=False), None)
+
+    def prefer_handler(index: int):
+        def on_prefer(shown, convs, name, folder, judged_fps, version, request: gr.Request):
+            try:
+                shown = list(shown or [])[:MAX_COLUMNS]
+                if index >= len(shown):
+                    raise WorkbenchError("that column is not shown")
+                column = shown[index]
+                answers = turn_to_judge(shown, convs, column, judged_fps, request)
+                saved = keep(folder, name, answers, column)
+            except Exception as exc:
+                return error_text(exc), gr.skip(), gr.skip(), gr.update(), gr.skip()
+            return kept(answers, column, saved, judged_fps, version)
+        return on_prefer
+
+    def edit_handler(index: int):
+        def on_edit(shown, convs, judged_fps, request: gr.Request):
+            try:
+                shown = list(shown or [])[:MAX_COLUMNS]
+                if index >= len(shown):
+                    raise WorkbenchError("that column is not shown")
+                column = shown[index]
+                answers = turn_to_judge(shown, convs, column, judged_fps, request)
+            except Exception as exc:
+                return gr.update(), gr.update(), gr.skip(), error_text(exc)
+            mine = next(a for a in answers if a.model == column)
+            if len(answers) < 2:
+                return gr.update(), gr.update(), gr.skip(), error_text(WorkbenchError(
+                    f"only {column} answered this turn: there is nothing to compare its answer with"))
+            return (gr.update(visible=True), gr.update(value=mine.message.get("content") or ""),
+                    {"column": column, "fingerprint": preferences.fingerprint(answers)},
+                    f"✏️ Edit **{column}**'s answer, then press *Keep the edited answer*.")
+        return on_edit
+
+    def on_keep(text, edit, shown, convs, name, folder, judged_fps, version, request: gr.Request):
+        try:
+            if not edit:
+                raise WorkbenchError("press ✏️ under an answer first")
+            if not (text or "").strip():
+                raise WorkbenchError("the edited answer is empty")
+            column = edit["column"]
+            answers = turn_to_judge(shown, convs, column, judged_fps, request)
+            if preferences.fingerprint(answers) != edit["fingerprint"]:
+                raise WorkbenchError("the answers on screen changed since you started editing (a new or regenerated "
+                                     "answer); press ✏️ again")
+            saved = keep(folder, name, answers, column, edited=text)
+        except Exception as exc:
+            return error_text(exc), gr.skip(), gr.skip(), gr.update(), gr.skip()
+        original = next(a for a in answers if a.model == column).message.get("content") or ""
+        return kept(answers, column, saved, judged_fps, version, edited=text.strip() != original.strip())
+
+    def on_both_bad(shown, convs, name, folder, judged_fps, request: gr.Request):
+        try:
+            answers = turn_to_judge(shown, convs, None, judged_fps, request)
+            saved = keep(folder, name, answers, None)
+        except Exception as exc:
+            return error_text(exc), gr.skip(), gr.update(), gr.skip()
+        fps = [*(judged_fps or []), preferences.fingerprint(answers)][-MAX_JUDGED:]
+        names = ", ".join(f"**{a.model}**" for a in answers)
+        return f"👎 {names}: {preferences.describe(saved)}", fps, gr.update(visible=False), None
+
+    judge_inputs = [compare_pick, histories, pref_name, folder_input, judged, datasets_version]
+    judge_outputs = [judge_status, judged, datasets_version, edit_box, pending]
+    for i in range(MAX_COLUMNS):
+        prefer_btns[i].click(prefer_handler(i), judge_inputs, judge_outputs)
+        edit_btns[i].click(edit_handler(i), [compare_pick, histories, judged], [edit_box, edit_text, pending,
+                                                                                 judge_status])
+    keep_btn.click(on_keep, [edit_text, pending, *judge_inputs], judge_outputs)
+    cancel_btn.click(lambda: (gr.update(visible=False), None, ""), None, [edit_box, pending, judge_status])
+    both_bad_btn.click(on_both_bad, judge_inputs[:-1], [judge_status, judged, edit_box, pending])
+    compare_pick.change(judge_columns, compare_pick, [*judge_cols, *prefer_btns])
+    mode.change(lambda m: gr.update(visible=m == COMPARE), mode, judge_box)
+
     outputs = [message, chatbot, *columns, history, histories, status]
     send_btn.click(on_send, inputs, outputs)
     message.submit(on_send, inputs, outputs)
@@ -427,3 +609,4 @@ def build(ctx: AppContext) -> None:
     observe_btn.click(on_observe, inputs, [observation, *outputs[1:]])
     stop_btn.click(on_stop, None, status, queue=False)
     clear_btn.click(on_clear, None, [chatbot, history, histories, *columns, status, observation])
+    clear_btn.click(lambda: ([], None, gr.update(visible=False), ""), None, [judged, pending, edit_box, judge_status])

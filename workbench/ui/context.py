@@ -23,6 +23,19 @@ class AppContext:
     refreshers: list[Callable[[], None]] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
 
+    def shared_state(self, key: str, initial: Any = 0):
+        """A ``gr.State`` several tabs share under ``key`` (created by whichever tab asks first, inside the app's
+        Blocks). The ``*_version`` states are counters a tab bumps when it created something on disk —
+        ``datasets_version`` (a dataset registered: the Train tab refreshes its dataset picker),
+        ``runs_version``, ``adapters_version`` — and the other tabs refresh their pickers on ``.change``."""
+        state = self.extras.get(key)
+        if state is None:
+            import gradio as gr
+
+            state = gr.State(initial)
+            self.extras[key] = state
+        return state
+
     def model_inputs(self) -> list:
         """The top-bar components that define the model, in ModelArgs order (for event inputs)."""
         return [self.model, self.dtype, self.quantization]
