@@ -44,3 +44,20 @@ def test_bad_request_is_refused_in_the_tab_without_starting_a_job(page, app_serv
     expect(tab.locator("#opt-density")).to_be_visible()
     jobs_dirs = [p for p in (app_server.home / "runs").iterdir() if p.name.startswith("merge-adapters")]
     assert jobs_dirs == []
+
+
+def test_gguf_format_shows_its_options_and_the_command(page, app_server, quickstart_adapter):
+    page.get_by_role("tab", name="Export").click()
+    tab = page.locator("#wb-export")
+    tab.get_by_text("Merge adapter(s) into the model").click()
+    expect(tab.locator("#opt-quant")).to_be_hidden()
+    expect(tab.locator("#opt-shard_size")).to_be_visible()
+    pick(page, tab, "opt-format", "gguf")
+    expect(tab.locator("#opt-quant")).to_be_visible()
+    expect(tab.locator("#opt-adapter_only")).to_be_visible()
+    expect(tab.locator("#opt-shard_size")).to_be_hidden()
+    pick(page, tab, "opt-quant", "q8_0")
+    expect(tab.locator("#wb-export-command")).to_contain_text("--format gguf --quant q8_0")
+    pick(page, tab, "opt-format", "safetensors")
+    expect(tab.locator("#opt-quant")).to_be_hidden()
+    expect(tab.locator("#wb-export-command")).not_to_contain_text("--quant")

@@ -1,8 +1,10 @@
 """Export: merge LoRA adapters into their base model (a standalone model that plain transformers
-loads), or combine several adapters into one new adapter with PEFT's weighted adapter merging.
+loads, or one GGUF file for llama.cpp / Ollama / LM Studio), write an adapter alone as a GGUF LoRA
+adapter, or combine several adapters into one new adapter with PEFT's weighted adapter merging.
+(The GGUF writing itself is :mod:`workbench.export_gguf`.)
 
-Both write into a hidden temporary directory beside the target and rename it into place at the end,
-so a failure or an interruption leaves nothing half-written under the requested name.
+All write into a hidden temporary directory (or file) beside the target and rename it into place at
+the end, so a failure or an interruption leaves nothing half-written under the requested name.
 
 Memory: the base model is loaded once and the adapters are merged into it in place
 (``merge_and_unload``), so the peak is about one copy of the base plus the adapters and one layer's
@@ -175,11 +177,21 @@ def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-")[:80] or "export"
 
 
-def default_out(command: str, model_name: str, adapter_names: list[str], method: str | None = None) -> Path:
+def default_out(command: str, model_name: str, adapter_names: list[str], method: str | None = None,
+                opts: ExportArgs | None = None) -> Path:
     """A new directory for the result: exports/<model>-<adapters> for a merged model, runs/merged-<adapters>-<method>
-    for a combined adapter (the runs directory is where the adapter pickers look)."""
+    for a combined adapter (the runs directory is where the adapter pickers look); for a GGUF export a new file
+    exports/<model>-<adapters>-<quant>.gguf (an adapter alone: exports/<adapter>-lora-<quant>.gguf)."""
+    model_stem = Path(model_name.rstrip('/')).name
+    if command == EXPORT and opts is not None and opts.is_gguf:
+        parts = [*adapter_names, "lora"] if opts.adapter_only else [model_stem, *adapter_names]
+        stem = _safe_name("-".join([*parts, opts.quant]))
+        path = exports_dir() / f"{stem}.gguf"
+        if path.exists():
+            path = exports_dir() / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}.gguf"
+        return path
     if command == EXPORT:
-        root, stem = exports_dir(), f"{Path(model_name.rstrip('/')).name}-{'-'.join(adapter_names)}"
+        root, stem = exports_dir(), f"{model_stem}-{'-'.join(adapter_names)}"
     else:
         root, stem = runs_dir(), f"merged-{'-'.join(adapter_names)}-{method}"
     path = root / _safe_name(stem)
@@ -214,6 +226,34 @@ def check_output(out: Path, *, overwrite: bool, inputs: list[Path]) -> Path:
                 "--overwrite only replaces an earlier export, so remove them yourself or choose another directory",
             )
     # The nearest existing ancestor must let us create the temporary directory beside the target.
+    ancestor = out.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OptionError("out", f"cannot write to {out}: {ancestor} is not a writable directory")
+    return out
+
+
+def check_output_file(out: Path, *, overwrite: bool, inputs: list[Path]) -> Path:
+    """Like :func:`check_output`, for a one-file export (GGUF): refuse an unusable target before any work."""
+    from workbench.export_gguf import is_gguf_file
+
+    out = Path(os.path.abspath(out.expanduser()))
+    if out.is_dir():
+        raise OptionError("out", f"{out} is a directory; a GGUF export is one file: give a path ending in .gguf")
+    if not out.name.lower().endswith(".gguf"):
+        raise OptionError("out", f"{out}: a GGUF export is one file; give a path ending in .gguf")
+    for src in inputs:
+        src = Path(os.path.abspath(src))
+        if src in out.parents:
+            raise OptionError("out", f"{out} lies inside an input ({src}); write the GGUF file somewhere else")
+    if out.exists():
+        if not overwrite:
+            raise OptionError("out", f"{out} already exists; choose a new file name, or pass --overwrite to replace "
+                                     "an earlier GGUF export")
+        if not is_gguf_file(out):
+            raise OptionError("out", f"{out} is not a GGUF file; --overwrite only replaces an earlier GGUF export, so "
+                                     "remove it yourself or choose another name")
     ancestor = out.parent
     while not ancestor.exists():
         ancestor = ancestor.parent
@@ -284,6 +324,54 @@ class StagingDir:
 
     def _cleanup(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+        for directory in reversed(self.created_parents):
+            try:
+                directory.rmdir()
+            except OSError:
+                pass
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None or self.path.exists():
+            self._cleanup()
+
+
+class StagingFile:
+    """A hidden file beside the target that becomes the target only when it is completely written."""
+
+    def __init__(self, out: Path, overwrite: bool):
+        self.out, self.overwrite = out, overwrite
+        self.created_parents: list[Path] = []
+        self.path = out.parent / f".{out.name}.partial-{os.getpid()}"
+
+    def __enter__(self) -> "StagingFile":
+        if self.out.parent.is_dir():  # leftovers of an export to this target whose process was killed outright
+            for path in self.out.parent.glob(f".{self.out.name}.partial-*"):
+                pid = path.name.rsplit("-", 1)[-1]
+                if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+                    path.unlink(missing_ok=True)
+        missing = []
+        parent = self.out.parent
+        while not parent.exists():
+            missing.append(parent)
+            parent = parent.parent
+        try:
+            for directory in reversed(missing):
+                directory.mkdir()
+                self.created_parents.append(directory)
+            self.path.touch()
+        except OSError as exc:
+            self._cleanup()
+            raise OptionError("out", f"cannot write to {self.out} ({exc.strerror or exc})") from None
+        return self
+
+    def publish(self) -> None:
+        if self.out.exists() and not self.overwrite:
+            raise OptionError("out", f"{self.out} was created by someone else while exporting; nothing was replaced")
+        os.replace(self.path, self.out)
+        self.created_parents = []
+
+    def _cleanup(self) -> None:
+        self.path.unlink(missing_ok=True)
         for directory in reversed(self.created_parents):
             try:
                 directory.rmdir()
@@ -374,33 +462,54 @@ def _verify_saved(staging: Path, expected: int) -> None:
         raise WorkbenchError(f"internal error: {len(keys)} tensors saved, {expected} expected")
 
 
+def export_steps(opts: ExportArgs, adapter_count: int) -> int:
+    """How many progress steps :func:`merge_into_model` / :func:`export_adapter_gguf` report."""
+    if opts.is_gguf and opts.adapter_only:
+        return 3
+    return 7 if adapter_count else 5
+
+
+def _display_name(model_name: str) -> str:
+    return Path(str(model_name).rstrip("/")).name or str(model_name)
+
+
 def merge_into_model(model_args: ModelArgs, adapters: dict[str, str], opts: ExportArgs, *,
                      progress: Progress | None = None) -> dict[str, Any]:
-    """Merge ``adapters`` into the base model and save a standalone model into ``opts.out``.
+    """Merge ``adapters`` into the base model and save a standalone model into ``opts.out``: safetensors shards, or
+    with ``format: gguf`` one GGUF file (then no adapter means: the base model itself, converted).
 
-    Returns the record also written to ``workbench_export.json`` (output path, dtype, shards, notes,
-    peak memory).
+    Returns the record (output path, dtype, shards or GGUF details, notes, peak memory); a safetensors export also
+    writes it to ``workbench_export.json``.
     """
     import torch
 
     from workbench.models.loader import attach_adapters, load_model, load_tokenizer, resolve_model_path
 
-    progress = progress or Progress(7)
+    if opts.is_gguf and opts.adapter_only:
+        return export_adapter_gguf(model_args, adapters, opts, progress=progress)
+    progress = progress or Progress(export_steps(opts, len(adapters)))
     started = time.perf_counter()
-    if not adapters:
+    if not adapters and not opts.is_gguf:
         raise OptionError("adapter", "give the adapter to merge: --adapter DIR (or NAME=DIR; repeat for several)")
     progress.step("checking the model, the adapter(s) and the output directory")
     infos = read_adapters(adapters)
     if opts.check_base:
         check_bases(model_args.model_name_or_path, infos)
     model_path = resolve_model_path(model_args.model_name_or_path)
-    out = Path(opts.out) if opts.out else default_out(EXPORT, model_args.model_name_or_path, [i.name for i in infos])
-    out = check_output(out, overwrite=opts.overwrite, inputs=[Path(model_path), *(i.path for i in infos)])
+    if opts.is_gguf:
+        from workbench.export_gguf import check_model_config, read_model_config
+
+        check_model_config(read_model_config(model_path))
+    names = [i.name for i in infos]
+    out = Path(opts.out) if opts.out else default_out(EXPORT, model_args.model_name_or_path, names, opts=opts)
+    inputs = [Path(model_path), *(i.path for i in infos)]
+    out = (check_output_file(out, overwrite=opts.overwrite, inputs=inputs) if opts.is_gguf
+           else check_output(out, overwrite=opts.overwrite, inputs=inputs))
     dtype_name = opts.dtype if opts.dtype != "auto" else _config_dtype(model_path)
-    quant = _quantization_of(infos, model_args)
+    quant = _quantization_of(infos, model_args) if infos else {}
     notes: list[str] = []
 
-    with StagingDir(out, opts.overwrite) as staging:
+    with (StagingFile(out, opts.overwrite) if opts.is_gguf else StagingDir(out, opts.overwrite)) as staging:
         load_args = ModelArgs(**{**model_args.to_dict(), "model_name_or_path": model_path, "infer_dtype": dtype_name,
                                  "adapter_name_or_path": None, **quant})
         progress.step(f"loading the base model {model_args.model_name_or_path} ({dtype_name}"
@@ -416,14 +525,15 @@ def merge_into_model(model_args: ModelArgs, adapters: dict[str, str], opts: Expo
                 f"dequantized {quant['quantization_bit']}-bit weights (saved as {dtype_name}), not into the original "
                 "full-precision weights, so the merged model answers like the quantized base + adapter did"
             )
-        progress.step(f"attaching {len(infos)} adapter(s): {', '.join(i.name for i in infos)}")
-        named = {i.name: str(i.path) for i in infos}
-        peft_model = attach_adapters(model, named, base_label=model_args.model_name_or_path)
-        progress.step("merging the adapter weights into the base weights")
-        # In place (not PEFT's safe_merge, which clones each weight): the loaded weights are memory-mapped
-        # copy-on-write, so adding the update in place costs no second copy of the model.
-        model = peft_model.merge_and_unload(safe_merge=False, adapter_names=list(named))
-        del peft_model
+        if infos:
+            progress.step(f"attaching {len(infos)} adapter(s): {', '.join(i.name for i in infos)}")
+            named = {i.name: str(i.path) for i in infos}
+            peft_model = attach_adapters(model, named, base_label=model_args.model_name_or_path)
+            progress.step("merging the adapter weights into the base weights")
+            # In place (not PEFT's safe_merge, which clones each weight): the loaded weights are memory-mapped
+            # copy-on-write, so adding the update in place costs no second copy of the model.
+            model = peft_model.merge_and_unload(safe_merge=False, adapter_names=list(named))
+            del peft_model
         broken = next((name for name, p in model.named_parameters() if not torch.isfinite(p).all()), None)
         if broken is not None:
             raise WorkbenchError(f"merging produced NaN or infinite values in {broken}: the adapter seems to be broken")
@@ -431,47 +541,133 @@ def merge_into_model(model_args: ModelArgs, adapters: dict[str, str], opts: Expo
         if model.dtype != target_dtype:
             model = model.to(target_dtype)
         model.config.dtype = target_dtype
-        # Tied weights (lm_head = embed_tokens) are stored once: count distinct tensors.
-        expected = len({t.data_ptr() for t in model.state_dict().values()})
-
-        progress.step(f"saving safetensors shards of at most {opts.shard_size} into {out}")
-        model.save_pretrained(staging.path, max_shard_size=opts.shard_size)
-        if model.generation_config is not None and not (staging.path / "generation_config.json").exists():
-            model.generation_config.save_pretrained(staging.path)
-        _verify_saved(staging.path, expected)
-
-        progress.step("saving the tokenizer and chat template")
         tokenizer_src = next((str(i.path) for i in infos if any((i.path / f).is_file() for f in TOKENIZER_FILES)),
                              model_path)
-        tokenizer = load_tokenizer(tokenizer_src, padding_side="left", trust_remote_code=model_args.trust_remote_code)
-        tokenizer.save_pretrained(str(staging.path))
-        template, template_note = _template_note(infos, tokenizer)
-        if template_note:
-            notes.append(template_note)
-        shards = sorted(p.name for p in staging.path.glob("*.safetensors"))
-        record = {
-            "kind": "merged_model",
-            "base_model": model_args.model_name_or_path,
-            "base_model_path": model_path,
-            "adapters": {i.name: str(i.path) for i in infos},
-            "template": template,
-            "dtype": dtype_name,
-            "shard_size": opts.shard_size,
-            "shards": shards,
-            "quantization_merged_from": quant.get("quantization_bit"),
-            "notes": notes,
+
+        if opts.is_gguf:
+            progress.step("reading the tokenizer and chat template")
+            tokenizer = load_tokenizer(tokenizer_src, padding_side="left",
+                                       trust_remote_code=model_args.trust_remote_code)
+            template, template_note = _template_note(infos, tokenizer)
+            if template_note:
+                notes.append(f"the adapter was trained with chat template {template!r}, which differs from the "
+                             "tokenizer's own chat template that the GGUF carries; in llama.cpp or Ollama give a "
+                             "matching template by hand (llama-cli --chat-template, a Modelfile TEMPLATE)")
+            from workbench.export_gguf import write_model
+
+            base = _display_name(model_args.model_name_or_path)
+            name = f"{base} + {', '.join(names)}" if names else base
+            description = (f"Workbench export: {base} with the adapter(s) {', '.join(names)} merged in"
+                           if names else f"Workbench export of {base}")
+            progress.step(f"writing the GGUF file ({opts.quant}) to {out}")
+            info = write_model(model, tokenizer, [Path(tokenizer_src), Path(model_path)], staging.path,
+                               quant=opts.quant, name=name, base_name=base, description=description)
+            fallback = info["f16_fallback"]
+            if fallback:
+                notes.append(f"{len(fallback)} tensor(s) have rows that are not a multiple of 32 and were stored as f16 "
+                             f"instead of q8_0 (as llama.cpp does): {', '.join(fallback[:3])}"
+                             f"{' ...' if len(fallback) > 3 else ''}")
+            record = {"kind": "gguf_model", "format": "gguf", "quant": opts.quant,
+                      "base_model": model_args.model_name_or_path, "base_model_path": model_path,
+                      "adapters": {i.name: str(i.path) for i in infos}, "template": template, "dtype": dtype_name,
+                      "architecture": info["architecture"], "tokenizer": info["tokenizer"], "tensors": info["tensors"],
+                      "bytes": info["bytes"], "quantization_merged_from": quant.get("quantization_bit"), "notes": notes}
+        else:
+            # Tied weights (lm_head = embed_tokens) are stored once: count distinct tensors.
+            expected = len({t.data_ptr() for t in model.state_dict().values()})
+            progress.step(f"saving safetensors shards of at most {opts.shard_size} into {out}")
+            model.save_pretrained(staging.path, max_shard_size=opts.shard_size)
+            if model.generation_config is not None and not (staging.path / "generation_config.json").exists():
+                model.generation_config.save_pretrained(staging.path)
+            _verify_saved(staging.path, expected)
+
+            progress.step("saving the tokenizer and chat template")
+            tokenizer = load_tokenizer(tokenizer_src, padding_side="left",
+                                       trust_remote_code=model_args.trust_remote_code)
+            tokenizer.save_pretrained(str(staging.path))
+            template, template_note = _template_note(infos, tokenizer)
+            if template_note:
+                notes.append(template_note)
+            shards = sorted(p.name for p in staging.path.glob("*.safetensors"))
+            record = {
+                "kind": "merged_model",
+                "format": "safetensors",
+                "base_model": model_args.model_name_or_path,
+                "base_model_path": model_path,
+                "adapters": {i.name: str(i.path) for i in infos},
+                "template": template,
+                "dtype": dtype_name,
+                "shard_size": opts.shard_size,
+                "shards": shards,
+                "quantization_merged_from": quant.get("quantization_bit"),
+                "notes": notes,
+            }
+        record.update({
             "device": loaded.device,
             "seconds": round(time.perf_counter() - started, 1),
             "peak_rss_mb": peak_rss_mb(),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
+        })
         if str(loaded.device).startswith("cuda"):
             record["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-        (staging.path / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        progress.step(f"moving the finished model into place: {out}")
+        if not opts.is_gguf:
+            (staging.path / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        progress.step(f"moving the finished {'file' if opts.is_gguf else 'model'} into place: {out}")
         staging.publish()
     record["out"] = str(out)
     return record
+
+
+def export_adapter_gguf(model_args: ModelArgs, adapters: dict[str, str], opts: ExportArgs, *,
+                        progress: Progress | None = None) -> dict[str, Any]:
+    """Write one LoRA adapter alone as a llama.cpp GGUF LoRA adapter (the base model's weights are not loaded)."""
+    from workbench.export_gguf import read_model_config, write_lora
+    from workbench.models.loader import resolve_model_path
+
+    progress = progress or Progress(export_steps(opts, len(adapters)))
+    started = time.perf_counter()
+    if len(adapters) != 1:
+        raise OptionError("adapter_only", f"writes one adapter per GGUF file, got {len(adapters)}; give one --adapter "
+                                          "(export several one at a time, or merge them into the model)")
+    progress.step("checking the model, the adapter and the output file")
+    infos = read_adapters(adapters)
+    info = infos[0]
+    if opts.check_base:
+        check_bases(model_args.model_name_or_path, infos)
+    model_path = resolve_model_path(model_args.model_name_or_path)
+    model_cfg = read_model_config(model_path)
+    _check_adapter_gguf(info, model_cfg)
+    out = Path(opts.out) if opts.out else default_out(EXPORT, model_args.model_name_or_path, [info.name], opts=opts)
+    out = check_output_file(out, overwrite=opts.overwrite, inputs=[Path(model_path), info.path])
+    notes = []
+    if info.quantization_bit:
+        notes.append(f"QLoRA: the adapter was trained on a {info.quantization_bit}-bit base; applied to a "
+                     "full-precision base GGUF it answers slightly differently than in training (merging it into the "
+                     "model uses the dequantized weights instead)")
+    base = _display_name(model_args.model_name_or_path)
+    with StagingFile(out, opts.overwrite) as staging:
+        progress.step(f"writing the GGUF LoRA adapter ({opts.quant}) to {out}")
+        written = write_lora(info.path, info.config, model_cfg, staging.path, quant=opts.quant,
+                             name=f"{info.name} (LoRA for {base})", base_name=base,
+                             description=f"Workbench export: LoRA adapter {info.name} for {base}")
+        if written["modules_with_scaling_folded_into_lora_b"]:
+            notes.append(f"{written['modules_with_scaling_folded_into_lora_b']} module(s) are scaled other than "
+                         "lora_alpha / r (rsLoRA or rank/alpha patterns): that scaling is folded into lora_b, since "
+                         "llama.cpp applies adapter.lora.alpha / r")
+        progress.step(f"moving the finished file into place: {out}")
+        staging.publish()
+    return {"kind": "gguf_lora", "format": "gguf", "quant": opts.quant, "base_model": model_args.model_name_or_path,
+            "base_model_path": model_path, "adapters": {info.name: str(info.path)}, "alpha": written["alpha"],
+            "architecture": written["architecture"], "tensors": written["tensors"], "bytes": written["bytes"],
+            "notes": notes, "seconds": round(time.perf_counter() - started, 1), "peak_rss_mb": peak_rss_mb(),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "out": str(out)}
+
+
+def _check_adapter_gguf(info: AdapterInfo, model_cfg: dict) -> None:
+    from workbench.export_gguf import check_lora_adapter, check_model_config
+
+    check_model_config(model_cfg)
+    check_lora_adapter(info.config, info.path, model_cfg)
 
 
 # ---- merge-adapters: several adapters combined into one -----------------------------------------
@@ -608,22 +804,54 @@ def command_argv(command: str, model_name: str, adapters: dict[str, str], opts: 
 def preflight(command: str, model_name: str, adapters: dict[str, str], opts: ExportArgs | MergeAdaptersArgs) -> Path:
     """The quick checks the command makes before loading anything, so a form gets its answer at once;
     returns the output directory the command will write."""
+    gguf = command == EXPORT and opts.is_gguf
     if command == MERGE:
         if len(adapters) < 2:
             raise OptionError("adapter", f"combining needs at least two adapters, got {len(adapters)}")
         opts.weight_list(len(adapters))
-    elif not adapters:
+    elif gguf and opts.adapter_only and len(adapters) != 1:
+        raise OptionError("adapter_only", f"writes one adapter per GGUF file; choose exactly one adapter "
+                                          f"(got {len(adapters)})")
+    elif not adapters and not gguf:
         raise OptionError("adapter", "choose the adapter to merge into the model")
     infos = read_adapters(adapters)
     if command == MERGE:
         _check_combinable(infos, opts.method)
     if opts.check_base:
         check_bases(model_name, infos)
+    if gguf:
+        config = _local_model_config(model_name)
+        if config is not None:  # a hub model is checked by the command, once it is resolved
+            from workbench.export_gguf import check_model_config
+
+            check_model_config(config)
+            if opts.adapter_only:
+                _check_adapter_gguf(infos[0], config)
     names = [i.name for i in infos]
-    out = Path(opts.out) if opts.out else default_out(command, model_name, names, getattr(opts, "method", None))
+    out = (Path(opts.out) if opts.out
+           else default_out(command, model_name, names, getattr(opts, "method", None), opts=opts if gguf else None))
     model_dir = Path(model_name).expanduser()
-    return check_output(out, overwrite=opts.overwrite, inputs=[*(i.path for i in infos),
-                                                              *([model_dir] if model_dir.exists() else [])])
+    inputs = [*(i.path for i in infos), *([model_dir] if model_dir.exists() else [])]
+    if gguf:
+        return check_output_file(out, overwrite=opts.overwrite, inputs=inputs)
+    return check_output(out, overwrite=opts.overwrite, inputs=inputs)
+
+
+def _local_model_config(model_name: str) -> dict | None:
+    """config.json of a local model directory or of the converted bundled model, without loading or converting."""
+    from workbench.export_gguf import read_model_config
+    from workbench.models import registry
+
+    path = Path(model_name).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        return read_model_config(path)
+    info = registry.lookup(model_name)
+    if info is not None and info.bundled:
+        from workbench.models.bundled import cached_dir, is_converted
+
+        if is_converted():
+            return read_model_config(cached_dir())
+    return None
 
 
 def start_export_job(command: str, model_name: str, adapters: dict[str, str],
@@ -692,12 +920,27 @@ def configure_export(parser: argparse.ArgumentParser) -> None:
 def run_export(args) -> int:
     _interrupt_on_sigterm()
     model_args, adapters, opts = _split(args, ExportArgs)
-    record = merge_into_model(model_args, adapters, opts, progress=Progress(7, args.progress_file))
+    progress = Progress(export_steps(opts, len(adapters)), args.progress_file)
+    record = merge_into_model(model_args, adapters, opts, progress=progress)
     for note in record["notes"]:
         print(f"note: {note}")
-    print(f"Merged model saved to {record['out']} ({record['dtype']}, {len(record['shards'])} shard(s); "
-          f"peak memory {record['peak_rss_mb']:.0f} MiB). Load it with --model {record['out']}")
+    print(done_message(record))
     return 0
+
+
+def done_message(record: dict[str, Any]) -> str:
+    """One line saying what was written and how to use it (the CLI prints it, the Export tab shows it)."""
+    out, size = record["out"], record.get("bytes", 0) / 2**20
+    if record["kind"] == "gguf_lora":
+        return (f"GGUF LoRA adapter saved to {out} ({record['quant']}, {size:.1f} MiB). Use it with a GGUF of the base "
+                f"model {record['base_model']} (export --format gguf without --adapter): "
+                f"llama-cli -m BASE.gguf --lora {out}, or ADAPTER {out} in an Ollama Modelfile")
+    if record["kind"] == "gguf_model":
+        return (f"GGUF model saved to {out} ({record['quant']}, {size:.0f} MiB; peak memory "
+                f"{record['peak_rss_mb']:.0f} MiB). Run it with llama.cpp: llama-cli -m {out}; Ollama: FROM {out} in a "
+                "Modelfile; LM Studio: import the file")
+    return (f"Merged model saved to {out} ({record['dtype']}, {len(record['shards'])} shard(s); "
+            f"peak memory {record['peak_rss_mb']:.0f} MiB). Load it with --model {out}")
 
 
 def configure_merge_adapters(parser: argparse.ArgumentParser) -> None:

@@ -10,6 +10,10 @@ from dataclasses import dataclass
 from workbench.config.base import OptionError, Options, option
 
 EXPORT_DTYPES = ("auto", "bfloat16", "float16", "float32")
+EXPORT_FORMATS = ("safetensors", "gguf")
+# GGUF tensor types of the weights (1-D tensors such as norms always stay f32, as llama.cpp keeps them).
+GGUF_QUANTS = ("f16", "bf16", "q8_0", "f32")
+DEFAULT_SHARD_SIZE = "2GB"
 DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "half": "float16", "float": "float32"}
 
 # PEFT ``add_weighted_adapter`` combination types offered here.
@@ -40,9 +44,11 @@ class OutputOptions(Options):
 
     out: str | None = option(
         None,
-        "Output directory (default: a new directory under the Workbench home: exports/ for models, runs/ for adapters)",
+        "Output directory, or the .gguf file for format gguf (default: new under the Workbench home: exports/ for "
+        "models and GGUF files, runs/ for adapters)",
         label_zh="输出目录",
-        help_zh="输出目录（默认：在 Workbench 主目录下新建，模型放在 exports/，适配器放在 runs/）",
+        help_zh="输出目录；format 为 gguf 时为 .gguf 文件（默认：在 Workbench 主目录下新建，模型和 GGUF 文件放在 exports/，"
+                "适配器放在 runs/）",
     )
     overwrite: bool = option(
         False, "Replace an earlier export in the output directory (a directory holding other files is never replaced)",
@@ -59,17 +65,45 @@ class OutputOptions(Options):
 
 @dataclass
 class ExportArgs(OutputOptions):
-    """``python -m workbench export``: merge adapter(s) into the base model and save a standalone model."""
+    """``python -m workbench export``: merge adapter(s) into the base model and save a standalone model, as a
+    safetensors directory or one GGUF file; or write one adapter alone as a GGUF LoRA adapter."""
 
+    format: str = option(
+        "safetensors",
+        "safetensors: a model directory (transformers, vLLM, Workbench's model picker); gguf: one .gguf file for "
+        "llama.cpp, Ollama and LM Studio (Llama, Mistral and Qwen2 models)",
+        choices=EXPORT_FORMATS,
+        label_zh="格式",
+        help_zh="safetensors：模型目录（transformers、vLLM、Workbench 的模型选择）；gguf：单个 .gguf 文件，"
+                "供 llama.cpp、Ollama 和 LM Studio 使用（Llama、Mistral 和 Qwen2 模型）",
+    )
+    quant: str = option(
+        "f16",
+        "GGUF only: type of the weights: f16, bf16, q8_0 (8-bit, about half the size of f16) or f32 "
+        "(norms stay f32)",
+        choices=GGUF_QUANTS,
+        label_zh="GGUF 量化",
+        help_zh="仅 GGUF：权重的类型：f16、bf16、q8_0（8 位，约为 f16 的一半大小）或 f32（归一化层保持 f32）",
+    )
+    adapter_only: bool = option(
+        False,
+        "GGUF only: write the adapter alone as a GGUF LoRA adapter (llama.cpp --lora, Ollama ADAPTER) to use with "
+        "the base model's GGUF, instead of merging it into the model",
+        label_zh="仅导出适配器",
+        help_zh="仅 GGUF：只把适配器写成 GGUF LoRA 适配器（llama.cpp --lora、Ollama ADAPTER），与基座模型的 GGUF "
+                "一起使用，而不是合并进模型",
+    )
     dtype: str = option(
         "auto",
-        "Dtype of the saved weights: auto keeps the base model's own dtype; bf16/fp16/fp32 are accepted too",
+        "Dtype of the merged weights: auto keeps the base model's own dtype; bf16/fp16/fp32 are accepted too "
+        "(a GGUF is then written as quant says)",
         choices=EXPORT_DTYPES + tuple(DTYPE_ALIASES),
         label_zh="保存精度",
-        help_zh="保存权重的数据类型：auto 沿用基座模型自身的类型；也可填 bf16/fp16/fp32",
+        help_zh="合并后权重的数据类型：auto 沿用基座模型自身的类型；也可填 bf16/fp16/fp32（GGUF 随后按 quant 写出）",
     )
     shard_size: str = option(
-        "2GB", "Largest safetensors shard, e.g. 2GB, 500MB or 1GiB (a tensor larger than this gets its own shard)",
+        DEFAULT_SHARD_SIZE,
+        "Largest safetensors shard, e.g. 2GB, 500MB or 1GiB (a tensor larger than this gets its own shard)",
         label_zh="分片大小",
         help_zh="safetensors 单个分片的最大大小，如 2GB、500MB 或 1GiB（超过此大小的张量单独成一个分片）",
     )
@@ -82,6 +116,24 @@ class ExportArgs(OutputOptions):
             raise OptionError("shard_size", str(exc)) from None
         if size < 1_000_000:
             raise OptionError("shard_size", f"{self.shard_size} is below the minimum of 1MB")
+        if self.format != "gguf":
+            if self.quant != "f16":
+                raise OptionError("quant", "applies to --format gguf only (a safetensors export keeps dtype)")
+            if self.adapter_only:
+                raise OptionError("adapter_only", "applies to --format gguf only (in safetensors the adapter directory "
+                                                  "is already the adapter alone)")
+            return
+        if self.shard_size != DEFAULT_SHARD_SIZE:
+            raise OptionError("shard_size", "applies to safetensors only: a GGUF export is one file")
+        if self.adapter_only and self.dtype != "auto":
+            raise OptionError("dtype", "has no effect with adapter_only (nothing is merged; quant sets the type of "
+                                       "the adapter's tensors)")
+        if self.out and not str(self.out).lower().endswith(".gguf"):
+            raise OptionError("out", f"{self.out}: a GGUF export is one file; give a path ending in .gguf")
+
+    @property
+    def is_gguf(self) -> bool:
+        return self.format == "gguf"
 
     @property
     def shard_bytes(self) -> int:

@@ -45,12 +45,15 @@ DEEPSPEED_PRESETS = {
     "z2": "ds_z2_config.json", "z2_offload": "ds_z2_offload_config.json",
     "z3": "ds_z3_config.json", "z3_offload": "ds_z3_offload_config.json",
 }
+# The optional GPU packages are installed by one command each (Makefile, requirements-<extra>.txt), which keeps the
+# installed torch; these are the commands the options that need them name.
+DEEPSPEED_INSTALL = "make extras EXTRAS=deepspeed"
+LIGER_INSTALL = "make extras EXTRAS=liger"
 
 # LLaMA-Factory keys that Workbench accepts in YAML/CLI but does not act on: a warning, not an error.
 IGNORED_KEYS: dict[str, str] = {
     "quantization_method": "only bitsandbytes quantization is supported (quantization_bit)",
     "flash_attn": "use attn_implementation (auto, eager, sdpa, flash_attention_2)",
-    "enable_liger_kernel": "Liger kernels are not used",
     "use_unsloth": "Unsloth is not used",
     "use_unsloth_gc": "Unsloth is not used",
     "upcast_layernorm": "layer norms keep the model's dtype",
@@ -113,8 +116,8 @@ TRAINING_ARGUMENTS_REFUSED: dict[str, str] = {
     "batch_eval_metrics": "no compute_metrics runs during training; use `python -m workbench eval`",
     "label_smoothing_factor": "Workbench's trainers compute the loss themselves (for DPO use dpo_label_smoothing)",
     "use_cpu": "use device: cpu",
-    "use_liger_kernel": "Liger kernels are not used",
-    "liger_kernel_config": "Liger kernels are not used",
+    "liger_kernel_config": "Workbench chooses Liger's kernels itself: set enable_liger_kernel (its fused linear "
+                           "cross-entropy stays off, since Workbench's trainers compute the loss themselves)",
     "local_rank": "set by the launcher: use --launch --num_processes N",
     "parallelism_config": "an accelerate ParallelismConfig object cannot be given here; use accelerate_config",
 }
@@ -237,6 +240,7 @@ class TrainArgs(Options):
         "evaluation_strategy": Alias("eval_strategy", "transformers' older name for eval_strategy"),
         "activation_checkpointing": Alias("gradient_checkpointing", "transformers 5's name for gradient_checkpointing",
                                           flag=True),
+        "use_liger_kernel": Alias("enable_liger_kernel", "transformers' name for enable_liger_kernel", flag=True),
         "gradient_checkpointing_kwargs": Alias("activation_checkpointing_kwargs",
                                                "transformers' older name for activation_checkpointing_kwargs"),
     }
@@ -361,6 +365,12 @@ class TrainArgs(Options):
     run_name: str | None = option(None, "Run name for tensorboard/wandb/mlflow (empty: the output_dir name)",
                                   group="output", label_zh="运行名称",
                                   help_zh="在 tensorboard/wandb/mlflow 中显示的运行名称（留空：output_dir 的名称）")
+    enable_liger_kernel: bool = option(
+        False, f"Liger's Triton kernels for RMSNorm, RoPE and SwiGLU (less GPU memory, faster steps; CUDA GPUs only; "
+        f"install them with: {LIGER_INSTALL})", group="advanced", label_zh="Liger 内核",
+        help_zh=f"使用 Liger 的 Triton 内核（RMSNorm、RoPE、SwiGLU）：更省显存、每步更快；仅限 CUDA GPU；"
+                f"安装命令：{LIGER_INSTALL}",
+    )
     torch_compile: bool = option(False, "Compile the model with torch.compile (slow start, faster steps on GPU)",
                                  group="advanced", label_zh="torch.compile",
                                  help_zh="用 torch.compile 编译模型（启动较慢，GPU 上每步更快）")
@@ -547,6 +557,8 @@ def check_combination(cfg: TrainConfig) -> None:
         raise OptionError("eval_strategy", f"{tr.eval_strategy} needs an eval set: set val_size or eval_dataset")
     if tr.deepspeed:
         resolve_deepspeed_config(tr.deepspeed)
+    if tr.enable_liger_kernel:
+        check_liger_kernel(model.device)
     for backend in tr.report_backends():
         if backend in ("wandb", "mlflow"):
             import importlib.util
@@ -586,6 +598,25 @@ def check_deepspeed_installed() -> None:
 
     if importlib.util.find_spec("deepspeed") is None:
         raise WorkbenchError(
-            "deepspeed is set but the deepspeed package is not installed (pip install deepspeed; it needs a CUDA "
-            "toolkit matching torch)"
+            f"deepspeed is set but the deepspeed package is not installed; install it with: {DEEPSPEED_INSTALL} "
+            "(on a CUDA machine; it keeps the installed torch)"
         )
+
+
+def check_liger_kernel(device: str = "auto") -> None:
+    """enable_liger_kernel runs where Liger's kernels run: a CUDA GPU with the liger-kernel package installed."""
+    import importlib.util
+
+    import torch
+
+    has_cuda = torch.cuda.is_available()
+    if device == "auto":
+        device = "cuda" if has_cuda else "cpu"
+    if not str(device).startswith("cuda") or not has_cuda:
+        where = f"this run's device is {device}" + ("" if has_cuda else " (no CUDA GPU is visible here)")
+        raise OptionError("enable_liger_kernel", f"Liger's kernels are Triton kernels for CUDA GPUs, and {where}; leave "
+                                                 f"enable_liger_kernel off here (on a CUDA machine install them with: "
+                                                 f"{LIGER_INSTALL})")
+    if importlib.util.find_spec("liger_kernel") is None:
+        raise OptionError("enable_liger_kernel", f"the liger-kernel package is not installed; install it with: "
+                                                 f"{LIGER_INSTALL}")

@@ -129,6 +129,10 @@ def training_arguments(cfg: TrainConfig, output_dir: Path, device: str, has_eval
         dataloader_num_workers=tr.dataloader_num_workers,
         ddp_timeout=tr.ddp_timeout,
     )
+    if tr.enable_liger_kernel:  # checked in parse_train_config: a CUDA GPU and the liger-kernel package
+        # Liger's RMSNorm, RoPE and SwiGLU kernels; its fused linear cross-entropy would replace the model's forward,
+        # and Workbench's trainers compute the loss themselves (only where there is a label).
+        kwargs.update(use_liger_kernel=True, liger_kernel_config={"fused_linear_cross_entropy": False})
     # Every other TrainingArguments option the user set (adam_beta2, lr_scheduler_kwargs, ...), unchanged; they may
     # replace a value chosen above (data_seed, train_sampling_strategy, activation_checkpointing_kwargs).
     kwargs.update(tr.passthrough())

@@ -1,8 +1,10 @@
-"""Export tab: merge adapter(s) into a standalone model, or combine several adapters into one.
+"""Export tab: merge adapter(s) into a standalone model (safetensors or GGUF), write an adapter alone as a
+GGUF LoRA adapter, or combine several adapters into one.
 
 The work runs as a Job (``python -m workbench export|merge-adapters``, see :mod:`workbench.export`);
 this module only builds the form, starts the job and shows its progress. A finished merged model is
-added to the top bar's model picker, a combined adapter to the adapter pickers.
+added to the top bar's model picker, a combined adapter to the adapter pickers (a GGUF file is for
+llama.cpp, Ollama and LM Studio, and is not offered there).
 """
 
 from __future__ import annotations
@@ -15,14 +17,16 @@ from typing import Any
 import gradio as gr
 
 from workbench.config.base import WorkbenchError
-from workbench.config.export import DENSITY_METHODS, ExportArgs, MergeAdaptersArgs, OutputOptions
+from workbench.config.export import (DEFAULT_SHARD_SIZE, DENSITY_METHODS, ExportArgs, MergeAdaptersArgs,
+                                     OutputOptions)
 from workbench.export import EXPORT, MERGE, command_argv, start_export_job
 from workbench.models.adapters import adapter_name_for
 from workbench.ui.context import AppContext
 from workbench.ui.forms import collect, option_components
 from workbench.ui.i18n import T
 
-EXPORT_FIELDS = ("dtype", "shard_size")
+EXPORT_FIELDS = ("format", "quant", "adapter_only", "dtype", "shard_size")
+GGUF_ONLY = ("quant", "adapter_only")  # shown when format is gguf; shard_size only for safetensors
 MERGE_FIELDS = ("method", "weights", "density", "svd_rank")
 OUTPUT_FIELDS = ("out", "overwrite", "check_base")
 POLL_SECONDS = 1.0
@@ -89,6 +93,13 @@ def _request(mode: str, model: str, adapters: list[str] | None, values: dict[str
         picked["density"] = None  # the box is hidden for methods that do not prune
     if command == MERGE and picked.get("method") != "svd":
         picked["svd_rank"] = None
+    if command == EXPORT:  # options hidden for the chosen format keep their defaults
+        if picked.get("format") == "gguf":
+            picked["shard_size"] = DEFAULT_SHARD_SIZE
+            if picked.get("adapter_only"):
+                picked["dtype"] = "auto"
+        else:
+            picked["quant"], picked["adapter_only"] = "f16", False
     opts = collect(cls, picked)
     model = (model or "").strip()
     if not model:
@@ -116,6 +127,16 @@ def _progress_text(job) -> tuple[str, bool, bool]:
     return f"❌ {str(state).capitalize()}: {error}", True, False
 
 
+def finished_text(kind: str, out: str) -> str:
+    """What a finished GGUF export says (it is not added to the model pickers: Workbench loads safetensors)."""
+    if kind == "gguf_lora":
+        return (f"✅ GGUF LoRA adapter saved to `{out}`. Use it with a GGUF of its base model (export the base with "
+                f"format gguf and no adapter): `llama-cli -m BASE.gguf --lora {out}`, or `ADAPTER {out}` in an Ollama "
+                "Modelfile.")
+    return (f"✅ GGUF model saved to `{out}`. Run it with llama.cpp (`llama-cli -m {out}`), Ollama (`FROM {out}` in a "
+            "Modelfile) or LM Studio (import the file).")
+
+
 def build(ctx: AppContext) -> None:
     from workbench.ui.train_tab import runs_changed
 
@@ -125,10 +146,15 @@ def build(ctx: AppContext) -> None:
 
     gr.Markdown(T(
         "**Merge into a model** writes a standalone model (safetensors shards, config, tokenizer and chat template) "
-        "that loads without PEFT; it then appears in the model picker above. **Combine adapters** merges several "
-        "LoRA adapters into one new adapter (PEFT format) that appears in the adapter pickers. Both run as a job.",
+        "that loads without PEFT; it then appears in the model picker above. With format **gguf** it writes one "
+        ".gguf file for llama.cpp, Ollama and LM Studio instead (Llama, Mistral and Qwen2 models; no adapter: the "
+        "base model itself), or with *adapter only* the adapter alone as a GGUF LoRA adapter. **Combine adapters** "
+        "merges several LoRA adapters into one new adapter (PEFT format) that appears in the adapter pickers. All run "
+        "as a job.",
         "**合并到模型**：生成独立模型（safetensors 分片、配置、分词器和对话模板），无需 PEFT 即可加载，完成后出现在上方的模型选择中。"
-        "**合并适配器**：把多个 LoRA 适配器合并为一个新适配器（PEFT 格式），完成后出现在适配器选择中。两者都作为任务运行。"))
+        "格式选 **gguf** 时改为生成一个 .gguf 文件，供 llama.cpp、Ollama 和 LM Studio 使用（Llama、Mistral 和 Qwen2 模型；"
+        "不选适配器则转换基座模型本身）；勾选“仅导出适配器”时只把适配器写成 GGUF LoRA 适配器。"
+        "**合并适配器**：把多个 LoRA 适配器合并为一个新适配器（PEFT 格式），完成后出现在适配器选择中。均作为任务运行。"))
     with gr.Column(elem_id="wb-export"):
         mode = gr.Radio(choices=[(T("Merge adapter(s) into the model", "将适配器合并到模型"), EXPORT),
                                  (T("Combine adapters into one adapter", "合并多个适配器"), MERGE)],
@@ -148,6 +174,8 @@ def build(ctx: AppContext) -> None:
         with gr.Group() as export_group:
             with gr.Row():
                 export_inputs = option_components(ExportArgs, only=EXPORT_FIELDS)
+        for name in GGUF_ONLY:
+            export_inputs[name].visible = False
         with gr.Row():
             output_inputs = option_components(OutputOptions, only=OUTPUT_FIELDS[:2])
         with gr.Accordion(T("Advanced", "高级"), open=False):
@@ -169,11 +197,13 @@ def build(ctx: AppContext) -> None:
         mode_v, model_v, adapters_v, *rest = args
         return mode_v, model_v, adapters_v, dict(zip(names, rest))
 
-    def on_mode(mode_v: str, method_v: str):
+    def on_mode(mode_v: str, method_v: str, format_v: str):
         merging = mode_v == MERGE
+        gguf = not merging and format_v == "gguf"
         return (gr.update(visible=merging), gr.update(visible=not merging),
                 gr.update(visible=merging and method_v in DENSITY_METHODS),
-                gr.update(visible=merging and method_v == "svd"))
+                gr.update(visible=merging and method_v == "svd"),
+                *(gr.update(visible=gguf) for _ in GGUF_ONLY), gr.update(visible=not gguf))
 
     def on_adapters(selected, model_v):
         """Follow the base model the picked run was trained on."""
@@ -198,8 +228,9 @@ def build(ctx: AppContext) -> None:
             job, out = start_export_job(cmd, model_name, adapter_dirs, opts)
         except Exception as exc:  # shown in the tab; nothing was started
             return None, _error(exc), "", gr.update(active=False)
-        return ({"name": job.name, "out": str(out), "command": cmd}, f"⏳ Started job {job.name} → {out}",
-                job.tail_log(20), gr.update(active=True))
+        kind = ("gguf_lora" if opts.adapter_only else "gguf") if cmd == EXPORT and opts.is_gguf else cmd
+        return ({"name": job.name, "out": str(out), "command": cmd, "kind": kind},
+                f"⏳ Started job {job.name} → {out}", job.tail_log(20), gr.update(active=True))
 
     def on_tick(state, version_v):
         from workbench.jobs import get_job
@@ -218,7 +249,9 @@ def build(ctx: AppContext) -> None:
         if not finished:
             return (text, tail, gr.update(active=False), *keep)
         out = state["out"]
-        if state["command"] == EXPORT:
+        if state.get("kind") in ("gguf", "gguf_lora"):
+            text = finished_text(state["kind"], out)
+        elif state["command"] == EXPORT:
             text = (f"✅ Merged model saved to `{out}`. It is now in the model picker at the top: choose it and "
                     "press Load model to chat with it.")
         else:
@@ -240,11 +273,11 @@ def build(ctx: AppContext) -> None:
     def on_refresh():
         return gr.update(choices=adapter_choices()), gr.update(choices=_model_choices())
 
-    method = merge_inputs["method"]
-    mode.change(on_mode, inputs=[mode, method], outputs=[merge_group, export_group, merge_inputs["density"],
-                                                         merge_inputs["svd_rank"]])
-    method.change(on_mode, inputs=[mode, method], outputs=[merge_group, export_group, merge_inputs["density"],
-                                                           merge_inputs["svd_rank"]])
+    method, fmt = merge_inputs["method"], export_inputs["format"]
+    shown = [merge_group, export_group, merge_inputs["density"], merge_inputs["svd_rank"],
+             *(export_inputs[n] for n in GGUF_ONLY), export_inputs["shard_size"]]
+    for trigger in (mode, method, fmt):
+        trigger.change(on_mode, inputs=[mode, method, fmt], outputs=shown)
     adapters.input(on_adapters, inputs=[adapters, model], outputs=model)
     gr.on([c.change for c in form], on_preview, inputs=form, outputs=command)
     start.click(on_start, inputs=form, outputs=[job_state, status, log, timer]).then(
