@@ -55,7 +55,7 @@ test: $(TEST_STAMP)
 
 # The README tour's images: the end-to-end browser journey, saving its screenshots into docs/images.
 screenshots: $(TEST_STAMP)
-	WORKBENCH_SCREENSHOTS=$(CURDIR)/docs/images $(PY) -m pytest tests/test_journey.py -q
+	WORKBENCH_SCREENSHOTS=$(CURDIR)/docs/images $(PY) -m pytest tests/test_journey.py tests/test_preferences_browser.py -q
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py
