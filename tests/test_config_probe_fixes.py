@@ -83,20 +83,20 @@ def test_cli_reports_one_line_naming_the_option(argv, message, capsys):
 
 
 def test_train_tab_form_values_go_through_the_same_checks(tmp_path):
-    """The Train tab builds options from form values with collect_values → runs.plan_training (Preview/Start)
+    """The Train tab builds options from form values with collect_values → train_plan.plan_training (Preview/Start)
     and coerce (Save preset): a NaN or infinite number box is refused there, naming the option."""
-    from workbench import runs
+    from workbench.train import plan as train_plan
     from workbench.ui import train_tab
 
     names = ["dataset", "learning_rate", "num_train_epochs", "max_grad_norm"]
     good = [["identity"], 1e-4, 1.0, 1.0]
-    runs.plan_training(train_tab.collect_values(names, good, "m", "auto", "auto", "none"), "ok", root=tmp_path)
+    train_plan.plan_training(train_tab.collect_values(names, good, "m", "auto", "auto", "none"), "ok", root=tmp_path)
     for position, bad in ((1, float("nan")), (2, float("nan")), (1, float("inf")), (3, float("nan"))):
         raw = list(good)
         raw[position] = bad
         values = train_tab.collect_values(names, raw, "m", "auto", "auto", "none")
         with pytest.raises(OptionError) as err:
-            runs.plan_training(values, f"bad{position}", root=tmp_path)
+            train_plan.plan_training(values, f"bad{position}", root=tmp_path)
         assert err.value.option == names[position]
         with pytest.raises(OptionError) as err:  # the Save-preset path
             coerce(TrainArgs, names[position], bad)

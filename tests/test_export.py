@@ -296,7 +296,7 @@ def test_every_method_writes_a_loadable_adapter(tiny_model_dir, tmp_path, method
 
     from workbench.config.export import MergeAdaptersArgs
     from workbench.config.model import ModelArgs
-    from workbench.export import Progress, combine_adapters
+    from workbench.export.merge import Progress, combine_adapters
 
     a = make_adapter(tiny_model_dir, tmp_path / "a", r=4, seed=5)
     b = make_adapter(tiny_model_dir, tmp_path / "b", r=4, seed=6)
@@ -313,7 +313,7 @@ def test_every_method_writes_a_loadable_adapter(tiny_model_dir, tmp_path, method
 def test_svd_merge_handles_different_ranks(tiny_model_dir, tmp_path):
     from workbench.config.export import MergeAdaptersArgs
     from workbench.config.model import ModelArgs
-    from workbench.export import Progress, combine_adapters
+    from workbench.export.merge import Progress, combine_adapters
 
     a = make_adapter(tiny_model_dir, tmp_path / "a", r=2, seed=7)
     b = make_adapter(tiny_model_dir, tmp_path / "b", r=6, seed=8)
@@ -406,7 +406,7 @@ def test_failure_after_loading_removes_the_partial_directory(cli, bundled_model_
 
 def test_output_dir_rules_unit(tmp_path):
     from workbench.config.base import OptionError
-    from workbench.export import StagingDir, check_output
+    from workbench.export.merge import StagingDir, check_output
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -446,7 +446,7 @@ def test_merged_model_answers_with_its_training_template(tiny_model_dir, tmp_pat
     from workbench.config.export import ExportArgs
     from workbench.config.model import ModelArgs
     from workbench.data.templates import resolve_template
-    from workbench.export import Progress, merge_into_model
+    from workbench.export.merge import Progress, merge_into_model
     from workbench.infer.engine import ChatEngine
     from workbench.models.loader import load_model
 
@@ -470,7 +470,7 @@ def test_merged_model_answers_with_its_training_template(tiny_model_dir, tmp_pat
 
 
 def test_exported_models_are_listed_for_the_pickers(cli, tiny_model_dir, tiny_adapter, wb_home):
-    from workbench.export import exports_dir, list_exported_models
+    from workbench.export.merge import exports_dir, list_exported_models
 
     result = cli("export", "--model", str(tiny_model_dir), "--adapter", f"demo={tiny_adapter}",
                  env={"WORKBENCH_HOME": str(wb_home)})
@@ -508,7 +508,9 @@ def test_abort_mid_export_leaves_nothing(bundled_model_dir, tmp_path):
 def test_command_argv_round_trips_through_the_cli_parser(tiny_model_dir, tiny_adapter):
     from workbench.cli import build_parser
     from workbench.config.export import MergeAdaptersArgs
-    from workbench.export import MERGE, _split, command_argv
+    from workbench.export.merge import MERGE
+    from workbench.export.cli import _split
+    from workbench.export.launch import command_argv
 
     opts = MergeAdaptersArgs(method="dare_ties", weights="1,0.5", density=0.3, out="/tmp/x", overwrite=True)
     adapters = {"a": str(tiny_adapter), "b": str(tiny_adapter)}

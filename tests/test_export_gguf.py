@@ -32,7 +32,7 @@ def reader(path: Path):
 
 
 def metadata(path: Path) -> dict:
-    from workbench.export_gguf import read_metadata
+    from workbench.export.gguf import read_metadata
 
     return read_metadata(path)
 
@@ -227,7 +227,7 @@ def test_quant_types_keep_norms_f32_and_stay_close_to_the_weights(tiny_model_dir
 
     from workbench.config.export import ExportArgs
     from workbench.config.model import ModelArgs
-    from workbench.export import Progress, merge_into_model
+    from workbench.export.merge import Progress, merge_into_model
 
     out = tmp_path / f"tiny-{quant}.gguf"
     record = merge_into_model(ModelArgs(model_name_or_path=str(tiny_model_dir)), {},
@@ -247,7 +247,7 @@ def test_quant_types_keep_norms_f32_and_stay_close_to_the_weights(tiny_model_dir
 
 
 def test_tensor_types_follow_llama_cpp_rules():
-    from workbench.export_gguf import tensor_type
+    from workbench.export.gguf import tensor_type
 
     assert tensor_type("blk.0.attn_norm.weight", (64,), "q8_0").name == "F32"
     assert tensor_type("blk.0.attn_q.bias", (64,), "f16").name == "F32"
@@ -260,7 +260,7 @@ def test_llama_permutation_is_what_transformers_gguf_loader_undoes():
     import numpy as np
     from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
 
-    from workbench.export_gguf import permute_rows
+    from workbench.export.gguf import permute_rows
 
     weights = np.arange(24 * 6, dtype=np.float32).reshape(24, 6)  # 6 heads of 4 rows (or 3 kv heads of 8)
     for heads, kv_heads, name in ((6, 6, "blk.0.attn_q.weight"), (6, 3, "blk.0.attn_k.weight")):
@@ -363,7 +363,7 @@ def test_an_architecture_it_cannot_write_is_refused_clearly(cli, bundled_model_d
 
 def test_rope_scaling_it_cannot_write_is_refused():
     from workbench.config.base import WorkbenchError
-    from workbench.export_gguf import check_model_config
+    from workbench.export.gguf import check_model_config
 
     config = {"architectures": ["LlamaForCausalLM"], "rope_parameters": {"rope_type": "dynamic", "factor": 2.0,
                                                                          "rope_theta": 10000.0}}
@@ -414,7 +414,7 @@ def test_overwrite_replaces_an_earlier_gguf_and_the_default_name(cli, tiny_model
     again = cli("export", "--model", str(tiny_model_dir), "--format", "gguf", "--quant", "q8_0", "--out", str(path),
                 "--overwrite")
     assert again.returncode == 0, again.stderr
-    from workbench.export import list_exported_models
+    from workbench.export.merge import list_exported_models
 
     assert list_exported_models() == []  # a GGUF file is not offered to the model pickers (Workbench loads safetensors)
 
@@ -423,7 +423,7 @@ def test_overwrite_replaces_an_earlier_gguf_and_the_default_name(cli, tiny_model
 
 def test_export_tab_builds_the_gguf_command(tiny_model_dir, tiny_adapter, wb_home):
     from workbench.config.base import OptionError
-    from workbench.export import command_argv, preflight
+    from workbench.export.launch import command_argv, preflight
     from workbench.ui import export_tab
 
     values = {"format": "gguf", "quant": "q8_0", "adapter_only": False, "dtype": "auto", "shard_size": "500MB",

@@ -20,7 +20,9 @@ import psutil
 import pytest
 import yaml
 
-from workbench import jobs, runs
+from workbench.jobs import store as jobs
+from workbench.jobs import runs
+from workbench import rundir
 from workbench.config.base import WorkbenchError
 
 PY = sys.executable
@@ -235,7 +237,8 @@ def test_reattach_after_the_starting_process_exits(root):
     # A stand-in for the UI: starts a job and exits at once.
     ui = subprocess.run([PY, "-c", textwrap.dedent(f"""
         import sys
-        from workbench import jobs
+        from workbench.jobs import store as jobs
+        from workbench import rundir
         jobs.start_job("train", "detached", {script("import time; time.sleep(2); print('survived the UI')")!r},
                        root={str(root)!r})
     """)], capture_output=True, text=True, timeout=60)
@@ -424,8 +427,8 @@ def test_list_adapters_skips_reward_model_runs(root):
     for name, stage in (("chat-sft", "sft"), ("chat-dpo", "dpo"), ("scorer-rm", "rm")):
         path = root / name
         path.mkdir(parents=True)
-        (path / runs.RUN_FILE).write_text(json.dumps({"stage": stage, "base_model": "base"}))
-        (path / runs.ADAPTER_FILE).write_text("{}")
+        (path / rundir.RUN_RECORD).write_text(json.dumps({"stage": stage, "base_model": "base"}))
+        (path / rundir.ADAPTER_CONFIG).write_text("{}")
     listed = {name: (where, base) for name, where, base in runs.list_adapters(root)}
     assert listed == {"chat-sft": (str(root / "chat-sft"), "base"), "chat-dpo": (str(root / "chat-dpo"), "base")}
 

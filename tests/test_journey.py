@@ -43,7 +43,7 @@ def journey(tmp_path_factory, bundled_model_dir, browser):
     shots.mkdir(parents=True, exist_ok=True)
     yield {"server": server, "page": page, "home": home, "shots": shots, "work": tmp_path_factory.mktemp("journey")}
     context.close()
-    from workbench import jobs
+    from workbench.jobs import store as jobs
 
     for job in jobs.list_jobs(home / "runs"):
         if job.is_active():

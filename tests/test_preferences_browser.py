@@ -17,7 +17,7 @@ import pytest
 from playwright.sync_api import expect
 
 from chat_helpers import make_adapter
-from workbench import jobs
+from workbench.jobs import store as jobs
 from workbench.data.preferences import read_rows
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.expect_timeout(60_000)]

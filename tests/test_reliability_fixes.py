@@ -22,7 +22,7 @@ import pytest
 
 from helpers import tiny_values as base_tiny_values
 
-from workbench import jobs
+from workbench.jobs import store as jobs
 from workbench.config.base import OptionError, WorkbenchError
 from workbench.config.train import parse_train_config
 from workbench.train.callbacks import ProgressCallback, read_progress
@@ -269,7 +269,7 @@ def test_a_sigkilled_job_is_reported_as_killed_not_as_out_of_memory(tmp_path):
     error = st["error"]
     assert error.startswith("killed (SIGKILL) by something outside Workbench: a `kill -9`"), error
     assert "out of memory?" not in error and "or the system running out of memory" in error
-    from workbench.jobs_supervisor import count_oom_kills, oom_counter
+    from workbench.jobs.supervisor import count_oom_kills, oom_counter
 
     counter = oom_counter()
     if counter is not None and count_oom_kills(counter) is not None:

@@ -20,7 +20,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from workbench import jobs, runs
+from workbench.jobs import store as jobs
+from workbench.jobs import runs
+from workbench import rundir
 from workbench.cli import main
 from workbench.config.base import WorkbenchError
 
@@ -48,7 +50,7 @@ def cli_trained_run(root: Path, name: str) -> Path:
     (path / "adapter_config.json").write_text("{}")
     (path / "adapter_model.safetensors").write_bytes(b"weights")
     (path / "checkpoint-10" / "adapter_model.safetensors").write_bytes(b"weights")
-    (path / runs.RUN_FILE).write_text(json.dumps({"stage": "sft", "base_model": "m"}))
+    (path / rundir.RUN_RECORD).write_text(json.dumps({"stage": "sft", "base_model": "m"}))
     return path
 
 

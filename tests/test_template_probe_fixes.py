@@ -205,13 +205,13 @@ def test_length_stats_count_the_examples_cutoff_shortens(tokenizer):
 
 
 def test_train_tab_plan_refuses_or_warns_about_the_template(tmp_path):
-    from workbench import runs
+    from workbench.train import plan as train_plan
 
     values = {"model_name_or_path": "smollm2-135m-instruct", "dataset": "identity", "max_steps": 2}
     with pytest.raises(WorkbenchError, match="template 'llama3' does not fit the tokenizer"):
-        runs.plan_training({**values, "template": "llama3"}, "l3", root=tmp_path)
-    plan = runs.plan_training({**values, "template": "llama2"}, "l2", root=tmp_path)
+        train_plan.plan_training({**values, "template": "llama3"}, "l3", root=tmp_path)
+    plan = train_plan.plan_training({**values, "template": "llama2"}, "l2", root=tmp_path)
     assert any(w.startswith("template llama2: template 'llama2' renders") for w in plan.warnings)
-    assert not any("template" in w for w in runs.plan_training(values, "auto", root=tmp_path).warnings)
+    assert not any("template" in w for w in train_plan.plan_training(values, "auto", root=tmp_path).warnings)
     # Plain-text pre-training has no template to check.
-    runs.plan_training({**values, "template": "llama3", "stage": "pt"}, "pt", root=tmp_path)
+    train_plan.plan_training({**values, "template": "llama3", "stage": "pt"}, "pt", root=tmp_path)

@@ -453,7 +453,7 @@ def test_two_process_run_matches_one_process_with_the_doubled_batch(tiny_model_d
 
 def test_accelerate_command(tiny_model_dir):
     from workbench.config.train import LaunchArgs
-    from workbench.train.launch import accelerate_argv, child_flags
+    from workbench.train.distributed import accelerate_argv, child_flags
 
     cfg = parse_train_config({"model_name_or_path": str(tiny_model_dir), "dataset": "identity", "bf16": True,
                               "deepspeed": "z3"})

@@ -10,7 +10,10 @@ import gradio as gr
 import pytest
 import yaml
 
-from workbench import presets, resources, runs
+from workbench.train import presets
+from workbench.models import resources
+from workbench.train import plan as train_plan
+from workbench.train import launch as train_launch
 from workbench.config.base import OptionError, WorkbenchError, option_fields
 from workbench.ui import train_tab
 from workbench.ui.plots import loss_figure, overlay_figure, progress_html
@@ -22,7 +25,7 @@ def test_every_training_option_has_exactly_one_place():
     placed = [name for names in sections.values() for name in names]
     assert len(placed) == len(set(placed))
     expected = set()
-    for cls in runs.train_option_classes():
+    for cls in train_plan.train_option_classes():
         expected |= {n for n, f in option_fields(cls).items() if f.metadata.get("ui", True)}
     expected -= set(train_tab.TOP_BAR) | set(train_tab.SKIP)
     assert set(placed) == expected
@@ -60,8 +63,8 @@ def test_preset_values_survive_the_form_and_plan(tmp_path):
            for n in names]
     collected = train_tab.collect_values(names, raw, values["model_name_or_path"], values.get("template", "auto"),
                                          "auto", "none")
-    plan = runs.plan_training(collected, "from-preset", root=tmp_path)
-    expected = runs.compact_config({**values, "output_dir": str(tmp_path / "from-preset")})
+    plan = train_plan.plan_training(collected, "from-preset", root=tmp_path)
+    expected = train_plan.compact_config({**values, "output_dir": str(tmp_path / "from-preset")})
     assert plan.config == expected
     assert plan.argv == [sys.executable, "-m", "workbench", "train", str(tmp_path / "from-preset" / "config.yaml")]
     assert collected["report_to"] == "none"  # text "none" is a value, not the dropdown's unset entry
@@ -99,9 +102,9 @@ def test_deepspeed_is_a_dropdown_of_presets_that_takes_a_typed_path():
 
 
 def test_preview_shows_the_accelerate_command_a_launched_run_expands_to(tmp_path, monkeypatch):
-    single = runs.plan_training(_values(), "single", root=tmp_path)
+    single = train_plan.plan_training(_values(), "single", root=tmp_path)
     assert train_tab.preview_command(single) == single.command  # one process: just the command
-    plan = runs.plan_training(_values(num_processes=2), "dp", root=tmp_path)
+    plan = train_plan.plan_training(_values(num_processes=2), "dp", root=tmp_path)
     first, second = train_tab.preview_command(plan).split("\n")
     assert first == plan.command and first.endswith("--launch --num_processes 2")
     prefix = "# which runs: "
@@ -110,7 +113,7 @@ def test_preview_shows_the_accelerate_command_a_launched_run_expands_to(tmp_path
     assert argv[:3] == [sys.executable, "-m", "accelerate.commands.launch"] and "--multi_gpu" in argv
     assert argv[argv.index("--num_processes") + 1] == "2"
     # Exactly what `workbench train config.yaml --launch --num_processes 2` runs (without running it).
-    import workbench.train.launch as launch_module
+    import workbench.train.distributed as launch_module
     from workbench.train.cli import _launch
 
     launched = []
@@ -126,26 +129,26 @@ def _values(**over):
 
 
 def test_plan_launch_resume_and_name_rules(tmp_path):
-    plan = runs.plan_training(_values(num_processes=2), "dp", root=tmp_path)
+    plan = train_plan.plan_training(_values(num_processes=2), "dp", root=tmp_path)
     assert plan.argv[-3:] == ["--launch", "--num_processes", "2"]
     assert "num_processes" not in plan.config  # launch options travel on the command line
     with pytest.raises(OptionError, match="resume_from_checkpoint: run 'new' does not exist yet"):
-        runs.plan_training(_values(resume_from_checkpoint="true"), "new", root=tmp_path)
+        train_plan.plan_training(_values(resume_from_checkpoint="true"), "new", root=tmp_path)
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "log.txt").write_text("x")
     with pytest.raises(WorkbenchError, match="run 'old' already exists"):
-        runs.plan_training(_values(), "old", root=tmp_path)
+        train_plan.plan_training(_values(), "old", root=tmp_path)
     with pytest.raises(OptionError, match="resume_from_checkpoint: true, but .* holds no checkpoint"):
-        runs.plan_training(_values(resume_from_checkpoint="true"), "old", root=tmp_path)
+        train_plan.plan_training(_values(resume_from_checkpoint="true"), "old", root=tmp_path)
     (tmp_path / "old" / "checkpoint-2").mkdir()
     (tmp_path / "old" / "checkpoint-2" / "trainer_state.json").write_text("{}")
-    assert runs.plan_training(_values(resume_from_checkpoint="true"), "old", root=tmp_path).reuse
+    assert train_plan.plan_training(_values(resume_from_checkpoint="true"), "old", root=tmp_path).reuse
     with pytest.raises(WorkbenchError, match="not allowed"):
-        runs.plan_training(_values(), "../up", root=tmp_path)
+        train_plan.plan_training(_values(), "../up", root=tmp_path)
     with pytest.raises(WorkbenchError, match="dataset 'nope' is not in"):
-        runs.plan_training(_values(dataset="nope"), "x", root=tmp_path)
+        train_plan.plan_training(_values(dataset="nope"), "x", root=tmp_path)
     with pytest.raises(OptionError, match="dataset: name at least one dataset"):
-        runs.plan_training(_values(dataset=None), "x", root=tmp_path)
+        train_plan.plan_training(_values(dataset=None), "x", root=tmp_path)
 
 
 def test_presets_save_load_and_bad_files(wb_home):
@@ -179,19 +182,19 @@ def test_start_is_refused_when_the_chat_model_leaves_too_little_memory(tiny_mode
 
     manager = ModelManager()
     loaded = manager.load(ModelArgs(model_name_or_path=str(tiny_model_dir)))
-    plan = runs.plan_training(_values(model_name_or_path=str(tiny_model_dir)), "mem", root=tmp_path)
-    runs.check_train_memory(plan, loaded)  # plenty of memory here: no complaint
+    plan = train_plan.plan_training(_values(model_name_or_path=str(tiny_model_dir)), "mem", root=tmp_path)
+    train_plan.check_train_memory(plan, loaded)  # plenty of memory here: no complaint
     monkeypatch.setenv("WORKBENCH_MAX_MEMORY", "64MiB")  # a small machine
     with pytest.raises(WorkbenchError) as err:
-        runs.check_train_memory(plan, loaded)
+        train_plan.check_train_memory(plan, loaded)
     text = str(err.value)
     assert "this training run needs about" in text and "only 64 MiB is available RAM, capped by WORKBENCH_MAX_MEMORY" in text
     assert f"The chat model {loaded.label} holds about" in text and "Unload" in text
     with pytest.raises(WorkbenchError, match="Lower the batch size"):
-        runs.check_train_memory(plan, None)
+        train_plan.check_train_memory(plan, None)
     monkeypatch.setenv("WORKBENCH_MAX_MEMORY", "lots")
     with pytest.raises(WorkbenchError, match="WORKBENCH_MAX_MEMORY='lots'"):
-        runs.check_train_memory(plan, None)
+        train_plan.check_train_memory(plan, None)
 
 
 def test_memory_estimate_orders_methods_sensibly(bundled_model_dir):
@@ -226,7 +229,7 @@ def test_abort_keeps_the_last_checkpoint_and_resume_continues(tiny_model_dir, tm
     root = tmp_path / "runs"
     values = _values(model_name_or_path=str(tiny_model_dir), max_steps=100000, save_steps=3, logging_steps=1,
                      per_device_train_batch_size=2, cutoff_len=64)
-    job = runs.start_training(runs.plan_training(values, "resumable", root=root))
+    job = train_launch.start_training(train_plan.plan_training(values, "resumable", root=root))
     try:
         _abort_after_checkpoint(job)
     finally:
@@ -246,7 +249,9 @@ def _abort_after_checkpoint(job) -> None:
 
 
 def _resume_and_check(job, values, root) -> None:
-    from workbench import jobs
+    from workbench.jobs import store as jobs
+    from workbench.train import plan as train_plan
+    from workbench.train import launch as train_launch
 
     saved = [p for p in job.path.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
     last = max(int(p.name.split("-")[1]) for p in saved)
@@ -255,10 +260,10 @@ def _resume_and_check(job, values, root) -> None:
     (job.path / "checkpoint-999999" / "adapter_model.safetensors").write_bytes(b"partial")
 
     with pytest.raises(WorkbenchError, match="already exists"):
-        runs.plan_training(values, "resumable", root=root)
-    plan = runs.plan_training({**values, "max_steps": last + 2, "resume_from_checkpoint": "true"}, "resumable",
+        train_plan.plan_training(values, "resumable", root=root)
+    plan = train_plan.plan_training({**values, "max_steps": last + 2, "resume_from_checkpoint": "true"}, "resumable",
                               root=root)
-    resumed = runs.start_training(plan)
+    resumed = train_launch.start_training(plan)
     try:
         st = resumed.wait(300)
     finally:

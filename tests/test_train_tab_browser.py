@@ -16,7 +16,8 @@ import pytest
 import yaml
 from playwright.sync_api import expect
 
-from workbench import jobs, runs
+from workbench.jobs import store as jobs
+from workbench.jobs import runs
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.expect_timeout(30_000)]
 

@@ -62,7 +62,7 @@ def test_a_finished_training_run_refreshes_the_evaluate_and_export_adapter_picke
 def test_evaluate_model_pickers_offer_exported_models(app, wb_home, monkeypatch):
     """After an export finishes (the Export tab bumps adapters_version) or on Refresh, the Evaluate tab's base
     model picker lists the registry and the exported models, and the merged-models picker the exported ones."""
-    from workbench.export import exports_dir
+    from workbench.export.merge import exports_dir
     from workbench.models import registry
 
     monkeypatch.delenv("WORKBENCH_EXPORTS", raising=False)

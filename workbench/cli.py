@@ -20,11 +20,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("workbench.train.cli:train", "fine-tune: stages pt/sft/rm/dpo with LoRA, QLoRA, freeze or full (YAML + --key value)"),
     "chat": ("workbench.infer.cli:chat", "chat with a model (and adapters) in the terminal, or answer one --prompt"),
     "api": ("workbench.infer.api:api", "serve the model and its adapters over an OpenAI-compatible HTTP API (/v1/chat/completions)"),
-    "export": ("workbench.export:export", "merge adapter(s) into the base model and save a standalone model (safetensors, or GGUF with --format gguf)"),
-    "merge-adapters": ("workbench.export:merge_adapters", "combine several LoRA adapters into one new adapter (linear, cat, svd, ties, dare)"),
+    "export": ("workbench.export.cli:export", "merge adapter(s) into the base model and save a standalone model (safetensors, or GGUF with --format gguf)"),
+    "merge-adapters": ("workbench.export.cli:merge_adapters", "combine several LoRA adapters into one new adapter (linear, cat, svd, ties, dare)"),
     "data": ("workbench.data.cli:data", "check, preview and convert datasets (dataset_info.json, templates, seed tasks)"),
     "eval": ("workbench.evaluate.cli:eval", "evaluate the base model and adapters on tasks (BLEU, ROUGE-1, EM) in mixed batches; writes the matrix"),
-    "jobs": ("workbench.jobs_cli:jobs", "list, follow, abort, delete and start jobs in the runs directory (training queues one at a time)"),
+    "jobs": ("workbench.jobs.cli:jobs", "list, follow, abort, delete and start jobs in the runs directory (training queues one at a time)"),
     "score": ("workbench.evaluate.cli:score", "score predictions: SQuAD v2.0 EM/F1, sacreBLEU, ROUGE (official definitions)"),
 }
 

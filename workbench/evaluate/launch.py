@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shlex
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from workbench.config.eval import EvalArgs
 from workbench.config.generation import GenerationArgs
 from workbench.config.model import ModelArgs
 from workbench.evaluate.tasks import parse_task_specs
+from workbench.rundir import timestamped
 
 KIND = "eval"
 
@@ -87,7 +87,7 @@ def plan_eval(model_args: ModelArgs, adapters: dict[str, str], eval_args: EvalAr
     check_adapters_base(model_args.model_name_or_path, adapters)  # trained on another base model: refuse
     if not adapters and not eval_args.include_base and not eval_args.merged:
         raise WorkbenchError("nothing to evaluate: choose adapters, or include the base model")
-    name = name or time.strftime("eval-%Y%m%d-%H%M%S")
+    name = name or timestamped("eval")
     out = run_path(name, Path(root).expanduser() if root else runs_dir())
     argv = eval_argv(model_args, adapters, eval_args, gen, out)
     config = {"model": model_args.to_dict(non_default_only=True) | {"model_name_or_path": model_args.model_name_or_path},
@@ -98,7 +98,7 @@ def plan_eval(model_args: ModelArgs, adapters: dict[str, str], eval_args: EvalAr
 
 def start_eval(plan: EvalPlan, root: Path | str | None = None):
     """Run the plan as a job (queued behind other device jobs); returns the Job."""
-    from workbench import jobs
+    from workbench.jobs import store as jobs
     from workbench.paths import PROJECT_ROOT
 
     return jobs.start_job(KIND, plan.name, plan.argv, plan.config, cwd=PROJECT_ROOT, root=root)

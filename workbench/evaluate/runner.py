@@ -35,6 +35,7 @@ from workbench.config.generation import GenerationArgs
 from workbench.config.model import ModelArgs
 from workbench.evaluate import metrics as M
 from workbench.evaluate.tasks import Example, Task, build_tasks
+from workbench.rundir import PROGRESS_FILE, timestamped
 
 BASE = "base"
 
@@ -222,7 +223,7 @@ def matrix_markdown(results: dict) -> str:
 def default_output_dir() -> Path:
     from workbench.paths import run_path
 
-    return run_path(time.strftime("eval-%Y%m%d-%H%M%S"))
+    return run_path(timestamped("eval"))
 
 
 def _variants(adapters: dict[str, str], merged: dict[str, str], include_base: bool, model: str) -> list[Variant]:
@@ -286,7 +287,7 @@ def evaluate(model_args: ModelArgs, eval_args: EvalArgs, gen: GenerationArgs, *,
             groups.append((v.name, dataclasses.replace(model_args, model_name_or_path=v.path,
                                                        adapter_name_or_path=None), {}, [v.name]))
     total = sum(len(t.examples) for t in tasks) * len(variants)
-    progress = Progress(total, out_dir / "progress.jsonl" if main else None, say, scale=world)
+    progress = Progress(total, out_dir / PROGRESS_FILE if main else None, say, scale=world)
     predictions: dict[tuple[str, str], list[str]] = {}
     gen_seconds, new_tokens, prompt_tokens = 0.0, 0, 0
     truncated: dict[str, int] = {}

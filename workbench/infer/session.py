@@ -16,8 +16,8 @@ from workbench.models import registry
 from workbench.models.adapters import (check_adapter_finite, check_adapter_fits, parse_adapter_specs,
                                        read_adapter_config)
 from workbench.models.loader import LoadedModel, load_model
+from workbench.rundir import RUN_RECORD
 
-RUN_FILE = "workbench_run.json"
 
 
 def _identities(name: str | None) -> set[str]:
@@ -40,7 +40,7 @@ def _identities(name: str | None) -> set[str]:
 def adapter_trained_on(path: str | Path) -> list[str]:
     """The base model(s) an adapter says it was trained on: our run record, then PEFT's config."""
     names = []
-    run_file = Path(path).expanduser() / RUN_FILE
+    run_file = Path(path).expanduser() / RUN_RECORD
     if run_file.is_file():
         try:
             base = json.loads(run_file.read_text(encoding="utf-8")).get("base_model")

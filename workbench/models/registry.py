@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from workbench.rundir import EXPORT_RECORD, RUN_RECORD
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,7 +55,6 @@ def lookup(name_or_path: str) -> ModelInfo | None:
     return None
 
 
-EXPORT_RECORD = "workbench_export.json"  # written next to a merged model by workbench.export
 
 
 def _recorded_template(directory: str, record: str) -> str | None:
@@ -75,7 +75,6 @@ def exported_template(name_or_path: str) -> str | None:
     return _recorded_template(name_or_path, EXPORT_RECORD)
 
 
-RUN_RECORD = "workbench_run.json"  # written into an adapter's directory at the end of training
 
 
 def adapter_template(path: str) -> str | None:

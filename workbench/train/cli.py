@@ -94,7 +94,7 @@ def _launch(cfg: TrainConfig, launch: LaunchArgs, config_path: str | None, overr
 
     from workbench.config.train import check_deepspeed_installed
     from workbench.train import outputs as out
-    from workbench.train.launch import launched_train_argv, run_launch
+    from workbench.train.distributed import launched_train_argv, run_launch
     from workbench.train.run import LAUNCHED_ENV, check_datasets_fit_stage
 
     tr = cfg.train

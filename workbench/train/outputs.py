@@ -8,19 +8,18 @@ import os
 import re
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from workbench.config.base import OptionError, WorkbenchError, dump_yaml
+from workbench.paths import run_path
+from workbench.rundir import PROGRESS_FILE, RUN_RECORD, default_run_name
 
-RUN_FILE = "workbench_run.json"
-PROGRESS_FILE = "progress.jsonl"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # What a finished or interrupted run leaves behind; a Job's own files (config.yaml, command.txt,
 # status.json, log.txt) may already be there and are not a sign of another run.
 RUN_ARTIFACTS = (
-    RUN_FILE, "adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "model.safetensors",
+    RUN_RECORD, "adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "model.safetensors",
     "model.safetensors.index.json", "pytorch_model.bin", "all_results.json", "train_results.json",
     "eval_results.json", "trainer_state.json", "loss.png", "training_args.bin",
 )
@@ -29,9 +28,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 
 def default_output_dir(stage: str, finetuning_type: str) -> Path:
-    from workbench.paths import run_path
-
-    return run_path(f"{stage}-{finetuning_type}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return run_path(default_run_name(stage, finetuning_type))
 
 
 def checkpoints(output_dir: Path) -> list[Path]:
@@ -153,10 +150,10 @@ def write_config(path: Path, values: dict[str, Any]) -> None:
 
 
 def read_run(output_dir: str | Path) -> dict[str, Any]:
-    path = Path(output_dir) / RUN_FILE
+    path = Path(output_dir) / RUN_RECORD
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise WorkbenchError(f"{output_dir} is not a finished training run ({RUN_FILE} is missing)") from None
+        raise WorkbenchError(f"{output_dir} is not a finished training run ({RUN_RECORD} is missing)") from None
     except ValueError as exc:
         raise WorkbenchError(f"{path}: not valid JSON ({exc})") from None

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from workbench.config.base import OptionError, WorkbenchError
 from workbench.config.train import TrainConfig, check_deepspeed_installed, resolve_deepspeed_config
+from workbench.rundir import CONFIG_FILE, PROGRESS_FILE, RUN_RECORD
 from workbench.train import outputs as out
 
 LAUNCHED_ENV = "WORKBENCH_LAUNCHED"  # set by --launch: the parent already prepared output_dir
@@ -288,7 +289,7 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = _log) -> dict
 
     from workbench.train.callbacks import ProgressCallback, truncate_progress
 
-    progress_path = output_dir / out.PROGRESS_FILE
+    progress_path = output_dir / PROGRESS_FILE
     if main:
         if resume is not None:
             import json
@@ -374,8 +375,8 @@ def _write_run_files(cfg: TrainConfig, output_dir: Path, template: str, plan: di
     resolved = cfg.to_dict()
     resolved["template"] = template
     resolved["output_dir"] = str(output_dir)
-    out.write_config(output_dir / "config.yaml", resolved)
-    out.write_json(output_dir / out.RUN_FILE, {
+    out.write_config(output_dir / CONFIG_FILE, resolved)
+    out.write_json(output_dir / RUN_RECORD, {
         "stage": ft.stage,
         "finetuning_type": ft.finetuning_type,
         "base_model": cfg.model.model_name_or_path,
@@ -390,5 +391,5 @@ def _write_run_files(cfg: TrainConfig, output_dir: Path, template: str, plan: di
     if ft.plot_loss:
         from workbench.train.plot import plot_loss
 
-        plot_loss(output_dir / out.PROGRESS_FILE, output_dir / "loss.png",
+        plot_loss(output_dir / PROGRESS_FILE, output_dir / "loss.png",
                   title=f"{cfg.model.model_name_or_path} · {ft.stage} · {ft.finetuning_type}")

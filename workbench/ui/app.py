@@ -49,7 +49,7 @@ def template_choices() -> list[str]:
 
 
 def model_choices() -> list[str]:
-    from workbench.export import list_exported_models  # merged models appear next to the registry's
+    from workbench.export.merge import list_exported_models  # merged models appear next to the registry's
 
     return list(registry.MODELS) + list_exported_models()
 

@@ -50,7 +50,7 @@ def _version(ctx: AppContext, key: str) -> gr.State:
 def adapter_choices() -> list[tuple[str, str]]:
     """Finished training runs as (label, "NAME=DIR")."""
     try:
-        from workbench.runs import list_adapters
+        from workbench.jobs.runs import list_adapters
     except ImportError:  # the runs module is optional for the chat tab
         return []
     return [(f"{name} ({base})" if base else name, f"{name}={path}") for name, path, base in list_adapters()]

@@ -50,7 +50,7 @@ def _model_choices() -> list[str]:
 
 
 def _exported_models() -> list[str]:
-    from workbench.export import list_exported_models
+    from workbench.export.merge import list_exported_models
 
     return list_exported_models()
 
@@ -307,7 +307,7 @@ def build(ctx: AppContext) -> None:
         return i, text, table
 
     def on_tick(state):
-        from workbench import jobs
+        from workbench.jobs import store as jobs
         from workbench.evaluate.launch import progress_summary
 
         keep = (gr.update(),) * 4
@@ -338,7 +338,7 @@ def build(ctx: AppContext) -> None:
         return (None, f"❌ {str(state_v).capitalize()}: {st.get('error') or 'see the log'}", line, tail, gr.update())
 
     def on_abort(state):
-        from workbench.jobs import get_job
+        from workbench.jobs.store import get_job
 
         if not state:
             return "Nothing is running."

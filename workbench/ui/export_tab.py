@@ -19,7 +19,8 @@ import gradio as gr
 from workbench.config.base import WorkbenchError
 from workbench.config.export import (DEFAULT_SHARD_SIZE, DENSITY_METHODS, ExportArgs, MergeAdaptersArgs,
                                      OutputOptions)
-from workbench.export import EXPORT, MERGE, command_argv, start_export_job
+from workbench.export.merge import EXPORT, MERGE
+from workbench.export.launch import command_argv, start_export_job
 from workbench.models.adapters import adapter_name_for
 from workbench.ui.context import AppContext
 from workbench.ui.forms import collect, option_components
@@ -44,13 +45,13 @@ def adapters_changed(ctx: AppContext) -> gr.State:
 
 def adapter_choices() -> list[tuple[str, str]]:
     """Finished runs as (label, adapter directory) for the picker."""
-    from workbench.runs import list_adapters
+    from workbench.jobs.runs import list_adapters
 
     return [(f"{name} ({base})" if base else name, path) for name, path, base in list_adapters()]
 
 
 def _base_of(path: str) -> str | None:
-    from workbench.runs import list_adapters
+    from workbench.jobs.runs import list_adapters
 
     return next((base for _, where, base in list_adapters() if where == path and base), None)
 
@@ -233,7 +234,7 @@ def build(ctx: AppContext) -> None:
                 f"⏳ Started job {job.name} → {out}", job.tail_log(20), gr.update(active=True))
 
     def on_tick(state, version_v):
-        from workbench.jobs import get_job
+        from workbench.jobs.store import get_job
 
         keep = (gr.update(), gr.update(), version_v)
         if not state:
@@ -260,7 +261,7 @@ def build(ctx: AppContext) -> None:
                 gr.update(choices=adapter_choices()), version_v + 1)
 
     def on_abort(state):
-        from workbench.jobs import get_job
+        from workbench.jobs.store import get_job
 
         if not state:
             return "Nothing is running."

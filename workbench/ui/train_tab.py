@@ -19,7 +19,11 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from workbench import jobs, presets, runs
+from workbench.jobs import store as jobs
+from workbench.train import presets
+from workbench.jobs import runs
+from workbench.train import plan as train_plan
+from workbench.train import launch as train_launch
 from workbench.config.base import OptionError, WorkbenchError, coerce, option_fields
 from workbench.data.registry import dataset_names
 from workbench.paths import project_data_dir
@@ -61,7 +65,7 @@ def form_fields() -> dict[str, tuple[type, str]]:
     """Option name → (declaring class, section), in declaration order; first declaration wins."""
     known = {g for g, *_ in GROUPS}
     out: dict[str, tuple[type, str]] = {}
-    for cls in runs.train_option_classes():
+    for cls in train_plan.train_option_classes():
         for name, f in option_fields(cls).items():
             if name in out or name in TOP_BAR or name in SKIP or not f.metadata.get("ui", True):
                 continue
@@ -94,8 +98,8 @@ def collect_values(names: list[str], raw: list[Any], model: Any, template: Any, 
                    quantization: Any) -> dict[str, Any]:
     """Raw component values → a flat option mapping (YAML keys). An emptied box of an option that
     needs a value is an error naming that option, never a silent default."""
-    defaults = runs.option_defaults()
-    dropdowns = {n for cls in runs.train_option_classes() for n, f in option_fields(cls).items()
+    defaults = train_plan.option_defaults()
+    dropdowns = {n for cls in train_plan.train_option_classes() for n, f in option_fields(cls).items()
                  if f.metadata.get("choices")}
     values: dict[str, Any] = {
         "model_name_or_path": str(model or "").strip(),
@@ -134,12 +138,12 @@ def component_value(component: Any, name: str, value: Any) -> Any:
     return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
-def preview_command(plan: runs.TrainPlan) -> str:
+def preview_command(plan: train_plan.TrainPlan) -> str:
     """The command Start runs; for a launched run, a second line (a shell comment) with the
     ``accelerate launch`` command it expands to (as ``workbench.train.cli._launch`` builds it)."""
     if "--launch" not in plan.argv:
         return plan.command
-    from workbench.train.launch import launched_train_argv
+    from workbench.train.distributed import launched_train_argv
 
     output_dir = Path(plan.train_config.train.output_dir).expanduser().resolve()
     argv = launched_train_argv(plan.train_config, plan.launch, plan.path / jobs.CONFIG_FILE, {}, output_dir)
@@ -246,7 +250,7 @@ def build(ctx: AppContext) -> None:
         "填写表单（模型、模板、精度和量化来自顶部栏），用**预览**查看将要运行的确切命令，然后点击**开始**。"
         "训练在独立进程中运行：关闭或刷新页面不会中断；同一时间只有一个训练任务占用设备，其余排队等待。"))
     with gr.Row(equal_height=True):
-        run_name = gr.Textbox(value=lambda: runs.default_run_name(), label=T("Run name", "运行名称"), scale=2,
+        run_name = gr.Textbox(value=lambda: train_plan.default_run_name(), label=T("Run name", "运行名称"), scale=2,
                               info=T("Also the output directory under the runs directory",
                                      "也是运行目录下的输出目录名"), elem_id="wb-train-run-name")
         preset = gr.Dropdown(choices=list(presets.list_presets()), value=None, label=T("Preset", "预设"), scale=2,
@@ -323,9 +327,9 @@ def build(ctx: AppContext) -> None:
     timer = gr.Timer(2.0)
 
     # -- handlers --
-    def plan_from(name: str, raw: list[Any]) -> runs.TrainPlan:
+    def plan_from(name: str, raw: list[Any]) -> train_plan.TrainPlan:
         form, top = raw[:len(names)], raw[len(names):]
-        return runs.plan_training(collect_values(names, form, *top), name)
+        return train_plan.plan_training(collect_values(names, form, *top), name)
 
     def on_preview(name, *raw):
         try:
@@ -338,8 +342,8 @@ def build(ctx: AppContext) -> None:
     def on_start(name, *raw):
         try:
             plan = plan_from(name, list(raw))
-            runs.check_train_memory(plan, ctx.manager.current())
-            job = runs.start_training(plan)
+            train_plan.check_train_memory(plan, ctx.manager.current())
+            job = train_launch.start_training(plan)
         except Exception as exc:
             return _message(exc, "Cannot start:"), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         st = job.status()
@@ -351,7 +355,7 @@ def build(ctx: AppContext) -> None:
         text += "".join(f"\n\n⚠️ {w}" for w in plan.warnings)
         choices = run_names()
         return (text, new_watch(job.name), preview_command(plan), plan.yaml,
-                gr.update(value=runs.default_run_name(plan.train_config.finetuning.stage,
+                gr.update(value=train_plan.default_run_name(plan.train_config.finetuning.stage,
                                                       plan.train_config.finetuning.finetuning_type)),
                 gr.update(choices=choices, value=job.name))
 
@@ -517,9 +521,9 @@ def build(ctx: AppContext) -> None:
         try:
             values = collect_values(names, list(raw[:len(names)]), *raw[len(names):])
             for key, value in list(values.items()):  # field-level checks; a preset needs no dataset
-                cls = next(c for c in runs.train_option_classes() if key in option_fields(c))
+                cls = next(c for c in train_plan.train_option_classes() if key in option_fields(c))
                 values[key] = coerce(cls, key, value)
-            path = presets.save_preset(name, runs.compact_config(values))
+            path = presets.save_preset(name, train_plan.compact_config(values))
         except Exception as exc:
             return _message(exc, "Cannot save the preset:"), gr.skip()
         saved = next((k for k, v in presets.list_presets().items() if v == path), path.stem)

@@ -1,7 +1,7 @@
 """Export: merge LoRA adapters into their base model (a standalone model that plain transformers
 loads, or one GGUF file for llama.cpp / Ollama / LM Studio), write an adapter alone as a GGUF LoRA
 adapter, or combine several adapters into one new adapter with PEFT's weighted adapter merging.
-(The GGUF writing itself is :mod:`workbench.export_gguf`.)
+(The GGUF writing itself is :mod:`workbench.export.gguf`.)
 
 All write into a hidden temporary directory (or file) beside the target and rename it into place at
 the end, so a failure or an interruption leaves nothing half-written under the requested name.
@@ -13,7 +13,6 @@ scratch space; the peak resident memory is measured and recorded with every expo
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -24,21 +23,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from workbench.config.base import OptionError, WorkbenchError, add_arguments, from_mapping
+from workbench.config.base import OptionError, WorkbenchError
 from workbench.config.export import (
-    DENSITY_METHODS,
     SAME_RANK_METHODS,
     ExportArgs,
     MergeAdaptersArgs,
 )
 from workbench.config.model import ModelArgs
 from workbench.paths import home, runs_dir
+from workbench.rundir import ADAPTER_CONFIG, EXPORT_RECORD, RUN_RECORD, timestamped
 
 EXPORT, MERGE = "export", "merge-adapters"  # the two commands
-EXPORT_RECORD = "workbench_export.json"  # written into a merged model directory
-RUN_RECORD = "workbench_run.json"  # written into a merged adapter directory (what adapter pickers list)
 # What marks a directory as an earlier export that --overwrite may replace.
-EXPORT_MARKERS = (EXPORT_RECORD, RUN_RECORD, "config.json", "adapter_config.json")
+EXPORT_MARKERS = (EXPORT_RECORD, RUN_RECORD, "config.json", ADAPTER_CONFIG)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 # Internal adapter names: users' names may collide with PEFT's "default" (the name saved at the top level).
 _MERGED = "default"
@@ -173,7 +170,7 @@ def check_bases(model_name: str, infos: list[AdapterInfo]) -> None:
 
 # ---- output directory ----------------------------------------------------------------------------
 
-def _safe_name(text: str) -> str:
+def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-")[:80] or "export"
 
 
@@ -185,18 +182,18 @@ def default_out(command: str, model_name: str, adapter_names: list[str], method:
     model_stem = Path(model_name.rstrip('/')).name
     if command == EXPORT and opts is not None and opts.is_gguf:
         parts = [*adapter_names, "lora"] if opts.adapter_only else [model_stem, *adapter_names]
-        stem = _safe_name("-".join([*parts, opts.quant]))
+        stem = safe_name("-".join([*parts, opts.quant]))
         path = exports_dir() / f"{stem}.gguf"
         if path.exists():
-            path = exports_dir() / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}.gguf"
+            path = exports_dir() / f"{timestamped(stem)}.gguf"
         return path
     if command == EXPORT:
         root, stem = exports_dir(), f"{model_stem}-{'-'.join(adapter_names)}"
     else:
         root, stem = runs_dir(), f"merged-{'-'.join(adapter_names)}-{method}"
-    path = root / _safe_name(stem)
+    path = root / safe_name(stem)
     if path.exists() and any(path.iterdir()):
-        path = root / f"{_safe_name(stem)}-{time.strftime('%Y%m%d-%H%M%S')}"
+        path = root / timestamped(safe_name(stem))
     return path
 
 
@@ -236,7 +233,7 @@ def check_output(out: Path, *, overwrite: bool, inputs: list[Path]) -> Path:
 
 def check_output_file(out: Path, *, overwrite: bool, inputs: list[Path]) -> Path:
     """Like :func:`check_output`, for a one-file export (GGUF): refuse an unusable target before any work."""
-    from workbench.export_gguf import is_gguf_file
+    from workbench.export.gguf import is_gguf_file
 
     out = Path(os.path.abspath(out.expanduser()))
     if out.is_dir():
@@ -497,7 +494,7 @@ def merge_into_model(model_args: ModelArgs, adapters: dict[str, str], opts: Expo
         check_bases(model_args.model_name_or_path, infos)
     model_path = resolve_model_path(model_args.model_name_or_path)
     if opts.is_gguf:
-        from workbench.export_gguf import check_model_config, read_model_config
+        from workbench.export.gguf import check_model_config, read_model_config
 
         check_model_config(read_model_config(model_path))
     names = [i.name for i in infos]
@@ -553,7 +550,7 @@ def merge_into_model(model_args: ModelArgs, adapters: dict[str, str], opts: Expo
                 notes.append(f"the adapter was trained with chat template {template!r}, which differs from the "
                              "tokenizer's own chat template that the GGUF carries; in llama.cpp or Ollama give a "
                              "matching template by hand (llama-cli --chat-template, a Modelfile TEMPLATE)")
-            from workbench.export_gguf import write_model
+            from workbench.export.gguf import write_model
 
             base = _display_name(model_args.model_name_or_path)
             name = f"{base} + {', '.join(names)}" if names else base
@@ -621,7 +618,7 @@ def merge_into_model(model_args: ModelArgs, adapters: dict[str, str], opts: Expo
 def export_adapter_gguf(model_args: ModelArgs, adapters: dict[str, str], opts: ExportArgs, *,
                         progress: Progress | None = None) -> dict[str, Any]:
     """Write one LoRA adapter alone as a llama.cpp GGUF LoRA adapter (the base model's weights are not loaded)."""
-    from workbench.export_gguf import read_model_config, write_lora
+    from workbench.export.gguf import read_model_config, write_lora
     from workbench.models.loader import resolve_model_path
 
     progress = progress or Progress(export_steps(opts, len(adapters)))
@@ -636,7 +633,7 @@ def export_adapter_gguf(model_args: ModelArgs, adapters: dict[str, str], opts: E
         check_bases(model_args.model_name_or_path, infos)
     model_path = resolve_model_path(model_args.model_name_or_path)
     model_cfg = read_model_config(model_path)
-    _check_adapter_gguf(info, model_cfg)
+    check_adapter_gguf(info, model_cfg)
     out = Path(opts.out) if opts.out else default_out(EXPORT, model_args.model_name_or_path, [info.name], opts=opts)
     out = check_output_file(out, overwrite=opts.overwrite, inputs=[Path(model_path), info.path])
     notes = []
@@ -663,8 +660,8 @@ def export_adapter_gguf(model_args: ModelArgs, adapters: dict[str, str], opts: E
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "out": str(out)}
 
 
-def _check_adapter_gguf(info: AdapterInfo, model_cfg: dict) -> None:
-    from workbench.export_gguf import check_lora_adapter, check_model_config
+def check_adapter_gguf(info: AdapterInfo, model_cfg: dict) -> None:
+    from workbench.export.gguf import check_lora_adapter, check_model_config
 
     check_model_config(model_cfg)
     check_lora_adapter(info.config, info.path, model_cfg)
@@ -672,7 +669,7 @@ def _check_adapter_gguf(info: AdapterInfo, model_cfg: dict) -> None:
 
 # ---- merge-adapters: several adapters combined into one -----------------------------------------
 
-def _check_combinable(infos: list[AdapterInfo], method: str) -> None:
+def check_combinable(infos: list[AdapterInfo], method: str) -> None:
     # PEFT's add_weighted_adapter silently builds a wrong adapter from these variants (peft issue #3761):
     # refuse them rather than write one. (rsLoRA is corrected below, see _fix_rslora_scaling.)
     unsupported = {"use_dora": "DoRA", "lora_bias": "a LoRA bias (lora_bias)", "kasa_config": "KaSA"}
@@ -728,7 +725,7 @@ def combine_adapters(model_args: ModelArgs, adapters: dict[str, str], opts: Merg
     weights = opts.weight_list(len(adapters))
     progress.step("checking the adapters and the output directory")
     infos = read_adapters(adapters)
-    _check_combinable(infos, opts.method)
+    check_combinable(infos, opts.method)
     if opts.check_base:
         check_bases(model_args.model_name_or_path, infos)
     model_path = resolve_model_path(model_args.model_name_or_path)
@@ -783,177 +780,3 @@ def combine_adapters(model_args: ModelArgs, adapters: dict[str, str], opts: Merg
         staging.publish()
     record["out"] = str(out)
     return record
-
-
-# ---- as a Job (what the Export tab runs) ---------------------------------------------------------
-
-def command_argv(command: str, model_name: str, adapters: dict[str, str], opts: ExportArgs | MergeAdaptersArgs,
-                 progress_file: str | Path | None = None) -> list[str]:
-    """The exact ``python -m workbench export|merge-adapters ...`` argv for these options."""
-    argv = [sys.executable, "-m", "workbench", command, "--model", model_name]
-    for name, path in adapters.items():
-        argv += ["--adapter", f"{name}={path}"]
-    for key, value in opts.to_dict(non_default_only=True).items():
-        if value is not None:
-            argv += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
-    if progress_file is not None:
-        argv += ["--progress-file", str(progress_file)]
-    return argv
-
-
-def preflight(command: str, model_name: str, adapters: dict[str, str], opts: ExportArgs | MergeAdaptersArgs) -> Path:
-    """The quick checks the command makes before loading anything, so a form gets its answer at once;
-    returns the output directory the command will write."""
-    gguf = command == EXPORT and opts.is_gguf
-    if command == MERGE:
-        if len(adapters) < 2:
-            raise OptionError("adapter", f"combining needs at least two adapters, got {len(adapters)}")
-        opts.weight_list(len(adapters))
-    elif gguf and opts.adapter_only and len(adapters) != 1:
-        raise OptionError("adapter_only", f"writes one adapter per GGUF file; choose exactly one adapter "
-                                          f"(got {len(adapters)})")
-    elif not adapters and not gguf:
-        raise OptionError("adapter", "choose the adapter to merge into the model")
-    infos = read_adapters(adapters)
-    if command == MERGE:
-        _check_combinable(infos, opts.method)
-    if opts.check_base:
-        check_bases(model_name, infos)
-    if gguf:
-        config = _local_model_config(model_name)
-        if config is not None:  # a hub model is checked by the command, once it is resolved
-            from workbench.export_gguf import check_model_config
-
-            check_model_config(config)
-            if opts.adapter_only:
-                _check_adapter_gguf(infos[0], config)
-    names = [i.name for i in infos]
-    out = (Path(opts.out) if opts.out
-           else default_out(command, model_name, names, getattr(opts, "method", None), opts=opts if gguf else None))
-    model_dir = Path(model_name).expanduser()
-    inputs = [*(i.path for i in infos), *([model_dir] if model_dir.exists() else [])]
-    if gguf:
-        return check_output_file(out, overwrite=opts.overwrite, inputs=inputs)
-    return check_output(out, overwrite=opts.overwrite, inputs=inputs)
-
-
-def _local_model_config(model_name: str) -> dict | None:
-    """config.json of a local model directory or of the converted bundled model, without loading or converting."""
-    from workbench.export_gguf import read_model_config
-    from workbench.models import registry
-
-    path = Path(model_name).expanduser()
-    if path.is_dir() and (path / "config.json").is_file():
-        return read_model_config(path)
-    info = registry.lookup(model_name)
-    if info is not None and info.bundled:
-        from workbench.models.bundled import cached_dir, is_converted
-
-        if is_converted():
-            return read_model_config(cached_dir())
-    return None
-
-
-def start_export_job(command: str, model_name: str, adapters: dict[str, str],
-                     opts: ExportArgs | MergeAdaptersArgs):
-    """Check the request, then run the command as a Job; returns (job, output directory)."""
-    from dataclasses import replace
-
-    from workbench import jobs
-    from workbench.paths import PROJECT_ROOT, run_path
-
-    out = preflight(command, model_name, adapters, opts)
-    opts = replace(opts, out=str(out))
-    name = _safe_name(f"{command}-{out.name}")[:100]
-    if run_path(name).exists():
-        name = f"{name[:80]}-{time.strftime('%Y%m%d-%H%M%S')}"
-    argv = command_argv(command, model_name, adapters, opts, progress_file=run_path(name) / jobs.PROGRESS_FILE)
-    config = {"command": command, "model_name_or_path": model_name, "adapters": dict(adapters), **opts.to_dict()}
-    # Exclusive: a merge holds a whole model in memory, so it waits for training or evaluation to finish.
-    job = jobs.start_job("export", name, argv, config, exclusive=True, cwd=PROJECT_ROOT)
-    return job, out
-
-
-# ---- CLI -----------------------------------------------------------------------------------------
-
-_MODEL_SKIP = ("adapter_name_or_path", "infer_dtype", "attn_implementation")
-
-
-def _interrupt_on_sigterm() -> None:
-    """Aborting a job sends SIGTERM: turn it into KeyboardInterrupt so the staging directory is removed."""
-    import signal
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
-
-
-def _common_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", dest="model_name_or_path", default=argparse.SUPPRESS,
-                        help="base model: alias, local directory or hub id (default: smollm2-135m-instruct)")
-    parser.add_argument("--adapter", action="append", default=[], metavar="[NAME=]DIR",
-                        help="adapter directory (repeatable; export adds every one to the model)")
-    parser.add_argument("--progress-file", dest="progress_file", default=None, metavar="FILE",
-                        help="also append one JSON line per step to FILE (the Export tab's job reads it)")
-
-
-def _split(args, cls):
-    from workbench.models.adapters import parse_adapter_specs
-
-    values = {k: v for k, v in vars(args).items() if k not in ("command", "adapter", "progress_file")}
-    model_keys = set(ModelArgs.__dataclass_fields__)
-    model_args = from_mapping(ModelArgs, {k: v for k, v in values.items() if k in model_keys})
-    opts = from_mapping(cls, {k: v for k, v in values.items() if k not in model_keys})
-    return model_args, parse_adapter_specs(args.adapter), opts
-
-
-def configure_export(parser: argparse.ArgumentParser) -> None:
-    _common_arguments(parser)
-    shard = ExportArgs.__dataclass_fields__["shard_size"]
-    parser.add_argument("--shard-size", "--shard_size", dest="shard_size", default=argparse.SUPPRESS, metavar="SIZE",
-                        help=f"{shard.metadata['help']} (default: {shard.default})")
-    add_arguments(parser, ExportArgs)
-    add_arguments(parser, ModelArgs, skip=_MODEL_SKIP)
-
-
-def run_export(args) -> int:
-    _interrupt_on_sigterm()
-    model_args, adapters, opts = _split(args, ExportArgs)
-    progress = Progress(export_steps(opts, len(adapters)), args.progress_file)
-    record = merge_into_model(model_args, adapters, opts, progress=progress)
-    for note in record["notes"]:
-        print(f"note: {note}")
-    print(done_message(record))
-    return 0
-
-
-def done_message(record: dict[str, Any]) -> str:
-    """One line saying what was written and how to use it (the CLI prints it, the Export tab shows it)."""
-    out, size = record["out"], record.get("bytes", 0) / 2**20
-    if record["kind"] == "gguf_lora":
-        return (f"GGUF LoRA adapter saved to {out} ({record['quant']}, {size:.1f} MiB). Use it with a GGUF of the base "
-                f"model {record['base_model']} (export --format gguf without --adapter): "
-                f"llama-cli -m BASE.gguf --lora {out}, or ADAPTER {out} in an Ollama Modelfile")
-    if record["kind"] == "gguf_model":
-        return (f"GGUF model saved to {out} ({record['quant']}, {size:.0f} MiB; peak memory "
-                f"{record['peak_rss_mb']:.0f} MiB). Run it with llama.cpp: llama-cli -m {out}; Ollama: FROM {out} in a "
-                "Modelfile; LM Studio: import the file")
-    return (f"Merged model saved to {out} ({record['dtype']}, {len(record['shards'])} shard(s); "
-            f"peak memory {record['peak_rss_mb']:.0f} MiB). Load it with --model {out}")
-
-
-def configure_merge_adapters(parser: argparse.ArgumentParser) -> None:
-    _common_arguments(parser)
-    add_arguments(parser, MergeAdaptersArgs)
-    add_arguments(parser, ModelArgs, skip=_MODEL_SKIP + ("quantization_bit", "quantization_type",
-                                                          "double_quantization"))
-
-
-def run_merge_adapters(args) -> int:
-    _interrupt_on_sigterm()
-    model_args, adapters, opts = _split(args, MergeAdaptersArgs)
-    record = combine_adapters(model_args, adapters, opts, progress=Progress(5, args.progress_file))
-    print(f"Combined adapter (rank {record['r']}, {record['merge_method']}) saved to {record['out']}; "
-          f"use it with --adapter {record['out']}")
-    return 0

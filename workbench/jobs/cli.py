@@ -56,7 +56,8 @@ def _duration(seconds) -> str:
 
 
 def run_jobs(args) -> int:
-    from workbench import jobs, runs
+    from workbench.jobs import store as jobs
+    from workbench.jobs import runs
 
     if args.action == "list":
         summaries = runs.list_runs(kind=None if args.all else "train")

@@ -44,7 +44,7 @@ def load_preset(name: str) -> tuple[dict[str, Any], Path]:
     if unknown:
         raise OptionError(unknown[0], f"{path}: unknown option(s) {', '.join(unknown)}")
     from workbench.config.base import resolve_aliases
-    from workbench.runs import train_option_classes
+    from workbench.train.plan import train_option_classes
 
     return resolve_aliases(train_option_classes(), values), path  # the form knows options, not their aliases
 
@@ -73,7 +73,7 @@ def save_preset(name: str, values: dict[str, Any]) -> Path:
 def _known_keys() -> set[str]:
     from workbench.config.base import aliases_of, option_fields
     from workbench.config.train import IGNORED_KEYS
-    from workbench.runs import train_option_classes
+    from workbench.train.plan import train_option_classes
 
     keys = set(IGNORED_KEYS)
     for cls in train_option_classes():

@@ -9,7 +9,7 @@ A run directory ``runs_dir()/<name>`` holds:
 * ``log.txt``      the child's stdout and stderr, written by the OS (a file, not a pipe: nothing to drain)
 * ``progress.jsonl`` and the outputs, written by the child itself
 
-Every job runs under a small supervisor process (:mod:`workbench.jobs_supervisor`) in its own
+Every job runs under a small supervisor process (:mod:`workbench.jobs.supervisor`) in its own
 session. The supervisor waits for the child, writes the end status and starts the next queued job,
 so a job finishes, records its exit code and the queue moves on even when the UI that started it
 has gone. The UI only reads these files; after a reload or a restart it finds running jobs again.
@@ -39,6 +39,16 @@ from typing import Any, Iterator, NamedTuple
 
 from workbench.config.base import WorkbenchError, dump_yaml
 from workbench.paths import PROJECT_ROOT, run_path, runs_dir
+from workbench.rundir import (
+    COMMAND_FILE,
+    CONFIG_FILE,
+    LOG_FILE,
+    PROGRESS_FILE,
+    SPEC_FILE,
+    STATUS_FILE,
+    last_lines,
+    read_json,
+)
 
 STATES = ("queued", "running", "finished", "failed", "aborted")
 FINAL_STATES = frozenset({"finished", "failed", "aborted"})
@@ -46,12 +56,6 @@ FINAL_STATES = frozenset({"finished", "failed", "aborted"})
 EXCLUSIVE_KINDS = frozenset({"train", "eval"})
 DEFAULT_GRACE = 10.0  # seconds between SIGTERM and SIGKILL on abort
 
-SPEC_FILE = "job.json"
-STATUS_FILE = "status.json"
-LOG_FILE = "log.txt"
-CONFIG_FILE = "config.yaml"
-COMMAND_FILE = "command.txt"
-PROGRESS_FILE = "progress.jsonl"
 _STATUS_LOCK = ".status.lock"
 _QUEUE_LOCK = ".queue.lock"
 # status.json is written padded to this size, so that on a full disk the end status can still be
@@ -118,44 +122,6 @@ def _write_status(path: Path, data: dict[str, Any]) -> None:
         f.write(body + b" " * max(0, size - len(body)))
         f.flush()
         os.fsync(f.fileno())
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    for attempt in range(5):
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except ValueError:  # caught mid-way through an in-place overwrite: read again
-            if attempt == 4:
-                return None
-            time.sleep(0.05)
-    return None
-
-
-def _last_lines(path: Path, n: int, chunk: int = 65536) -> list[str]:
-    """The last ``n`` lines of a text file without reading all of it; carriage-return progress
-    bars keep only their final state."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            data = b""
-            pos = size
-            while pos > 0 and data.count(b"\n") <= n:
-                step = min(chunk, pos)
-                pos -= step
-                f.seek(pos)
-                data = f.read(step) + data
-    except FileNotFoundError:
-        return []
-    lines = data.decode("utf-8", errors="replace").split("\n")  # not splitlines(): it splits at \r too
-    if lines and lines[-1] == "":
-        lines.pop()
-    if pos > 0 and lines:
-        lines = lines[1:]  # the first line was cut by the chunk boundary
-    lines = [line.rstrip("\r").rsplit("\r", 1)[-1] for line in lines]
-    return lines[-n:] if n > 0 else []
 
 
 def error_from_log(lines: list[str]) -> str | None:
@@ -246,7 +212,7 @@ class Job:
     # -- the files --
     @property
     def spec(self) -> dict[str, Any]:
-        spec = _read_json(self.path / SPEC_FILE)
+        spec = read_json(self.path / SPEC_FILE, retries=4)
         if spec is None:
             raise WorkbenchError(f"{self.path / SPEC_FILE}: missing or not valid JSON; this is not a job directory")
         return spec
@@ -283,7 +249,7 @@ class Job:
 
     def raw_status(self) -> dict[str, Any]:
         """status.json as written, without checking whether its processes are alive."""
-        data = _read_json(self.path / STATUS_FILE)
+        data = read_json(self.path / STATUS_FILE, retries=4)
         if data is None:
             return {"name": self.name, "state": "failed", "error": f"{self.path / STATUS_FILE} is missing or damaged"}
         return data
@@ -324,7 +290,7 @@ class Job:
                 return st
             if _alive(st.get("pid"), st.get("pid_ctime")):
                 return st  # the child outlived its supervisor and still runs; abort() can still stop it
-            tail = _last_lines(self.log_path, 20)
+            tail = last_lines(self.log_path, 20)
             if st.get("abort_requested"):
                 st.update(state="aborted", error=st.get("error") or "aborted")
             else:
@@ -341,7 +307,7 @@ class Job:
 
     # -- reading output --
     def tail_log(self, n: int = 40) -> str:
-        return "\n".join(_last_lines(self.log_path, n))
+        return "\n".join(last_lines(self.log_path, n))
 
     def read_progress(self, since_offset: int = 0) -> Progress:
         """Complete lines of progress.jsonl after byte ``since_offset`` (a half-written last line waits)."""
@@ -551,7 +517,7 @@ def _launch(job: Job) -> None:
     log = open(job.log_path, "ab")
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "workbench.jobs_supervisor", str(job.path)],
+            [sys.executable, "-m", "workbench.jobs.supervisor", str(job.path)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=str(PROJECT_ROOT), env=env,
             start_new_session=True,  # survives the UI, its Ctrl-C and its terminal
         )
@@ -639,8 +605,8 @@ def get_job(name: str, root: Path | str | None = None) -> Job:
 def is_job_dir(path: Path | str) -> bool:
     """Whether ``path`` is a run folder that :func:`start_job` made (job.json and status.json in it)."""
     path = Path(path)
-    return (path.is_dir() and not path.is_symlink() and isinstance(_read_json(path / SPEC_FILE), dict)
-            and isinstance(_read_json(path / STATUS_FILE), dict))
+    return (path.is_dir() and not path.is_symlink() and isinstance(read_json(path / SPEC_FILE, retries=4), dict)
+            and isinstance(read_json(path / STATUS_FILE, retries=4), dict))
 
 
 # Files that make a run folder worth a second thought before deleting it: adapters, models, checkpoints.

@@ -1,4 +1,4 @@
-"""``python -m workbench.jobs_supervisor RUN_DIR``: run one job and record how it ended.
+"""``python -m workbench.jobs.supervisor RUN_DIR``: run one job and record how it ended.
 
 Started by :func:`workbench.jobs.start_job` in a session of its own, so it outlives the UI. It
 starts the child from ``job.json``'s argv in a new process group with stdout and stderr going
@@ -22,7 +22,8 @@ from pathlib import Path
 
 import psutil  # imported before any signal handler exists
 
-from workbench import jobs
+from workbench.jobs import store as jobs
+from workbench.rundir import last_lines
 
 LOW_DISK_BYTES = 1 << 20  # below this, a failure is reported as "disk full"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -170,7 +171,7 @@ class Supervisor:
             print(f"[workbench] cannot write {self.job.path / jobs.STATUS_FILE}: {exc}", file=sys.stderr, flush=True)
 
     def failure_reason(self, code: int) -> str:
-        tail = jobs._last_lines(self.job.log_path, 40)
+        tail = last_lines(self.job.log_path, 40)
         try:
             free = shutil.disk_usage(self.job.path).free
         except OSError:
@@ -281,7 +282,7 @@ class Supervisor:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) != 1:
-        print("usage: python -m workbench.jobs_supervisor RUN_DIR", file=sys.stderr)
+        print("usage: python -m workbench.jobs.supervisor RUN_DIR", file=sys.stderr)
         return 2
     run_dir = Path(argv[0])
     try:
