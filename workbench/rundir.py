@@ -115,3 +115,13 @@ def read_progress(path: Path | str) -> list[dict[str, Any]]:
         except ValueError:
             continue
     return out
+
+
+def format_duration(seconds: float | None, missing: str = "") -> str:
+    """Elapsed time or an ETA as a person reads it: ``4m07s``, ``1h02m`` (seconds are noise past an hour)."""
+    if seconds is None:
+        return missing
+    seconds = int(max(0, seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"

@@ -16,6 +16,7 @@ import sys
 import time
 
 from workbench.config.base import WorkbenchError
+from workbench.rundir import format_duration
 
 
 def configure_jobs(parser: argparse.ArgumentParser) -> None:
@@ -46,15 +47,6 @@ def configure_jobs(parser: argparse.ArgumentParser) -> None:
     p.add_argument("argv", nargs=argparse.REMAINDER, help="-- then the command and its arguments")
 
 
-def _duration(seconds) -> str:
-    if seconds is None:
-        return ""
-    seconds = int(seconds)
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
-
-
 def run_jobs(args) -> int:
     from workbench.jobs import store as jobs
     from workbench.jobs import runs
@@ -74,7 +66,7 @@ def run_jobs(args) -> int:
             rows.append([s.name, s.kind, state, s.stage, s.model, s.dataset, progress,
                          f"{s.loss:.4f}" if s.loss is not None else "",
                          time.strftime("%Y-%m-%d %H:%M", time.localtime(s.started)) if s.started else "",
-                         _duration(s.duration)])
+                         format_duration(s.duration)])
         widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
         for r in rows:
             print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())

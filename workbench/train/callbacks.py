@@ -18,6 +18,7 @@ from typing import Any, TextIO
 from transformers import TrainerCallback
 
 from workbench.config.base import WorkbenchError
+from workbench.rundir import format_duration
 
 BASE_KEYS = ("step", "total_steps", "epoch", "loss", "eval_loss", "lr", "grad_norm", "tokens_per_second",
              "elapsed", "eta")
@@ -59,15 +60,6 @@ def truncate_progress(path: Path, after_step: int) -> None:
         return
     kept = [json.dumps(e) for e in read_progress(path) if int(e.get("step", 0)) <= after_step]
     path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(seconds)
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
 def _loss(value: float | None) -> str:
@@ -276,5 +268,5 @@ class ProgressCallback(TrainerCallback):
             parts.append(f"lr {e['lr']:.3g}")
         if e.get("tokens_per_second"):
             parts.append(f"{e['tokens_per_second']:.0f} tok/s")
-        parts.append(f"eta {_duration(e['eta'])}")
+        parts.append(f"eta {format_duration(e['eta'], missing='?')}")
         return "[train] " + "  ".join(parts)

@@ -14,11 +14,11 @@ from pathlib import Path
 import gradio as gr
 
 from workbench.config.base import WorkbenchError
-from workbench.config.model import DTYPES, ModelArgs
+from workbench.config.model import DTYPES
 from workbench.infer.session import ModelManager
 from workbench.models import registry
-from workbench.ui.context import AppContext
-from workbench.ui.forms import NONE_CHOICE, form_value
+from workbench.ui.context import AppContext, error_text, model_args_from, model_choices
+from workbench.ui.forms import NONE_CHOICE
 from workbench.ui.i18n import I18N, T
 
 # (English title, Chinese title, module). Add a tab by adding a line.
@@ -46,24 +46,6 @@ def template_choices() -> list[str]:
         return ["auto", *[n for n in names if n != "auto"]] if names else FALLBACK_TEMPLATES
     except Exception:  # the data package is optional for the shell
         return FALLBACK_TEMPLATES
-
-
-def model_choices() -> list[str]:
-    from workbench.export.merge import list_exported_models  # merged models appear next to the registry's
-
-    return list(registry.MODELS) + list_exported_models()
-
-
-def error_text(exc: Exception) -> str:
-    if isinstance(exc, WorkbenchError):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"
-
-
-def model_args_from(model: str, dtype: str, quantization: str) -> ModelArgs:
-    quant = form_value(quantization)
-    return ModelArgs(model_name_or_path=(model or "").strip(), infer_dtype=dtype or "auto",
-                     quantization_bit=int(quant) if quant else None)
 
 
 def build_top_bar(ctx: AppContext) -> None:
@@ -97,7 +79,7 @@ def build_top_bar(ctx: AppContext) -> None:
                 import traceback
 
                 traceback.print_exc()
-            return f"❌ **Could not load the model.** {error_text(exc)}"
+            return f"❌ **Could not load the model.** {error_text(exc, mark=False)}"
         return "✅ " + ctx.manager.status()
 
     def on_unload():

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import time
-import traceback
 import uuid
 from typing import Any
 
@@ -25,7 +24,7 @@ from workbench.data import preferences
 from workbench.infer.engine import BASE, parse_tools, strip_tool_calls
 from workbench.models.adapters import adapter_name_for, parse_adapter_specs
 from workbench.paths import project_data_dir
-from workbench.ui.context import AppContext
+from workbench.ui.context import ADAPTERS_VERSION, DATASETS_VERSION, RUNS_VERSION, AppContext, error_text
 from workbench.ui.forms import collect, option_components
 from workbench.ui.i18n import T
 
@@ -41,10 +40,6 @@ GENERATED = "generated"  # an answer's key in the compare histories: its batch a
 MAX_JUDGED = 200  # fingerprints of judged turns remembered per session (a turn is judged once)
 
 
-def _version(ctx: AppContext, key: str) -> gr.State:
-    """A state other tabs bump when runs, adapters or datasets appear on disk (created by whichever tab asks
-    first)."""
-    return ctx.shared_state(key, 0)
 
 
 def adapter_choices() -> list[tuple[str, str]]:
@@ -67,11 +62,6 @@ def wanted_adapters(selected: list[str] | None) -> dict[str, str]:
     return parse_adapter_specs(specs)
 
 
-def error_text(exc: Exception) -> str:
-    if isinstance(exc, WorkbenchError):
-        return f"❌ {exc}"
-    traceback.print_exc()
-    return f"❌ {type(exc).__name__}: {exc}"
 
 
 # -- conversation ↔ chat bubbles ----------------------------------------------------------------------
@@ -180,8 +170,8 @@ def compare_turns(convs: dict[str, list[dict]], chosen: list[str], turn: dict | 
 
 
 def build(ctx: AppContext) -> None:
-    runs_version = _version(ctx, "runs_version")
-    adapters_version = _version(ctx, "adapters_version")
+    runs_version = ctx.version(RUNS_VERSION)
+    adapters_version = ctx.version(ADAPTERS_VERSION)
     history = gr.State([])        # chat mode: one conversation
     histories = gr.State({})      # compare mode: {variant: conversation}
     active: dict[str, Any] = {}   # session → the batch generating now (for Stop)
@@ -493,7 +483,7 @@ def build(ctx: AppContext) -> None:
     # -- judging compare answers --------------------------------------------------------------------
     judged = gr.State([])      # fingerprints of the turns judged in this session (each turn is judged once)
     pending = gr.State(None)   # an edit in progress: {"column", "fingerprint"}
-    datasets_version = _version(ctx, "datasets_version")  # bumped when a dataset is registered (Train tab picker)
+    datasets_version = ctx.version(DATASETS_VERSION)  # bumped when a dataset is registered (Train tab picker)
     folder_input = ctx.extras.get("data_dir")  # the Data tab's folder box: judgements go where datasets are
     if folder_input is None:
         folder_input = gr.State(str(project_data_dir()))

@@ -1,11 +1,22 @@
-"""What the tabs share: the model manager and the top bar's components."""
+"""What the tabs share: the model manager, the top bar's components, the shared states and the error text."""
 
 from __future__ import annotations
 
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from workbench.config.base import WorkbenchError
+from workbench.config.model import ModelArgs
+from workbench.models import registry
+from workbench.models.adapters import adapter_name_for
+from workbench.ui.forms import form_value
 from workbench.infer.session import ModelManager
+
+# The counters tabs bump when they created something on disk; the other tabs refresh their pickers on .change.
+DATASETS_VERSION = "datasets_version"  # a dataset was registered (Train's dataset picker)
+RUNS_VERSION = "runs_version"          # a training run finished or was deleted (adapter pickers)
+ADAPTERS_VERSION = "adapters_version"  # an export or a combined adapter finished (Chat, Evaluate)
 
 
 @dataclass
@@ -39,3 +50,43 @@ class AppContext:
     def model_inputs(self) -> list:
         """The top-bar components that define the model, in ModelArgs order (for event inputs)."""
         return [self.model, self.dtype, self.quantization]
+
+    def version(self, key: str):
+        """The ``*_version`` counter state ``key`` (see :meth:`shared_state`)."""
+        return self.shared_state(key, 0)
+
+
+def error_text(exc: Exception, mark: bool = True) -> str:
+    """What a tab shows for a failed action: our own errors as written (they name the file, row or option);
+    anything else with its type, and its traceback in the server log."""
+    if isinstance(exc, WorkbenchError):
+        text = str(exc)
+    else:
+        traceback.print_exc()
+        text = f"{type(exc).__name__}: {exc}"
+    return f"❌ {text}" if mark else text
+
+def model_choices() -> list[str]:
+    """The registry's models, then the merged models under the exports folder."""
+    from workbench.export.merge import list_exported_models  # merged models appear next to the registry's
+
+    return list(registry.MODELS) + list_exported_models()
+
+def model_args_from(model: str, dtype: str, quantization: str) -> ModelArgs:
+    quant = form_value(quantization)
+    return ModelArgs(model_name_or_path=(model or "").strip(), infer_dtype=dtype or "auto",
+                     quantization_bit=int(quant) if quant else None)
+
+def adapter_map(selected: list[str] | None) -> dict[str, str]:
+    """Picked runs or typed directories → {name: dir}, names made unique."""
+    out: dict[str, str] = {}
+    for path in selected or []:
+        path = str(path).strip()
+        if not path:
+            continue
+        base = name = adapter_name_for(path)
+        n = 2
+        while name in out:
+            name, n = f"{base}_{n}", n + 1
+        out[name] = path
+    return out

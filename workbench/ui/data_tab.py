@@ -19,7 +19,7 @@ from workbench.data.registry import DEFAULT_TAGS, FORMATS, TAG_KEYS, dataset_nam
 from workbench.data.stats import histogram_figure
 from workbench.data.templates import resolve_template
 from workbench.paths import project_data_dir
-from workbench.ui.context import AppContext
+from workbench.ui.context import DATASETS_VERSION, AppContext, error_text
 from workbench.ui.i18n import T
 
 NONE = "(none)"
@@ -33,23 +33,6 @@ COLUMN_LABELS = {
     "chosen": ("chosen", "优选回答"), "rejected": ("rejected", "劣选回答"), "kto_tag": ("kto_tag", "KTO 标签"),
 }
 MAX_PREVIEW_ROWS = 2000
-
-
-def datasets_changed(ctx: AppContext) -> gr.State:
-    """A state that changes whenever a dataset is registered; other tabs (Train) refresh their dataset
-    lists on its ``.change``. Created by whichever tab asks first."""
-    state = ctx.extras.get("datasets_version")
-    if state is None:
-        state = gr.State(0)
-        ctx.extras["datasets_version"] = state
-    return state
-
-
-def _error(exc: Exception) -> str:
-    if not isinstance(exc, WorkbenchError):
-        traceback.print_exc()
-        return f"❌ {type(exc).__name__}: {exc}"
-    return f"❌ {exc}"
 
 
 def _cell(value: Any, limit: int = 160) -> str:
@@ -97,7 +80,7 @@ def _mapping(formatting, ranking, columns: list, tags: list) -> tuple[dict, dict
 
 
 def build(ctx: AppContext) -> None:
-    version = datasets_changed(ctx)
+    version = ctx.version(DATASETS_VERSION)
     source_state = gr.State(None)  # the di.Source being edited, or why the last open failed (a str)
     preview_state = gr.State(None)  # the last di.Preview
 
@@ -211,7 +194,7 @@ def build(ctx: AppContext) -> None:
 
     def failed(exc: Exception, where: str) -> list:
         # The state keeps why nothing is open, so Preview and Save can say it instead of "open a file first".
-        return [f"{where} could not be opened: {exc}", _error(exc), gr.update(), gr.update(),
+        return [f"{where} could not be opened: {exc}", error_text(exc), gr.update(), gr.update(),
                 *[gr.update() for _ in column_dds], *[gr.update() for _ in tag_boxes], gr.update(), None,
                 gr.update(), None, None, "", None]
 
@@ -237,7 +220,7 @@ def build(ctx: AppContext) -> None:
         try:
             names = list(di.read_info(folder))
         except Exception as exc:
-            return gr.update(choices=[], value=None), _error(exc)
+            return gr.update(choices=[], value=None), error_text(exc)
         return gr.update(choices=names or [], value=None), "" if names else \
             f"No dataset_info.json with datasets in {folder} yet; upload a file to start one."
 
@@ -276,7 +259,7 @@ def build(ctx: AppContext) -> None:
                               train_on_prompt=bool(top), mask_history=bool(mh))
             shown = render(prev, index, model, template_name, cut, top, mh)
         except Exception as exc:
-            return None, _error(exc), None, "", None
+            return None, error_text(exc), None, "", None
         capped = f" (first {MAX_PREVIEW_ROWS} rows)" if prev.rows_read >= MAX_PREVIEW_ROWS else ""
         lines = [f"✅ **{len(prev.records)} examples** read as **{fmt}/{prev.kind}**{capped}, template "
                  f"**{template.name}**, tokenizer of **{model}**.",
@@ -301,7 +284,7 @@ def build(ctx: AppContext) -> None:
             _, entry = current_spec(source, fmt, rank, columns, tags)
             path = di.register(folder, name, source, entry)
         except Exception as exc:
-            return _error(exc), gr.update(), ver
+            return error_text(exc), gr.update(), ver
         names = dataset_names(folder)
         return (f"✅ Saved **{name.strip()}** into `{path}` (previous version kept as `{path.name}.bak`). It is now "
                 "listed wherever datasets are picked.", gr.update(choices=names, value=name.strip()), ver + 1)
@@ -322,7 +305,7 @@ def build(ctx: AppContext) -> None:
             )
             report = convert_and_register(opts, folder, name)
         except Exception as exc:
-            return _error(exc), gr.update(), ver
+            return error_text(exc), gr.update(), ver
         names = dataset_names(folder)
         text = "✅ " + "  \n".join(report.lines())
         return text, gr.update(choices=names, value=name.strip()), ver + 1

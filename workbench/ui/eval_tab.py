@@ -7,7 +7,6 @@ per row highlighted), a grouped bar chart, the metric definitions, an example br
 
 from __future__ import annotations
 
-import traceback
 from typing import Any
 
 import gradio as gr
@@ -17,7 +16,7 @@ from workbench.config.base import WorkbenchError
 from workbench.config.eval import EvalArgs
 from workbench.config.generation import GenerationArgs
 from workbench.evaluate.tasks import BUILTIN
-from workbench.ui.context import AppContext
+from workbench.ui.context import ADAPTERS_VERSION, RUNS_VERSION, AppContext, adapter_map, error_text, model_args_from, model_choices
 from workbench.ui.forms import collect, option_components
 from workbench.ui.i18n import T
 
@@ -36,17 +35,6 @@ TASK_LABELS = {
 }
 
 
-def _error(exc: Exception) -> str:
-    if not isinstance(exc, WorkbenchError):
-        traceback.print_exc()
-        return f"❌ {type(exc).__name__}: {exc}"
-    return f"❌ {exc}"
-
-
-def _model_choices() -> list[str]:
-    from workbench.ui.app import model_choices
-
-    return model_choices()
 
 
 def _exported_models() -> list[str]:
@@ -84,8 +72,6 @@ def task_list(selected: list[str] | None, datasets: str | None) -> str:
 def plan_from_form(model: str, dtype: str, quantization: str, adapters: list[str] | None, tasks: list[str] | None,
                    datasets: str, values: dict[str, Any]):
     from workbench.evaluate.launch import plan_eval
-    from workbench.ui.app import model_args_from
-    from workbench.ui.export_tab import adapter_map
 
     model_args = model_args_from(model, dtype, quantization)
     values = {k: (None if k in ZERO_MEANS_UNSET and not v else v) for k, v in values.items()}
@@ -158,11 +144,10 @@ def example_view(out_dir: str, task: str, index: int) -> tuple[str, Any]:
 # ---- the tab ----------------------------------------------------------------------------------------
 
 def build(ctx: AppContext) -> None:
-    from workbench.ui.export_tab import adapter_choices, adapters_changed
-    from workbench.ui.train_tab import runs_changed
+    from workbench.ui.export_tab import adapter_choices
 
-    version = adapters_changed(ctx)  # bumped when an export or a combined adapter finishes
-    runs_version = runs_changed(ctx)  # bumped when a training run finishes
+    version = ctx.version(ADAPTERS_VERSION)  # bumped when an export or a combined adapter finishes
+    runs_version = ctx.version(RUNS_VERSION)  # bumped when a training run finishes
     job_state = gr.State(None)  # {"name": job name, "out": output directory}
 
     gr.Markdown(T(
@@ -178,7 +163,7 @@ def build(ctx: AppContext) -> None:
         "作为任务运行；默认使用示例数据集。"))
     with gr.Column(elem_id="wb-eval"):
         with gr.Row(equal_height=True):
-            model = gr.Dropdown(choices=_model_choices(), value="smollm2-135m-instruct", allow_custom_value=True,
+            model = gr.Dropdown(choices=model_choices(), value="smollm2-135m-instruct", allow_custom_value=True,
                                 label=T("Base model", "基座模型"), scale=2, elem_id="wb-eval-model")
             adapters = gr.Dropdown(choices=adapter_choices(), value=[], multiselect=True, allow_custom_value=True,
                                    label=T("Adapters (finished runs, or type a directory)",
@@ -272,7 +257,7 @@ def build(ctx: AppContext) -> None:
             p = plan(args)
             job = start_eval(p)
         except Exception as exc:  # shown in the tab; nothing was started
-            return None, _error(exc), "", ""
+            return None, error_text(exc), "", ""
         return ({"name": job.name, "out": str(p.output_dir)}, f"⏳ Started job `{job.name}` → `{p.output_dir}`",
                 "", job.tail_log(20))
 
@@ -285,7 +270,7 @@ def build(ctx: AppContext) -> None:
         try:
             results = load_results(out_dir)
         except WorkbenchError as exc:
-            return (None, None, _error(exc), *empty[3:])
+            return (None, None, error_text(exc), *empty[3:])
         first = results["tasks"][0]
         text, table = example_view(out_dir, first["name"], 0)
         return (matrix_styler(results), bar_figure(results), definitions_text(results),
@@ -303,7 +288,7 @@ def build(ctx: AppContext) -> None:
             i = min(max(int(index or 1) + step, 1), count)
             text, table = example_view(out_dir, task, i - 1)
         except (WorkbenchError, StopIteration) as exc:
-            return gr.update(), _error(exc) if isinstance(exc, WorkbenchError) else "", None
+            return gr.update(), error_text(exc) if isinstance(exc, WorkbenchError) else "", None
         return i, text, table
 
     def on_tick(state):
@@ -322,7 +307,7 @@ def build(ctx: AppContext) -> None:
             entries = job.read_progress(0).entries
             tail = job.tail_log(20)
         except WorkbenchError as exc:
-            return (None, _error(exc), "", gr.update(), gr.update())
+            return (None, error_text(exc), "", gr.update(), gr.update())
         line = progress_summary(entries[-1] if entries else None)
         state_v = st.get("state")
         if state_v == "queued":
@@ -345,7 +330,7 @@ def build(ctx: AppContext) -> None:
         try:
             st = get_job(state["name"]).abort()
         except WorkbenchError as exc:
-            return _error(exc)
+            return error_text(exc)
         return f"⏹ {str(st.get('state', 'aborted')).capitalize()}: {state['name']}"
 
     result_outputs = [matrix, chart, definitions, csv_file, browse_task, browse_index, example_text, example_table]
@@ -359,7 +344,7 @@ def build(ctx: AppContext) -> None:
 
     def on_refresh():
         """Adapters from finished runs; base models from the registry and the exports (a merged model too)."""
-        return (gr.update(choices=adapter_choices()), gr.update(choices=_model_choices()),
+        return (gr.update(choices=adapter_choices()), gr.update(choices=model_choices()),
                 gr.update(choices=_exported_models()))
 
     pickers = [adapters, model, advanced_inputs["merged"]]

@@ -10,8 +10,6 @@ llama.cpp, Ollama and LM Studio, and is not offered there).
 from __future__ import annotations
 
 import shlex
-import traceback
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -21,8 +19,7 @@ from workbench.config.export import (DEFAULT_SHARD_SIZE, DENSITY_METHODS, Export
                                      OutputOptions)
 from workbench.export.merge import EXPORT, MERGE
 from workbench.export.launch import command_argv, start_export_job
-from workbench.models.adapters import adapter_name_for
-from workbench.ui.context import AppContext
+from workbench.ui.context import ADAPTERS_VERSION, RUNS_VERSION, AppContext, adapter_map, error_text, model_choices
 from workbench.ui.forms import collect, option_components
 from workbench.ui.i18n import T
 
@@ -31,16 +28,6 @@ GGUF_ONLY = ("quant", "adapter_only")  # shown when format is gguf; shard_size o
 MERGE_FIELDS = ("method", "weights", "density", "svd_rank")
 OUTPUT_FIELDS = ("out", "overwrite", "check_base")
 POLL_SECONDS = 1.0
-
-
-def adapters_changed(ctx: AppContext) -> gr.State:
-    """A state that changes whenever an adapter appears on disk (a combined adapter here, a finished
-    training run elsewhere); Chat and Evaluate refresh their adapter pickers on its ``.change``."""
-    state = ctx.extras.get("adapters_version")
-    if state is None:
-        state = gr.State(0)
-        ctx.extras["adapters_version"] = state
-    return state
 
 
 def adapter_choices() -> list[tuple[str, str]]:
@@ -54,34 +41,6 @@ def _base_of(path: str) -> str | None:
     from workbench.jobs.runs import list_adapters
 
     return next((base for _, where, base in list_adapters() if where == path and base), None)
-
-
-def _model_choices() -> list[str]:
-    from workbench.ui.app import model_choices
-
-    return model_choices()
-
-
-def adapter_map(selected: list[str] | None) -> dict[str, str]:
-    """Picked runs or typed directories → {name: dir}, names made unique."""
-    out: dict[str, str] = {}
-    for path in selected or []:
-        path = str(path).strip()
-        if not path:
-            continue
-        base = name = adapter_name_for(path)
-        n = 2
-        while name in out:
-            name, n = f"{base}_{n}", n + 1
-        out[name] = path
-    return out
-
-
-def _error(exc: Exception) -> str:
-    if not isinstance(exc, WorkbenchError):
-        traceback.print_exc()
-        return f"❌ {type(exc).__name__}: {exc}"
-    return f"❌ {exc}"
 
 
 def _request(mode: str, model: str, adapters: list[str] | None, values: dict[str, Any]):
@@ -139,10 +98,9 @@ def finished_text(kind: str, out: str) -> str:
 
 
 def build(ctx: AppContext) -> None:
-    from workbench.ui.train_tab import runs_changed
 
-    version = adapters_changed(ctx)
-    runs_version = runs_changed(ctx)  # bumped when a training run finishes: its adapter joins the picker
+    version = ctx.version(ADAPTERS_VERSION)
+    runs_version = ctx.version(RUNS_VERSION)  # bumped when a training run finishes: its adapter joins the picker
     job_state = gr.State(None)  # {"name": job name, "out": output dir, "command": ...}
 
     gr.Markdown(T(
@@ -161,7 +119,7 @@ def build(ctx: AppContext) -> None:
                                  (T("Combine adapters into one adapter", "合并多个适配器"), MERGE)],
                         value=EXPORT, label=T("What to do", "操作"), elem_id="wb-export-mode")
         with gr.Row(equal_height=True):
-            model = gr.Dropdown(choices=_model_choices(), value="smollm2-135m-instruct", allow_custom_value=True,
+            model = gr.Dropdown(choices=model_choices(), value="smollm2-135m-instruct", allow_custom_value=True,
                                 label=T("Base model", "基座模型"), scale=2, elem_id="wb-export-model")
             adapters = gr.Dropdown(choices=adapter_choices(), value=[], multiselect=True, allow_custom_value=True,
                                    label=T("Adapters (finished runs, or type a directory)", "适配器（已完成的训练，或输入目录）"),
@@ -228,7 +186,7 @@ def build(ctx: AppContext) -> None:
             cmd, model_name, adapter_dirs, opts = _request(mode_v, model_v, adapters_v, values)
             job, out = start_export_job(cmd, model_name, adapter_dirs, opts)
         except Exception as exc:  # shown in the tab; nothing was started
-            return None, _error(exc), "", gr.update(active=False)
+            return None, error_text(exc), "", gr.update(active=False)
         kind = ("gguf_lora" if opts.adapter_only else "gguf") if cmd == EXPORT and opts.is_gguf else cmd
         return ({"name": job.name, "out": str(out), "command": cmd, "kind": kind},
                 f"⏳ Started job {job.name} → {out}", job.tail_log(20), gr.update(active=True))
@@ -244,7 +202,7 @@ def build(ctx: AppContext) -> None:
             text, ended, finished = _progress_text(job)
             tail = job.tail_log(20)
         except WorkbenchError as exc:
-            return (_error(exc), gr.update(), gr.update(active=False), *keep)
+            return (error_text(exc), gr.update(), gr.update(active=False), *keep)
         if not ended:
             return (text, tail, gr.update(active=True), *keep)
         if not finished:
@@ -257,7 +215,7 @@ def build(ctx: AppContext) -> None:
                     "press Load model to chat with it.")
         else:
             text = f"✅ Combined adapter saved to `{out}`. It is now in the adapter pickers (Chat, Evaluate)."
-        return (text, tail, gr.update(active=False), gr.update(choices=_model_choices()),
+        return (text, tail, gr.update(active=False), gr.update(choices=model_choices()),
                 gr.update(choices=adapter_choices()), version_v + 1)
 
     def on_abort(state):
@@ -268,11 +226,11 @@ def build(ctx: AppContext) -> None:
         try:
             st = get_job(state["name"]).abort()
         except WorkbenchError as exc:
-            return _error(exc)
+            return error_text(exc)
         return f"⏹ {st.get('state', 'aborted').capitalize()}: {state['name']} (nothing was written to {state['out']})"
 
     def on_refresh():
-        return gr.update(choices=adapter_choices()), gr.update(choices=_model_choices())
+        return gr.update(choices=adapter_choices()), gr.update(choices=model_choices())
 
     method, fmt = merge_inputs["method"], export_inputs["format"]
     shown = [merge_group, export_group, merge_inputs["density"], merge_inputs["svd_rank"],

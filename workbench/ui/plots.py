@@ -7,6 +7,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from workbench.train.plot import smooth
+from workbench.rundir import format_duration
 
 COLORS = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#db2777", "#65a30d")
 # Reward metrics (rm/dpo) drawn on a second axis, under the names progress.jsonl uses.
@@ -75,15 +76,6 @@ def overlay_figure(runs: dict[str, list[dict[str, Any]]], title: str = "Loss of 
     return _layout(fig, title, False)
 
 
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    seconds = int(max(0, seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
-
-
 def progress_html(step: int | None, total: int | None, *, state: str, elapsed: float | None = None,
                   eta: float | None = None, tokens_per_second: float | None = None) -> str:
     """A progress bar with step/total, elapsed, ETA and tokens/s."""
@@ -94,9 +86,9 @@ def progress_html(step: int | None, total: int | None, *, state: str, elapsed: f
     parts = [f"step {step}/{total}" if total else "waiting for the first step",
              percent if total else ""]
     if elapsed is not None:
-        parts.append(f"elapsed {duration(elapsed)}")
+        parts.append(f"elapsed {format_duration(elapsed)}")
     if eta is not None and state == "running":
-        parts.append(f"ETA {duration(eta)}")
+        parts.append(f"ETA {format_duration(eta)}")
     if tokens_per_second:
         parts.append(f"{tokens_per_second:,.0f} tokens/s")
     color = {"failed": "#dc2626", "aborted": "#a16207", "finished": "#16a34a"}.get(state, "#2563eb")

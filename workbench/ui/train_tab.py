@@ -27,10 +27,11 @@ from workbench.train import launch as train_launch
 from workbench.config.base import OptionError, WorkbenchError, coerce, option_fields
 from workbench.data.registry import dataset_names
 from workbench.paths import project_data_dir
-from workbench.ui.context import AppContext
+from workbench.rundir import format_duration
+from workbench.ui.context import DATASETS_VERSION, RUNS_VERSION, AppContext
 from workbench.ui.forms import NONE_CHOICE, form_value, label_for, option_components
 from workbench.ui.i18n import T
-from workbench.ui.plots import duration, loss_figure, overlay_figure, progress_html
+from workbench.ui.plots import loss_figure, overlay_figure, progress_html
 
 # Options set in the shared top bar, not in this form.
 TOP_BAR = ("model_name_or_path", "infer_dtype", "quantization_bit", "template")
@@ -178,7 +179,7 @@ def runs_frame() -> pd.DataFrame:
         status = s.state + (f" (#{s.queue_position})" if s.queue_position else "")
         rows.append([s.name, s.stage, _short_model(s.model), s.dataset, status,
                      f"{s.progress:.0%}" if s.progress is not None else "",
-                     f"{s.loss:.4f}" if s.loss is not None else "", _when(s.started), duration(s.duration)])
+                     f"{s.loss:.4f}" if s.loss is not None else "", _when(s.started), format_duration(s.duration)])
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
 
@@ -225,21 +226,10 @@ def new_watch(name: str | None) -> dict[str, Any]:
 
 # ---- the tab -----------------------------------------------------------------------------------------------
 
-def runs_changed(ctx: AppContext) -> gr.State:
-    """A state that changes whenever a training run finishes (or is deleted); adapter pickers in other
-    tabs refresh on its ``.change``. Created by whichever tab asks first."""
-    state = ctx.extras.get("runs_version")
-    if state is None:
-        state = gr.State(0)
-        ctx.extras["runs_version"] = state
-    return state
-
-
 def build(ctx: AppContext) -> None:
-    from workbench.ui.data_tab import datasets_changed
 
-    datasets_version = datasets_changed(ctx)
-    runs_version = runs_changed(ctx)
+    datasets_version = ctx.version(DATASETS_VERSION)
+    runs_version = ctx.version(RUNS_VERSION)
     fields = form_fields()
     watch = gr.State(new_watch(None))
 
