@@ -16,7 +16,9 @@ from workbench.config.base import WorkbenchError
 from workbench.config.data import DataArgs
 from workbench.data import inspect as di
 from workbench.data.formats import detect_format, detect_turn_tags
-from workbench.data.loader import _first_bad_utf8, build_dataset, load_records, load_spec, peek_rows
+from workbench.data.files import _first_bad_utf8
+from workbench.data.files import peek_rows
+from workbench.data.loader import build_dataset, load_records, load_spec
 from workbench.data.registry import get_spec
 
 

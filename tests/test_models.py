@@ -7,7 +7,7 @@ import pytest
 
 from workbench.config import ModelArgs, WorkbenchError
 from workbench.models import registry
-from workbench.models.adapters import parse_adapter_specs
+from workbench.config.model import parse_adapter_specs
 from workbench.models.loader import load_model, resolve_model_path
 from workbench.paths import run_path
 

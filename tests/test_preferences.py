@@ -230,7 +230,7 @@ def test_two_processes_appending_at_once_keep_every_row(tmp_path):
 # ---- the Chat tab picks the answers on screen ------------------------------------------------------------
 
 def test_compare_answers_are_the_answers_on_screen_of_one_batch():
-    from workbench.ui.chat_tab import GENERATED, compare_answers
+    from workbench.ui.chat_compare import GENERATED, compare_answers
 
     def said(text, batch, t, **extra):
         return {"role": "assistant", "content": text, GENERATED: {"batch": batch, "time": t,

@@ -484,3 +484,20 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: Iterable[
         else:
             kwargs.update(metavar="VALUE", **({"nargs": alias.nargs} if alias.nargs else {}))
         group.add_argument(f"--{name}", **kwargs)
+
+
+def option_flags(values: Mapping[str, Any], flag_names: Mapping[str, str] | None = None) -> list[str]:
+    """``{key: value}`` → ``["--key", "value", ...]`` that :func:`coerce` reads back to the same values:
+    ``true``/``false``, ``none``, a list comma-separated. ``flag_names`` gives a key another flag than ``--key``."""
+    flags: list[str] = []
+    for key, value in values.items():
+        if value is None:
+            text = "none"
+        elif isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, (list, tuple)):
+            text = ",".join(map(str, value))
+        else:
+            text = str(value)
+        flags += [(flag_names or {}).get(key, f"--{key}"), text]
+    return flags

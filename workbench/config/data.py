@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from workbench.config.base import Alias, OptionError, Options, option
+from workbench.paths import project_data_dir
 
 
 @dataclass
@@ -116,6 +117,4 @@ class DataArgs(Options):
         return [n.strip() for n in (self.eval_dataset or "").split(",") if n.strip()]
 
     def dataset_path(self) -> Path:
-        from workbench.paths import project_data_dir
-
         return Path(self.dataset_dir).expanduser() if self.dataset_dir else project_data_dir()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
-from workbench.config.base import OptionError, Options, option
+from workbench.config.base import OptionError, Options, WorkbenchError, option
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 ATTENTION = ("auto", "eager", "sdpa", "flash_attention_2")
@@ -73,6 +76,66 @@ class ModelArgs(Options):
 
     def adapter_map(self) -> dict[str, str]:
         """Adapters as {name: dir}; unnamed ones are named after their directory."""
-        from workbench.models.adapters import parse_adapter_specs
-
         return parse_adapter_specs(self.adapter_name_or_path)
+
+
+# ---- adapters: NAME=DIR ------------------------------------------------------------------------------
+
+_ADAPTER_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def adapter_name_for(path: str | Path) -> str:
+    name = Path(str(path).rstrip("/")).name or "adapter"
+    return re.sub(r"[^A-Za-z0-9_-]", "_", name)
+
+
+def parse_adapter_specs(specs: str | list[str] | None) -> dict[str, str]:
+    """``"a=/x,b=/y"`` or ``["/x", "b=/y"]`` → ``{"a": "/x", "b": "/y"}``; names must be unique."""
+    if not specs:
+        return {}
+    items = specs.split(",") if isinstance(specs, str) else [s for spec in specs for s in spec.split(",")]
+    out: dict[str, str] = {}
+    for item in (s.strip() for s in items):
+        if not item:
+            continue
+        if "=" in item:
+            name, path = (part.strip() for part in item.split("=", 1))
+        else:
+            name, path = adapter_name_for(item), item
+        if not _ADAPTER_NAME.match(name) or name == "base":
+            raise WorkbenchError(f"adapter name {name!r} is not allowed (letters, digits, '_', '-', '.'; not 'base')")
+        if name in out:
+            raise WorkbenchError(f"two adapters are named {name!r}; name them with NAME=DIR")
+        out[name] = path
+    return out
+
+
+# ---- the flags of the commands that load a model -----------------------------------------------------
+
+TEMPLATE_FLAG_HELP = "chat template (default auto: the model's registry default, else the tokenizer's own)"
+
+
+def add_model_flags(parser: argparse.ArgumentParser, *, adapter_help: str | None = None,
+                    adapter_metavar: str = "NAME=DIR", template: bool = False, underscore_names: bool = False,
+                    model_dest: str = "model_name_or_path",
+                    model_help: str = "model alias, local directory or hub id") -> None:
+    """``--model`` (and ``--adapter``, ``--template``) as chat, api, eval, export, merge-adapters and data
+    preview spell them.
+
+    ``--model`` into ``model_name_or_path`` stays unset unless typed, so the ModelArgs default (or a YAML value)
+    applies; a command that reads another dest itself (data preview's ``model``) gets the default as a value.
+    ``--adapter`` (repeatable) collects NAME=DIR specs into ``adapter`` for :func:`parse_adapter_specs`, with
+    ``adapter_help`` saying what the command does with them; None leaves the flag out. ``underscore_names``
+    also accepts ``--model_name_or_path`` / ``--adapter_name_or_path`` (eval).
+    """
+    default_model = ModelArgs.__dataclass_fields__["model_name_or_path"].default
+    flags = ("--model", "--model_name_or_path") if underscore_names else ("--model",)
+    default = argparse.SUPPRESS if model_dest == "model_name_or_path" else default_model
+    parser.add_argument(*flags, dest=model_dest, default=default, metavar="MODEL" if underscore_names else None,
+                        help=f"{model_help} (default: {default_model})")
+    if adapter_help is not None:
+        flags = ("--adapter", "--adapter_name_or_path") if underscore_names else ("--adapter",)
+        parser.add_argument(*flags, dest="adapter", action="append", default=[], metavar=adapter_metavar,
+                            help=adapter_help)
+    if template:
+        parser.add_argument("--template", default="auto", help=TEMPLATE_FLAG_HELP)

@@ -17,6 +17,7 @@ declared as aliases next to the options they set (``ALIASES`` of each class).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from workbench.config.base import (UNSET, Alias, OptionError, Options, Workbench
                                    option, option_fields, parse_bool, split_mapping)
 from workbench.config.data import DataArgs
 from workbench.config.model import ModelArgs
+from workbench.paths import project_presets_dir
 
 STAGES = ("pt", "sft", "rm", "dpo")
 FINETUNING_TYPES = ("lora", "freeze", "full")
@@ -561,16 +563,12 @@ def check_combination(cfg: TrainConfig) -> None:
         check_liger_kernel(model.device)
     for backend in tr.report_backends():
         if backend in ("wandb", "mlflow"):
-            import importlib.util
-
             if importlib.util.find_spec(backend) is None:
                 raise OptionError("report_to", f"{backend} is not installed (pip install {backend})")
 
 
 def resolve_deepspeed_config(value: str) -> Path:
     """A DeepSpeed JSON path or preset name → an existing JSON file (checked to be a JSON object)."""
-    from workbench.paths import project_presets_dir
-
     name = value.strip()
     if name in DEEPSPEED_PRESETS:
         path = project_presets_dir() / "deepspeed" / DEEPSPEED_PRESETS[name]
@@ -594,8 +592,6 @@ def resolve_deepspeed_config(value: str) -> Path:
 
 
 def check_deepspeed_installed() -> None:
-    import importlib.util
-
     if importlib.util.find_spec("deepspeed") is None:
         raise WorkbenchError(
             f"deepspeed is set but the deepspeed package is not installed; install it with: {DEEPSPEED_INSTALL} "
@@ -605,8 +601,6 @@ def check_deepspeed_installed() -> None:
 
 def check_liger_kernel(device: str = "auto") -> None:
     """enable_liger_kernel runs where Liger's kernels run: a CUDA GPU with the liger-kernel package installed."""
-    import importlib.util
-
     import torch
 
     has_cuda = torch.cuda.is_available()

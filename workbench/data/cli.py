@@ -7,7 +7,16 @@ import json
 import sys
 from pathlib import Path
 
+from workbench.cli import quiet_libraries
 from workbench.config.base import WorkbenchError
+from workbench.config.model import add_model_flags
+from workbench.data.converters import ConvertOptions, convert, convert_and_register
+from workbench.data.inspect import safe_file_name, template_notes, tokenizer_for
+from workbench.data.loader import load_spec
+from workbench.data.registry import get_spec, hub_cached, read_info
+from workbench.data.stats import marked_pieces, marked_text, token_lengths
+from workbench.data.templates import resolve_template
+from workbench.paths import project_data_dir
 
 
 def configure_data(parser: argparse.ArgumentParser) -> None:
@@ -22,8 +31,7 @@ def configure_data(parser: argparse.ArgumentParser) -> None:
     preview = sub.add_parser("preview", help="print rendered examples with the trained tokens marked, and token "
                                              "length statistics", allow_abbrev=False)
     preview.add_argument("name", metavar="NAME", help="a registered dataset, or a data file")
-    preview.add_argument("--template", default="auto", help="chat template (default: auto, from the model)")
-    preview.add_argument("--model", default="smollm2-135m-instruct", help="model whose tokenizer is used")
+    add_model_flags(preview, template=True, model_dest="model", model_help="model whose tokenizer is used")
     preview.add_argument("-n", type=int, default=2, help="examples to print (default 2)")
     preview.add_argument("--dataset-dir", default=None)
     preview.add_argument("--cutoff-len", type=int, default=1024)
@@ -66,16 +74,11 @@ def run_data(args) -> int:
 
 
 def _dataset_dir(value: str | None) -> Path:
-    from workbench.paths import project_data_dir
-
     return Path(value).expanduser() if value else project_data_dir()
 
 
 def check_rows(dataset_dir: Path, names: list[str]) -> list[dict]:
     """One row per dataset: name, format, rows, columns used, problems, ok."""
-    from workbench.data.loader import load_spec
-    from workbench.data.registry import get_spec, read_info
-
     info = read_info(dataset_dir)
     if not names and not info:
         raise WorkbenchError(f"{dataset_dir / 'dataset_info.json'}: no datasets registered")
@@ -89,8 +92,6 @@ def check_rows(dataset_dir: Path, names: list[str]) -> list[dict]:
             if spec.load_from == "file" and not spec.path.exists():
                 row["available"] = False
             elif spec.load_from != "file":
-                from workbench.data.registry import hub_cached
-
                 row["available"] = hub_cached(spec)  # checking never downloads
             loaded = load_spec(spec, allow_download=False)
             row["format"] = f"{spec.formatting}/{loaded.kind}"
@@ -126,21 +127,12 @@ def _check(args) -> int:
 
 
 def _preview(args) -> int:
-    from workbench.cli import quiet_libraries
-
     quiet_libraries()
-    from workbench.data.loader import load_spec
-    from workbench.data.registry import get_spec
-    from workbench.data.stats import marked_pieces, marked_text, token_lengths
-    from workbench.data.templates import resolve_template
-
     if args.n < 0:
         raise WorkbenchError("-n must be 0 or more")
     dataset_dir = _dataset_dir(args.dataset_dir)
     spec = get_spec(args.name, dataset_dir)
     loaded = load_spec(spec, args.max_samples)
-    from workbench.data.inspect import tokenizer_for
-
     tokenizer = tokenizer_for(args.model)
     template = resolve_template(args.template, args.model)
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
@@ -148,8 +140,6 @@ def _preview(args) -> int:
           f"{template.name}; tokenizer of {args.model}")
     for w in loaded.warnings():
         print(f"warning: {w}")
-    from workbench.data.inspect import template_notes
-
     for note in template_notes(template, tokenizer, loaded.records):
         print(f"warning: template {template.name}: {note}")
     legend = "trained text in green" if color else "trained text between ⟦ and ⟧"
@@ -165,8 +155,6 @@ def _preview(args) -> int:
 
 
 def _convert(args) -> int:
-    from workbench.data.converters import ConvertOptions, convert, convert_and_register
-
     if args.output is None and not args.register:
         raise WorkbenchError("data convert: give --output FILE, or --register NAME to write into the dataset folder")
     if args.dataset_dir and not args.register:
@@ -182,8 +170,6 @@ def _convert(args) -> int:
         overwrite=args.overwrite,
     )
     if args.register:
-        from workbench.data.inspect import safe_file_name
-
         dataset_dir = _dataset_dir(args.dataset_dir)
         if opts.output is None:
             opts.output = dataset_dir / f"{safe_file_name(args.register)}.json"

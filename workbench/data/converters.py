@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from workbench.config.base import WorkbenchError
-from workbench.data.registry import atomic_write_text
+from workbench.data.files import iter_file_rows
+from workbench.data.inspect import safe_file_name
+from workbench.data.registry import atomic_write_text, read_info, save_entry
 
 TASKS = ("cnn_dailymail", "squad_v2", "wmt19")
 SUMMARY_PROMPT = "Please generate an concise summarization for the following article：\n:"
@@ -110,8 +112,6 @@ def parse_keywords(values: str | Iterable[str]) -> list[str]:
 # ---- readers -------------------------------------------------------------------------------------
 
 def _rows(path: Path) -> Iterator[tuple[str, dict]]:
-    from workbench.data.loader import iter_file_rows
-
     for where, row in iter_file_rows(path):
         if not isinstance(row, dict):
             raise WorkbenchError(f"{where}: expected an object, got {type(row).__name__}")
@@ -368,9 +368,6 @@ def convert_and_register(opts: ConvertOptions, dataset_dir: str | Path, name: st
     The name is checked first and the output removed again if the registry cannot be written, so a
     failure leaves nothing behind.
     """
-    from workbench.data.inspect import safe_file_name
-    from workbench.data.registry import read_info, save_entry
-
     dataset_dir = Path(dataset_dir).expanduser()
     name = (name or "").strip()
     if not name:

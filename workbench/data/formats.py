@@ -16,7 +16,8 @@ from typing import Any, Iterable
 
 from workbench.config.base import WorkbenchError
 from workbench.data import records as R
-from workbench.data.registry import (DEFAULT_COLUMNS, DEFAULT_TAGS, FILE_TYPES, MEDIA_KEYS, DatasetSpec)
+from workbench.data.files import FILE_TYPES, peek_rows
+from workbench.data.spec import DEFAULT_COLUMNS, DEFAULT_TAGS, MEDIA_KEYS, DatasetSpec, spec_from_entry
 
 
 class RowError(WorkbenchError):
@@ -479,9 +480,6 @@ def detect_format(columns: list[str], rows: list[dict], notes: list[str] | None 
 
 def detect_spec(path: str | Path, name: str | None = None) -> DatasetSpec:
     """A spec for a data file that is not registered: read a few rows and guess the format."""
-    from workbench.data.loader import peek_rows
-    from workbench.data.registry import spec_from_entry
-
     path = Path(path).expanduser().resolve()
     if path.suffix.lower() not in FILE_TYPES:
         raise WorkbenchError(f"{path}: unsupported file type {path.suffix!r}; use one of "

@@ -12,11 +12,14 @@ from typing import Any
 from workbench.config.base import WorkbenchError
 from workbench.data import records as R
 from workbench.data.formats import detect_format, detect_turn_tags, message_turns
-from workbench.data.loader import check_readable, file_type, load_spec, peek_rows, uses_tools
-from workbench.data.registry import (COLUMN_KEYS, DEFAULT_COLUMNS, DEFAULT_TAGS, FORMATS, MEDIA_KEYS, TAG_KEYS,
-                                     DatasetSpec, get_spec, read_info, save_entry, spec_from_entry)
+from workbench.data.files import check_readable, file_type, peek_rows
+from workbench.data.loader import load_spec, uses_tools
+from workbench.data.registry import get_spec, read_info, save_entry
+from workbench.data.spec import (COLUMN_KEYS, DEFAULT_COLUMNS, DEFAULT_TAGS, FORMATS, MEDIA_KEYS, TAG_KEYS, DatasetSpec,
+                                 spec_from_entry)
 from workbench.data.stats import LengthStats, marked_pieces, token_lengths
 from workbench.data.templates import Template
+from workbench.models.loader import resolve_model_path
 
 MAPPABLE_COLUMNS = tuple(k for k in COLUMN_KEYS if k not in MEDIA_KEYS)
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
@@ -208,8 +211,6 @@ _TOKENIZERS: dict[str, Any] = {}
 
 def tokenizer_for(model: str):
     """The tokenizer of a model (alias, directory or cached hub id), loaded once per process."""
-    from workbench.models.loader import resolve_model_path
-
     path = resolve_model_path(model)
     if path not in _TOKENIZERS:
         from transformers import AutoTokenizer

@@ -96,23 +96,26 @@ def message(role: str, content: str, tool_calls: list[dict] | None = None) -> di
     return out
 
 
-def normalize_tool(tool: Any) -> dict[str, Any]:
-    """A tool definition in the OpenAI shape; plain ``{name, description, parameters}`` is wrapped."""
+def normalize_tool(tool: Any, index: int = 1) -> dict[str, Any]:
+    """Tool definition ``index`` (counted from 1, for errors) in the OpenAI shape: ``{"type": "function",
+    "function": {...}}`` (the type may be left out), or a bare ``{name, description, parameters}`` (wrapped)."""
     if not isinstance(tool, dict):
-        raise ValueError(f"a tool definition must be an object, got {type(tool).__name__}")
-    if tool.get("type") == "function" and isinstance(tool.get("function"), dict):
+        raise ValueError(f"tool {index} must be a JSON object, got {type(tool).__name__}")
+    fn = tool
+    if "function" in tool:
+        if tool.get("type", "function") != "function":
+            raise ValueError(f"tool {index} has type {tool.get('type')!r}; only 'function' is supported")
         fn = tool["function"]
-    elif "name" in tool:
-        fn = tool
-    else:
-        raise ValueError("a tool definition needs a 'name' (or 'type': 'function' with a 'function' object)")
-    if not isinstance(fn.get("name"), str) or not fn["name"]:
-        raise ValueError("a tool definition needs a non-empty 'name'")
+    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"].strip():
+        raise ValueError(f"tool {index} needs a function name (\"name\": \"...\")")
+    if fn.get("parameters") is not None and not isinstance(fn["parameters"], dict):
+        raise ValueError(f"tool {index} ({fn['name']}): parameters must be a JSON schema object")
     return {"type": "function", "function": fn}
 
 
 def parse_tools(value: Any) -> list[dict[str, Any]] | None:
-    """Tools as given in data files: a JSON string, a list, or a single object; empty means none."""
+    """Tool definitions as data files, requests and the chat tab give them: a JSON string, a list, or a single
+    definition; empty means none. Every reader of tool definitions comes through here."""
     if value is None or value == "" or value == []:
         return None
     if isinstance(value, str):
@@ -123,9 +126,22 @@ def parse_tools(value: Any) -> list[dict[str, Any]] | None:
     if isinstance(value, dict):
         value = [value]
     if not isinstance(value, list):
-        raise ValueError(f"tools must be a list of tool definitions, got {type(value).__name__}")
-    tools = [normalize_tool(t) for t in value]
+        raise ValueError(f"expected a JSON list of tool definitions, got {type(value).__name__}")
+    tools = [normalize_tool(t, i) for i, t in enumerate(value, 1)]
     return tools or None
+
+
+def call_arguments(arguments: Any, *, strict: bool = False) -> Any:
+    """A call's arguments: JSON text is decoded (blank: ``{}``); text that is not JSON is kept as written, or
+    with ``strict`` refused (ValueError). Anything else is already decoded."""
+    if not isinstance(arguments, str):
+        return arguments
+    try:
+        return json.loads(arguments) if arguments.strip() else {}
+    except json.JSONDecodeError:
+        if strict:
+            raise ValueError("the arguments are not valid JSON") from None
+        return arguments
 
 
 def parse_tool_call_value(value: Any) -> list[dict[str, Any]]:
@@ -142,13 +158,8 @@ def parse_tool_call_value(value: Any) -> list[dict[str, Any]]:
             raise ValueError(f"a function call must be an object, got {type(call).__name__}")
         if isinstance(call.get("function"), dict):  # OpenAI: {"type": "function", "function": {...}}
             call = call["function"]
-        name, arguments = call.get("name"), call.get("arguments", {})
+        name = call.get("name")
         if not isinstance(name, str) or not name:
             raise ValueError("a function call needs a non-empty 'name'")
-        if isinstance(arguments, str):
-            try:
-                arguments = json.loads(arguments) if arguments.strip() else {}
-            except json.JSONDecodeError:
-                pass  # keep a non-JSON argument string as written
-        out.append({"name": name, "arguments": arguments})
+        out.append({"name": name, "arguments": call_arguments(call.get("arguments", {}))})
     return out

@@ -15,7 +15,8 @@ Two kinds of template:
   rendering growing prefixes of the conversation.
 
 ``auto`` is a rule, not a template: :func:`resolve_template` picks the model's registry default, else the
-tokenizer's own jinja template.
+tokenizer's own jinja template. The rule lives here, with what it reads (a merged model's export record, an
+adapter's run record, the model catalog): :func:`default_template` and :func:`variant_template`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from pathlib import Path
+
 from workbench.config.base import WorkbenchError
+from workbench.models.catalog import lookup
+from workbench.rundir import EXPORT_RECORD, RUN_RECORD
 
 IGNORE_INDEX = -100
 
@@ -755,9 +760,58 @@ def resolve_template(name: str | None, model_name_or_path: str | None = None) ->
     if key != "auto":
         return get_template(key)
     if model_name_or_path:
-        from workbench.models import registry
-
-        default = registry.default_template(model_name_or_path)
+        default = default_template(model_name_or_path)
         if default != "auto":
             return get_template(default)
     return TEMPLATES["jinja"]
+
+
+# ---- which template a model or adapter uses ------------------------------------------------------
+
+def _recorded_template(directory: str, record: str) -> str | None:
+    """The known template named by ``directory/record`` (a run or export record), or None."""
+    try:
+        data = json.loads((Path(str(directory).strip()).expanduser() / record).read_text(encoding="utf-8"))
+        name = str(data.get("template") or "").strip().lower()
+    except (OSError, ValueError, AttributeError):
+        return None
+    return name if name in TEMPLATES else None
+
+
+def exported_template(name_or_path: str) -> str | None:
+    """The chat template the adapter(s) of a merged model were trained with, from its ``workbench_export.json``
+    (None when the directory holds no such record or it names no known template)."""
+    return _recorded_template(name_or_path, EXPORT_RECORD)
+
+
+def adapter_template(path: str) -> str | None:
+    """The chat template an adapter was trained with (its ``workbench_run.json``; a merged-adapter directory
+    carries one too), or None when it records no known template."""
+    return _recorded_template(path, RUN_RECORD)
+
+
+def default_template(name_or_path: str) -> str:
+    """A merged model's training template, else the registry's template for the model, else "auto"."""
+    recorded = exported_template(name_or_path) if name_or_path else None
+    if recorded:
+        return recorded
+    info = lookup(name_or_path)
+    return info.template if info else "auto"
+
+
+def variant_template(chosen: str | None, model_name_or_path: str, adapter_path: str | None = None
+                     ) -> tuple[str, str | None]:
+    """(template name, note) for the base model (``adapter_path`` None) or one adapter.
+
+    ``auto`` means: an adapter's training template, else the model's own (:func:`default_template`). A
+    template chosen explicitly is used for every variant; the note says when it differs from the one an
+    adapter was trained with.
+    """
+    key = (chosen or "auto").strip().lower()
+    trained = adapter_template(adapter_path) if adapter_path else None
+    if key == "auto":
+        return (trained or default_template(model_name_or_path)), None
+    if trained and trained != key:
+        return key, (f"adapter at {adapter_path} was trained with template {trained!r}, but {key!r} is chosen; "
+                     f"answers may be off (choose auto to use each adapter's own)")
+    return key, None

@@ -6,16 +6,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
+import subprocess
 import sys
 
-from workbench.config.base import WorkbenchError
+from workbench.cli import quiet_libraries
+from workbench.config.base import WorkbenchError, add_arguments, option_fields
+from workbench.config.eval import EvalArgs
+from workbench.config.generation import GenerationArgs
+from workbench.config.model import ModelArgs, add_model_flags, parse_adapter_specs
+from workbench.evaluate import metrics
+from workbench.evaluate.metrics import BLEU_TOKENIZERS, CJK_MODES, NO_ANSWER_PHRASE
+from workbench.evaluate.runner import evaluate
 
 
 # ---- score ------------------------------------------------------------------------------------
 
 def configure_score(parser: argparse.ArgumentParser) -> None:
-    from workbench.evaluate.metrics import BLEU_TOKENIZERS, CJK_MODES, NO_ANSWER_PHRASE
-
     sub = parser.add_subparsers(dest="metric", metavar="METRIC", required=True)
     squad = sub.add_parser("squad_v2", help="SQuAD v2.0 exact match and F1, as the official script",
                            description="Prints the official script's keys: exact, f1, total, HasAns_*, NoAns_*.",
@@ -42,8 +49,6 @@ def configure_score(parser: argparse.ArgumentParser) -> None:
 
 
 def run_score(args: argparse.Namespace) -> int:
-    from workbench.evaluate import metrics
-
     if args.metric == "squad_v2":
         golds = metrics.load_squad_golds(args.data)
         preds = metrics.load_squad_predictions(args.predictions)
@@ -83,18 +88,11 @@ _EVAL_FLAGS = ("task", "metric", "max_samples", "batch_size", "max_new_tokens", 
 
 
 def configure_eval(parser: argparse.ArgumentParser) -> None:
-    from workbench.config.base import add_arguments
-    from workbench.config.eval import EvalArgs
-    from workbench.config.generation import GenerationArgs
-    from workbench.config.model import ModelArgs
-
     parser.description = ("Generate answers with the base model and adapters (together, in mixed batches) for each "
                           "task, score them (BLEU / ROUGE-1 / EM), and write predictions, results.json and the matrix.")
     S = argparse.SUPPRESS
-    parser.add_argument("--model", "--model_name_or_path", dest="model_name_or_path", default=S, metavar="MODEL",
-                        help="model alias, local directory or hub id (default: smollm2-135m-instruct)")
-    parser.add_argument("--adapter", "--adapter_name_or_path", dest="adapter", action="append", default=[],
-                        metavar="NAME=DIR", help="a LoRA adapter to evaluate next to the base (repeat; NAME= optional)")
+    add_model_flags(parser, underscore_names=True,
+                    adapter_help="a LoRA adapter to evaluate next to the base (repeat; NAME= optional)")
     parser.add_argument("--merged", dest="merged", action="append", default=[], metavar="NAME=DIR",
                         help="a merged standalone model to evaluate too (repeat)")
     parser.add_argument("--task", dest="task", action="append", default=[], metavar="NAME[=DATASET]",
@@ -118,12 +116,6 @@ def configure_eval(parser: argparse.ArgumentParser) -> None:
 
 
 def _eval_options(args: argparse.Namespace):
-    from workbench.config.base import option_fields
-    from workbench.config.eval import EvalArgs
-    from workbench.config.generation import GenerationArgs
-    from workbench.config.model import ModelArgs
-    from workbench.models.adapters import parse_adapter_specs
-
     values = {k: v for k, v in vars(args).items() if k not in ("command", "adapter", "num_processes")}
     values["task"] = ",".join(values.get("task") or []) or None
     values["metric"] = ",".join(values.get("metric") or []) or None
@@ -137,23 +129,16 @@ def _eval_options(args: argparse.Namespace):
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from workbench.cli import quiet_libraries
-
     quiet_libraries()
     model_args, gen, eval_args, adapters = _eval_options(args)  # options are checked before any launch
     if args.num_processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return _launch(args.num_processes)
-    from workbench.evaluate.runner import evaluate
-
     evaluate(model_args, eval_args, gen, adapters=adapters)
     return 0
 
 
 def _launch(num_processes: int) -> int:
     """Re-run this very command under ``accelerate launch`` with N processes (data-parallel generation)."""
-    import shlex
-    import subprocess
-
     import torch
 
     argv = list(sys.argv[1:])

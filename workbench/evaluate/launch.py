@@ -14,11 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workbench.config.base import WorkbenchError
+from workbench.config.base import WorkbenchError, option_flags
 from workbench.config.eval import EvalArgs
 from workbench.config.generation import GenerationArgs
 from workbench.config.model import ModelArgs
+from workbench.evaluate.runner import clock, load_predictions, load_results
 from workbench.evaluate.tasks import parse_task_specs
+from workbench.infer.session import check_adapters_base
+from workbench.jobs import store as jobs
+from workbench.models.adapters import read_adapter_config
+from workbench.paths import PROJECT_ROOT, run_path, runs_dir
 from workbench.rundir import timestamped
 
 KIND = "eval"
@@ -36,12 +41,6 @@ class EvalPlan:
         return shlex.join(["python", *self.argv[1:]])
 
 
-def _flag_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
 def eval_argv(model_args: ModelArgs, adapters: dict[str, str], eval_args: EvalArgs, gen: GenerationArgs,
               output_dir: str | Path) -> list[str]:
     """``python -m workbench eval`` with only what differs from the defaults, plus the output directory."""
@@ -54,18 +53,17 @@ def eval_argv(model_args: ModelArgs, adapters: dict[str, str], eval_args: EvalAr
         argv += ["--metric", item]
     for item in _split(eval_args.merged):
         argv += ["--merged", item]
-    flags = {"max_samples": "--max-samples", "batch_size": "--batch-size", "max_new_tokens": "--max-new-tokens"}
-    for key, value in eval_args.to_dict(non_default_only=True).items():
-        if key in ("task", "metric", "merged", "output_dir"):
-            continue
-        argv += [flags.get(key, f"--{key}"), _flag_value(value)]
-    for key, value in model_args.to_dict(non_default_only=True).items():
-        if key not in ("model_name_or_path", "adapter_name_or_path"):
-            argv += [f"--{key}", _flag_value(value)]
-    for key, value in gen.to_dict(non_default_only=True).items():
-        if key != "max_new_tokens" and value is not None:
-            argv += [f"--{key}", _flag_value(value)]
+    argv += option_flags(_without(eval_args.to_dict(non_default_only=True), "task", "metric", "merged", "output_dir"),
+                         {"max_samples": "--max-samples", "batch_size": "--batch-size",
+                          "max_new_tokens": "--max-new-tokens"})
+    argv += option_flags(_without(model_args.to_dict(non_default_only=True), "model_name_or_path",
+                                  "adapter_name_or_path"))
+    argv += option_flags(_without(gen.to_dict(non_default_only=True), "max_new_tokens"))
     return argv + ["--output", str(output_dir)]
+
+
+def _without(values: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if k not in keys}
 
 
 def _split(text: str | None) -> list[str]:
@@ -75,10 +73,6 @@ def _split(text: str | None) -> list[str]:
 def plan_eval(model_args: ModelArgs, adapters: dict[str, str], eval_args: EvalArgs, gen: GenerationArgs,
               name: str | None = None, root: Path | str | None = None) -> EvalPlan:
     """Check the request (tasks and metrics, adapter directories) and build the job's command."""
-    from workbench.infer.session import check_adapters_base
-    from workbench.models.adapters import read_adapter_config
-    from workbench.paths import run_path, runs_dir
-
     parse_task_specs(eval_args.task, eval_args.metric)  # unknown task or metric: say so before starting
     for adapter_name, path in adapters.items():
         if adapter_name == "base":
@@ -98,9 +92,6 @@ def plan_eval(model_args: ModelArgs, adapters: dict[str, str], eval_args: EvalAr
 
 def start_eval(plan: EvalPlan, root: Path | str | None = None):
     """Run the plan as a job (queued behind other device jobs); returns the Job."""
-    from workbench.jobs import store as jobs
-    from workbench.paths import PROJECT_ROOT
-
     return jobs.start_job(KIND, plan.name, plan.argv, plan.config, cwd=PROJECT_ROOT, root=root)
 
 
@@ -108,8 +99,6 @@ def start_eval(plan: EvalPlan, root: Path | str | None = None):
 
 def list_evaluations(root: Path | str | None = None) -> list[tuple[str, str]]:
     """Finished evaluations in the runs directory as (name, directory), newest first."""
-    from workbench.paths import runs_dir
-
     base = Path(root).expanduser() if root else runs_dir()
     try:
         found = [(p.stat().st_mtime, p) for p in base.iterdir() if (p / "results.json").is_file()]
@@ -120,8 +109,6 @@ def list_evaluations(root: Path | str | None = None) -> list[tuple[str, str]]:
 
 def example_rows(out_dir: str | Path, task: str, index: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Example ``index`` of ``task``: its prompt and references, and each model's prediction and scores."""
-    from workbench.evaluate.runner import load_predictions, load_results
-
     results = load_results(out_dir)
     names = [t["name"] for t in results["tasks"]]
     if task not in names:
@@ -142,8 +129,6 @@ def progress_summary(entry: dict[str, Any] | None) -> str:
     """One line from the last progress.jsonl entry: rows (example × model) done, rows/s, ETA."""
     if not entry:
         return ""
-    from workbench.evaluate.runner import clock
-
     done, total = entry.get("step", 0), entry.get("total_steps", 0)
     pct = 100 * done / total if total else 0
     eta = entry.get("eta")

@@ -33,9 +33,15 @@ from workbench.config.base import WorkbenchError
 from workbench.config.eval import EvalArgs
 from workbench.config.generation import GenerationArgs
 from workbench.config.model import ModelArgs
+from workbench.data.templates import get_template, resolve_template
 from workbench.evaluate import metrics as M
 from workbench.evaluate.tasks import Example, Task, build_tasks
-from workbench.rundir import PROGRESS_FILE, timestamped
+from workbench.infer.batch import generate_batch_output
+from workbench.infer.session import check_adapters_base
+from workbench.models import loader  # loader.load_model looked up at each call: tests replace it
+from workbench.config.model import parse_adapter_specs
+from workbench.models.registry import variant_template
+from workbench.rundir import PROGRESS_FILE, append_progress, timestamped
 
 BASE = "base"
 
@@ -91,8 +97,7 @@ class Progress:
         self.printer(f"eval: {self.done}/{self.total} rows ({pct:.0f}%) | {task} | {model_group} | "
                      f"{rate:.2f} rows/s | elapsed {clock(elapsed)} | ETA {clock(eta or 0)}")
         if self.path is not None:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+            append_progress(self.path, record)
 
 
 # ---- distributed --------------------------------------------------------------------------------
@@ -242,13 +247,6 @@ def evaluate(model_args: ModelArgs, eval_args: EvalArgs, gen: GenerationArgs, *,
              adapters: dict[str, str] | None = None, output_dir: str | Path | None = None,
              log: Callable[[str], None] | None = None) -> dict:
     """Run every task for the base, the adapters and the merged models; write and return the results."""
-    from workbench.data.templates import get_template, resolve_template
-    from workbench.models.registry import variant_template
-    from workbench.infer.batch import generate_batch_output
-    from workbench.infer.session import check_adapters_base
-    from workbench.models.adapters import parse_adapter_specs
-    from workbench.models.loader import load_model
-
     rank, world, state = _world()
     main = rank == 0
     say = (log or (lambda m: print(m, flush=True))) if main else (lambda m: None)
@@ -278,6 +276,29 @@ def evaluate(model_args: ModelArgs, eval_args: EvalArgs, gen: GenerationArgs, *,
         if torch.cuda.is_available():
             model_args = dataclasses.replace(model_args, device=f"cuda:{state.local_process_index}")
     resolve_template(eval_args.template, model_args.model_name_or_path)  # an unknown name fails before loading
+    total = sum(len(t.examples) for t in tasks) * len(variants)
+    progress = Progress(total, out_dir / PROGRESS_FILE if main else None, say, scale=world)
+    evaluation = _Evaluation(eval_args, gen, tasks, {v.name: v.kind for v in variants}, rank, world, state, say,
+                             progress)
+    for label, group_args, group_adapters, names in _model_groups(model_args, adapters, variants):
+        evaluation.answer_group(label, group_args, group_adapters, names)
+    if state is not None:
+        evaluation.gather_counts()
+    if not main:
+        return {}
+    results = _write_results(out_dir, tasks, variants, evaluation.predictions, eval_args, gen, model_args,
+                             evaluation.timing(total))
+    if any(evaluation.truncated.values()):
+        say(f"note: prompts cut to max_prompt_len {eval_args.max_prompt_len}: {evaluation.truncated}")
+    say(f"wrote {out_dir / 'results.json'}, {out_dir / 'matrix.csv'}, {out_dir / 'matrix.md'}")
+    say(matrix_markdown(results).rstrip())
+    return results
+
+
+def _model_groups(model_args: ModelArgs, adapters: dict[str, str],
+                  variants: list[Variant]) -> list[tuple[str, ModelArgs, dict[str, str], list[str]]]:
+    """One model load each: (label, model options, adapters attached, variant names answering). The base carries
+    every adapter unmerged, so they share its batches; a merged model is a model of its own."""
     groups: list[tuple[str, ModelArgs, dict[str, str], list[str]]] = []
     shared = [v.name for v in variants if v.kind in ("base", "adapter")]
     if shared:
@@ -286,94 +307,120 @@ def evaluate(model_args: ModelArgs, eval_args: EvalArgs, gen: GenerationArgs, *,
         if v.kind == "merged":
             groups.append((v.name, dataclasses.replace(model_args, model_name_or_path=v.path,
                                                        adapter_name_or_path=None), {}, [v.name]))
-    total = sum(len(t.examples) for t in tasks) * len(variants)
-    progress = Progress(total, out_dir / PROGRESS_FILE if main else None, say, scale=world)
-    predictions: dict[tuple[str, str], list[str]] = {}
-    gen_seconds, new_tokens, prompt_tokens = 0.0, 0, 0
-    truncated: dict[str, int] = {}
-    load_seconds = 0.0
-    kinds = {v.name: v.kind for v in variants}
-    for label, group_args, group_adapters, names in groups:
+    return groups
+
+
+@dataclass
+class _Evaluation:
+    """One evaluation's generation: the answers of every variant to every task, and the time and tokens spent
+    (this process's share until :meth:`gather_counts`)."""
+
+    eval_args: EvalArgs
+    gen: GenerationArgs
+    tasks: list[Task]
+    kinds: dict[str, str]  # variant name → base | adapter | merged
+    rank: int
+    world: int
+    state: Any  # accelerate's PartialState under several processes, else None
+    say: Callable[[str], None]
+    progress: Progress
+    predictions: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (task, variant) → answers
+    truncated: dict[str, int] = field(default_factory=dict)  # task → prompts shortened to max_prompt_len
+    gen_seconds: float = 0.0
+    load_seconds: float = 0.0
+    new_tokens: int = 0
+    prompt_tokens: int = 0
+
+    def answer_group(self, label: str, group_args: ModelArgs, group_adapters: dict[str, str],
+                     names: list[str]) -> None:
+        """Load one model (with its adapters) and answer every task with the variants ``names``."""
         # Each answers in the template it was trained with when the template is auto: an adapter from its run
         # record, a merged model from its export record, the base from the registry (or its tokenizer's own).
         templates = {}
         for name in names:
-            chosen, note = variant_template(eval_args.template, group_args.model_name_or_path,
-                                            group_adapters.get(name) if kinds[name] == "adapter" else None)
+            chosen, note = variant_template(self.eval_args.template, group_args.model_name_or_path,
+                                            group_adapters.get(name) if self.kinds[name] == "adapter" else None)
             if note:
-                say(f"warning: {note}")
+                self.say(f"warning: {note}")
             templates[name] = get_template(chosen)
-        say(f"loading {label}" + (f" with adapters {', '.join(group_adapters)}" if group_adapters else ""))
-        loaded = load_model(group_args, adapters=group_adapters, padding_side="left")
-        load_seconds += loaded.load_seconds
+        self.say(f"loading {label}" + (f" with adapters {', '.join(group_adapters)}" if group_adapters else ""))
+        loaded = loader.load_model(group_args, adapters=group_adapters, padding_side="left")
+        self.load_seconds += loaded.load_seconds
         used = ", ".join(f"{n}: {t.name}" for n, t in templates.items())
-        say(f"loaded {loaded.describe()} in {loaded.load_seconds:.1f}s; templates {used}")
+        self.say(f"loaded {loaded.describe()} in {loaded.load_seconds:.1f}s; templates {used}")
+        for t_index, task in enumerate(self.tasks):
+            self._answer_task(loaded, label, names, templates, t_index, task)
+
+    def _answer_task(self, loaded, label: str, names: list[str], templates: dict[str, Any], t_index: int,
+                     task: Task) -> None:
+        """Every variant's answers to ``task``, longest prompts first, sharded over the processes and gathered."""
+        encoded = {}
+        for t in {t.name: t for t in templates.values()}.values():
+            encoded[t.name] = encode_examples(t, loaded.tokenizer, task.examples, self.gen.system,
+                                              self.eval_args.max_prompt_len)
+        self.truncated[task.name] = max(cut for _, cut in encoded.values())
+        first = encoded[templates[names[0]].name][0]
+        order = sorted(range(len(first)), key=lambda i: -len(first[i]))
+        rows = [Row(t_index, i, name, encoded[templates[name].name][0][i]) for i in order for name in names]
+        # Shard by example, not by row, so every process still batches the base with the adapters.
+        mine = [(k, r) for k, r in enumerate(rows) if (k // len(names)) % self.world == self.rank]
+        answers = self._generate(loaded, label, names, templates, task, mine)
+        if self.state is not None:
+            from accelerate.utils import gather_object
+
+            answers = gather_object(answers)
+        by_row = {k: text for k, text, _ in answers}
+        if len(by_row) != len(rows):
+            raise WorkbenchError(f"task {task.name}: {len(rows) - len(by_row)} answers went missing while gathering")
+        for name in names:
+            texts = [""] * len(task.examples)
+            for k, r in enumerate(rows):
+                if r.variant == name:
+                    texts[r.example] = by_row[k]
+            self.predictions[(task.name, name)] = texts
+
+    def _generate(self, loaded, label: str, names: list[str], templates: dict[str, Any], task: Task,
+                  mine: list[tuple[int, Row]]) -> list[tuple[int, str, int]]:
+        """This process's rows answered in batches: (row number, answer, answer tokens)."""
         # One batch mixes variants: any of their end-of-turn tokens ends a row (all are special tokens).
         stops = list(dict.fromkeys(i for t in templates.values() for i in t.stop_token_ids(loaded.tokenizer)))
-        peft_names = [n if kinds[n] == "adapter" else None for n in names]  # base and merged rows: no adapter
-        for t_index, task in enumerate(tasks):
-            encoded = {}
-            for t in {t.name: t for t in templates.values()}.values():
-                encoded[t.name] = encode_examples(t, loaded.tokenizer, task.examples, gen.system,
-                                                  eval_args.max_prompt_len)
-            truncated[task.name] = max(cut for _, cut in encoded.values())
-            first = encoded[templates[names[0]].name][0]
-            order = sorted(range(len(first)), key=lambda i: -len(first[i]))
-            rows = [Row(t_index, i, name, encoded[templates[name].name][0][i]) for i in order for name in names]
-            # Shard by example, not by row, so every process still batches the base with the adapters.
-            mine = [(k, r) for k, r in enumerate(rows) if (k // len(names)) % world == rank]
-            task_gen = dataclasses.replace(gen, max_new_tokens=task.max_new_tokens)
-            answers: list[tuple[int, str, int]] = []
-            for start in range(0, len(mine), eval_args.batch_size):
-                batch = mine[start:start + eval_args.batch_size]
-                began = time.perf_counter()
-                result = generate_batch_output(
-                    loaded, [r.prompt_ids for _, r in batch],
-                    [peft_names[names.index(r.variant)] for _, r in batch], task_gen, stops)
-                spent = time.perf_counter() - began
-                gen_seconds += spent
-                new_tokens += result.new_tokens
-                prompt_tokens += result.prompt_tokens
-                answers += [(k, text, len(tok)) for (k, _), text, tok in zip(batch, result.texts, result.token_ids)]
-                progress.update(len(batch), result.new_tokens, spent, task.name, label)
-            if state is not None:
-                from accelerate.utils import gather_object
+        peft_names = [n if self.kinds[n] == "adapter" else None for n in names]  # base and merged rows: no adapter
+        task_gen = dataclasses.replace(self.gen, max_new_tokens=task.max_new_tokens)
+        answers: list[tuple[int, str, int]] = []
+        for start in range(0, len(mine), self.eval_args.batch_size):
+            batch = mine[start:start + self.eval_args.batch_size]
+            began = time.perf_counter()
+            result = generate_batch_output(
+                loaded, [r.prompt_ids for _, r in batch],
+                [peft_names[names.index(r.variant)] for _, r in batch], task_gen, stops)
+            spent = time.perf_counter() - began
+            self.gen_seconds += spent
+            self.new_tokens += result.new_tokens
+            self.prompt_tokens += result.prompt_tokens
+            answers += [(k, text, len(tok)) for (k, _), text, tok in zip(batch, result.texts, result.token_ids)]
+            self.progress.update(len(batch), result.new_tokens, spent, task.name, label)
+        return answers
 
-                answers = gather_object(answers)
-            by_row = {k: text for k, text, _ in answers}
-            if len(by_row) != len(rows):
-                raise WorkbenchError(f"task {task.name}: {len(rows) - len(by_row)} answers went missing while gathering")
-            for name in names:
-                texts = [""] * len(task.examples)
-                for k, r in enumerate(rows):
-                    if r.variant == name:
-                        texts[r.example] = by_row[k]
-                predictions[(task.name, name)] = texts
-        del loaded
-    if state is not None:
+    def gather_counts(self) -> None:
+        """Every process's time and tokens on every process: the slowest generation time, the summed tokens."""
         import torch
-
-        stats = torch.tensor([gen_seconds, new_tokens, prompt_tokens], dtype=torch.float64)
         from accelerate.utils import gather
 
-        stats = gather(stats.to(state.device)).view(world, 3).cpu()
-        gen_seconds = float(stats[:, 0].max())
-        new_tokens, prompt_tokens = int(stats[:, 1].sum()), int(stats[:, 2].sum())
-    if not main:
-        return {}
-    results = _write_results(out_dir, tasks, variants, predictions, eval_args, gen, model_args,
-                             {"generate_seconds": round(gen_seconds, 3), "load_seconds": round(load_seconds, 3),
-                              "rows": total, "rows_per_second": round(total / gen_seconds, 3) if gen_seconds else None,
-                              # the old name of rows_per_second, kept for readers of older results
-                              "examples_per_second": round(total / gen_seconds, 3) if gen_seconds else None,
-                              "new_tokens": new_tokens, "prompt_tokens": prompt_tokens,
-                              "new_tokens_per_second": round(new_tokens / gen_seconds, 1) if gen_seconds else None,
-                              "processes": world, "prompts_shortened": truncated})
-    if any(truncated.values()):
-        say(f"note: prompts cut to max_prompt_len {eval_args.max_prompt_len}: {truncated}")
-    say(f"wrote {out_dir / 'results.json'}, {out_dir / 'matrix.csv'}, {out_dir / 'matrix.md'}")
-    say(matrix_markdown(results).rstrip())
-    return results
+        stats = torch.tensor([self.gen_seconds, self.new_tokens, self.prompt_tokens], dtype=torch.float64)
+        stats = gather(stats.to(self.state.device)).view(self.world, 3).cpu()
+        self.gen_seconds = float(stats[:, 0].max())
+        self.new_tokens, self.prompt_tokens = int(stats[:, 1].sum()), int(stats[:, 2].sum())
+
+    def timing(self, rows: int) -> dict[str, Any]:
+        """results.json's ``timing``."""
+        seconds = self.gen_seconds
+        return {"generate_seconds": round(seconds, 3), "load_seconds": round(self.load_seconds, 3),
+                "rows": rows, "rows_per_second": round(rows / seconds, 3) if seconds else None,
+                # the old name of rows_per_second, kept for readers of older results
+                "examples_per_second": round(rows / seconds, 3) if seconds else None,
+                "new_tokens": self.new_tokens, "prompt_tokens": self.prompt_tokens,
+                "new_tokens_per_second": round(self.new_tokens / seconds, 1) if seconds else None,
+                "processes": self.world, "prompts_shortened": self.truncated}
 
 
 def _write_results(out_dir: Path, tasks: list[Task], variants: list[Variant], predictions: dict,

@@ -261,7 +261,8 @@ def _translation_pair(dataset: str) -> tuple[Path, Path] | None:
 def _records_examples(name: str, dataset_dir: str | None, max_samples: int | None) -> tuple[list[Example], list[str]]:
     """A registered dataset (or a data file in a chat format): prompt = all turns but the last answer."""
     from workbench.data import records as R
-    from workbench.data.loader import load_spec, peek_rows
+    from workbench.data.files import peek_rows
+    from workbench.data.loader import load_spec
     from workbench.data.registry import get_spec
     from workbench.paths import project_data_dir
 
@@ -343,7 +344,7 @@ def load_examples(name: str, dataset: str, *, dataset_dir: str | None = None, ma
     if path.is_file():
         if _json_object(path) is not None:
             return _squad_examples(path, max_samples), []
-        from workbench.data.loader import peek_rows
+        from workbench.data.files import peek_rows
 
         columns, _ = peek_rows(path, 5)
         cols = set(columns)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import signal
 from typing import Any
 
 from workbench.config.base import add_arguments, from_mapping
 from workbench.config.export import ExportArgs, MergeAdaptersArgs
-from workbench.config.model import ModelArgs
+from workbench.config.model import ModelArgs, add_model_flags, parse_adapter_specs
 from workbench.export.merge import Progress, combine_adapters, export_steps, merge_into_model
 
 
@@ -16,7 +17,6 @@ _MODEL_SKIP = ("adapter_name_or_path", "infer_dtype", "attn_implementation")
 
 def _interrupt_on_sigterm() -> None:
     """Aborting a job sends SIGTERM: turn it into KeyboardInterrupt so the staging directory is removed."""
-    import signal
 
     def handler(signum, frame):
         raise KeyboardInterrupt
@@ -25,17 +25,13 @@ def _interrupt_on_sigterm() -> None:
 
 
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", dest="model_name_or_path", default=argparse.SUPPRESS,
-                        help="base model: alias, local directory or hub id (default: smollm2-135m-instruct)")
-    parser.add_argument("--adapter", action="append", default=[], metavar="[NAME=]DIR",
-                        help="adapter directory (repeatable; export adds every one to the model)")
+    add_model_flags(parser, model_help="base model: alias, local directory or hub id", adapter_metavar="[NAME=]DIR",
+                    adapter_help="adapter directory (repeatable; export adds every one to the model)")
     parser.add_argument("--progress-file", dest="progress_file", default=None, metavar="FILE",
                         help="also append one JSON line per step to FILE (the Export tab's job reads it)")
 
 
 def _split(args, cls):
-    from workbench.models.adapters import parse_adapter_specs
-
     values = {k: v for k, v in vars(args).items() if k not in ("command", "adapter", "progress_file")}
     model_keys = set(ModelArgs.__dataclass_fields__)
     model_args = from_mapping(ModelArgs, {k: v for k, v in values.items() if k in model_keys})

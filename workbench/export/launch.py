@@ -4,9 +4,10 @@ as a Job (:func:`start_export_job`) with the exact argv the command line would u
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
-from workbench.config.base import OptionError
+from workbench.config.base import OptionError, option_flags
 from workbench.config.export import ExportArgs, MergeAdaptersArgs
 from workbench.export.merge import (
     EXPORT,
@@ -21,8 +22,8 @@ from workbench.export.merge import (
     safe_name,
 )
 from workbench.jobs import store as jobs
-from workbench.rundir import PROGRESS_FILE
-from workbench.rundir import timestamped
+from workbench.paths import PROJECT_ROOT, run_path
+from workbench.rundir import PROGRESS_FILE, timestamped
 
 
 def command_argv(command: str, model_name: str, adapters: dict[str, str], opts: ExportArgs | MergeAdaptersArgs,
@@ -31,9 +32,7 @@ def command_argv(command: str, model_name: str, adapters: dict[str, str], opts: 
     argv = [sys.executable, "-m", "workbench", command, "--model", model_name]
     for name, path in adapters.items():
         argv += ["--adapter", f"{name}={path}"]
-    for key, value in opts.to_dict(non_default_only=True).items():
-        if value is not None:
-            argv += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
+    argv += option_flags(opts.to_dict(non_default_only=True))
     if progress_file is not None:
         argv += ["--progress-file", str(progress_file)]
     return argv
@@ -95,11 +94,6 @@ def _local_model_config(model_name: str) -> dict | None:
 def start_export_job(command: str, model_name: str, adapters: dict[str, str],
                      opts: ExportArgs | MergeAdaptersArgs):
     """Check the request, then run the command as a Job; returns (job, output directory)."""
-    from dataclasses import replace
-
-    
-    from workbench.paths import PROJECT_ROOT, run_path
-
     out = preflight(command, model_name, adapters, opts)
     opts = replace(opts, out=str(out))
     name = safe_name(f"{command}-{out.name}")[:100]

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import yaml
+
 from workbench.config.base import OptionError, WorkbenchError
 from workbench.config.export import (
     SAME_RANK_METHODS,
@@ -30,8 +32,20 @@ from workbench.config.export import (
     MergeAdaptersArgs,
 )
 from workbench.config.model import ModelArgs
+from workbench.data.templates import get_template
+from workbench.export.gguf import (
+    check_lora_adapter,
+    check_model_config,
+    is_gguf_file,
+    read_model_config,
+    write_lora,
+    write_model,
+)
+from workbench.models.adapters import read_adapter_config
+from workbench.models.identity import other_base, same_model
+from workbench.models.loader import attach_adapters, load_model, load_tokenizer, resolve_model_path
 from workbench.paths import home, runs_dir
-from workbench.rundir import ADAPTER_CONFIG, EXPORT_RECORD, RUN_RECORD, timestamped
+from workbench.rundir import ADAPTER_CONFIG, CONFIG_FILE, EXPORT_RECORD, RUN_RECORD, append_progress, timestamped
 
 EXPORT, MERGE = "export", "merge-adapters"  # the two commands
 # What marks a directory as an earlier export that --overwrite may replace.
@@ -80,13 +94,12 @@ class Progress:
         if self.file is not None:
             record = {"step": step, "total_steps": self.total, "message": message, "elapsed": round(elapsed, 2),
                       "peak_rss_mb": peak_rss_mb()}
-            with self.file.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+            append_progress(self.file, record)
 
 
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far (Linux reports KiB, macOS bytes)."""
-    import resource
+    import resource  # Unix only
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
@@ -117,8 +130,6 @@ class AdapterInfo:
 
 
 def read_adapters(adapters: dict[str, str]) -> list[AdapterInfo]:
-    from workbench.models.adapters import read_adapter_config
-
     infos = []
     for name, path in adapters.items():
         path = Path(path).expanduser()
@@ -137,35 +148,21 @@ def read_adapters(adapters: dict[str, str]) -> list[AdapterInfo]:
     return infos
 
 
-def base_key(name_or_path: str) -> str:
-    """A comparable identity for a base model: registry alias, else an absolute path, else the hub id."""
-    from workbench.models import registry
-
-    text = str(name_or_path).strip().rstrip("/")
-    info = registry.lookup(text)
-    if info is not None:
-        return info.alias
-    path = Path(text).expanduser()
-    if path.exists():
-        return str(path.resolve())
-    return text.lower()
-
-
 def check_bases(model_name: str, infos: list[AdapterInfo]) -> None:
     """Adapters must come from one base model, and that base must be the model given."""
     recorded = [(i, i.recorded_base) for i in infos if i.recorded_base]
-    keys = {base_key(base) for _, base in recorded}
-    if len(keys) > 1:
+    if any(not same_model(base, recorded[0][1]) for _, base in recorded[1:]):
         listed = "; ".join(f"{i.name} → {base}" for i, base in recorded)
         raise WorkbenchError(
             f"the adapters were trained on different base models ({listed}); merge only adapters of one base model"
         )
-    if keys and base_key(model_name) not in keys:
-        info, base = recorded[0]
-        raise WorkbenchError(
-            f"adapter {info.name} was trained on {base}, not on {model_name}; pass --model {base} "
-            "(or --check_base false if that base model moved to another directory)"
-        )
+    for info, _ in recorded:
+        base = other_base(info.path, model_name)
+        if base is not None:
+            raise WorkbenchError(
+                f"adapter {info.name} was trained on {base}, not on {model_name}; pass --model {base} "
+                "(or --check_base false if that base model moved to another directory)"
+            )
 
 
 # ---- output directory ----------------------------------------------------------------------------
@@ -233,8 +230,6 @@ def check_output(out: Path, *, overwrite: bool, inputs: list[Path]) -> Path:
 
 def check_output_file(out: Path, *, overwrite: bool, inputs: list[Path]) -> Path:
     """Like :func:`check_output`, for a one-file export (GGUF): refuse an unusable target before any work."""
-    from workbench.export.gguf import is_gguf_file
-
     out = Path(os.path.abspath(out.expanduser()))
     if out.is_dir():
         raise OptionError("out", f"{out} is a directory; a GGUF export is one file: give a path ending in .gguf")
@@ -269,15 +264,16 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-class StagingDir:
-    """A hidden directory beside the target that becomes the target only when everything is written."""
+class _Staging:
+    """A hidden entry beside the target (``.NAME.partial-PID``) that becomes the target only when everything is
+    written; parents it had to create are removed again on failure. Subclasses say what the entry is."""
 
     def __init__(self, out: Path, overwrite: bool):
         self.out, self.overwrite = out, overwrite
         self.created_parents: list[Path] = []
         self.path = out.parent / f".{out.name}.partial-{os.getpid()}"
 
-    def __enter__(self) -> "StagingDir":
+    def __enter__(self):
         self._remove_stale()
         missing = []
         parent = self.out.parent
@@ -288,7 +284,7 @@ class StagingDir:
             for directory in reversed(missing):
                 directory.mkdir()
                 self.created_parents.append(directory)
-            self.path.mkdir()
+            self._create()
         except OSError as exc:
             self._cleanup()
             raise OptionError("out", f"cannot write to {self.out} ({exc.strerror or exc})") from None
@@ -301,7 +297,37 @@ class StagingDir:
         for path in self.out.parent.glob(f".{self.out.name}.partial-*"):
             pid = path.name.rsplit("-", 1)[-1]
             if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-                shutil.rmtree(path, ignore_errors=True)
+                self._remove(path)
+
+    def _cleanup(self) -> None:
+        self._remove(self.path)
+        for directory in reversed(self.created_parents):
+            try:
+                directory.rmdir()
+            except OSError:
+                pass
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None or self.path.exists():
+            self._cleanup()
+
+    def _create(self) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def _remove(path: Path) -> None:
+        raise NotImplementedError
+
+
+class StagingDir(_Staging):
+    """A staging directory for a merged model or a combined adapter."""
+
+    def _create(self) -> None:
+        self.path.mkdir()
+
+    @staticmethod
+    def _remove(path: Path) -> None:
+        shutil.rmtree(path, ignore_errors=True)
 
     def publish(self) -> None:
         """Rename the finished directory into place (replacing an earlier export only with overwrite)."""
@@ -319,65 +345,22 @@ class StagingDir:
             self.path.rename(out)
         self.created_parents = []
 
-    def _cleanup(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
-        for directory in reversed(self.created_parents):
-            try:
-                directory.rmdir()
-            except OSError:
-                pass
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None or self.path.exists():
-            self._cleanup()
+class StagingFile(_Staging):
+    """A staging file for a GGUF export."""
 
+    def _create(self) -> None:
+        self.path.touch()
 
-class StagingFile:
-    """A hidden file beside the target that becomes the target only when it is completely written."""
-
-    def __init__(self, out: Path, overwrite: bool):
-        self.out, self.overwrite = out, overwrite
-        self.created_parents: list[Path] = []
-        self.path = out.parent / f".{out.name}.partial-{os.getpid()}"
-
-    def __enter__(self) -> "StagingFile":
-        if self.out.parent.is_dir():  # leftovers of an export to this target whose process was killed outright
-            for path in self.out.parent.glob(f".{self.out.name}.partial-*"):
-                pid = path.name.rsplit("-", 1)[-1]
-                if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-                    path.unlink(missing_ok=True)
-        missing = []
-        parent = self.out.parent
-        while not parent.exists():
-            missing.append(parent)
-            parent = parent.parent
-        try:
-            for directory in reversed(missing):
-                directory.mkdir()
-                self.created_parents.append(directory)
-            self.path.touch()
-        except OSError as exc:
-            self._cleanup()
-            raise OptionError("out", f"cannot write to {self.out} ({exc.strerror or exc})") from None
-        return self
+    @staticmethod
+    def _remove(path: Path) -> None:
+        path.unlink(missing_ok=True)
 
     def publish(self) -> None:
         if self.out.exists() and not self.overwrite:
             raise OptionError("out", f"{self.out} was created by someone else while exporting; nothing was replaced")
         os.replace(self.path, self.out)
         self.created_parents = []
-
-    def _cleanup(self) -> None:
-        self.path.unlink(missing_ok=True)
-        for directory in reversed(self.created_parents):
-            try:
-                directory.rmdir()
-            except OSError:
-                pass
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None or self.path.exists():
-            self._cleanup()
 
 
 # ---- export: adapters merged into the base model ------------------------------------------------
@@ -404,10 +387,8 @@ def _quantization_of(infos: list[AdapterInfo], model_args: ModelArgs) -> dict:
     if not first.quantization_bit:
         return {}
     settings = {"quantization_bit": first.quantization_bit}
-    config_file = first.path / "config.yaml"
+    config_file = first.path / CONFIG_FILE
     if config_file.is_file():  # the training run's resolved options hold the 4-bit type and double quantization
-        import yaml
-
         try:
             resolved = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError:
@@ -429,8 +410,6 @@ def _template_note(infos: list[AdapterInfo], tokenizer) -> tuple[str | None, str
     if name in ("auto", "jinja") or not getattr(tokenizer, "chat_template", None):
         return name, None
     try:
-        from workbench.data.templates import get_template
-
         sample = [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi!"},
                   {"role": "user", "content": "What is 2+2?"}]
         ours = get_template(name).render(tokenizer, sample, add_generation_prompt=True)
@@ -470,6 +449,30 @@ def _display_name(model_name: str) -> str:
     return Path(str(model_name).rstrip("/")).name or str(model_name)
 
 
+@dataclass
+class _Merge:
+    """What the steps of :func:`merge_into_model` share, once the request is checked."""
+
+    model_args: ModelArgs
+    opts: ExportArgs
+    infos: list[AdapterInfo]
+    model_path: str
+    out: Path
+    dtype_name: str
+    quant: dict  # the QLoRA settings the adapters were trained with; empty for a full-precision base
+    progress: Progress
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def names(self) -> list[str]:
+        return [i.name for i in self.infos]
+
+    def tokenizer_source(self) -> str:
+        """An adapter's own tokenizer (it may add tokens), else the base model's."""
+        return next((str(i.path) for i in self.infos if any((i.path / f).is_file() for f in TOKENIZER_FILES)),
+                    self.model_path)
+
+
 def merge_into_model(model_args: ModelArgs, adapters: dict[str, str], opts: ExportArgs, *,
                      progress: Progress | None = None) -> dict[str, Any]:
     """Merge ``adapters`` into the base model and save a standalone model into ``opts.out``: safetensors shards, or
@@ -480,8 +483,6 @@ def merge_into_model(model_args: ModelArgs, adapters: dict[str, str], opts: Expo
     """
     import torch
 
-    from workbench.models.loader import attach_adapters, load_model, load_tokenizer, resolve_model_path
-
     if opts.is_gguf and opts.adapter_only:
         return export_adapter_gguf(model_args, adapters, opts, progress=progress)
     progress = progress or Progress(export_steps(opts, len(adapters)))
@@ -489,116 +490,12 @@ def merge_into_model(model_args: ModelArgs, adapters: dict[str, str], opts: Expo
     if not adapters and not opts.is_gguf:
         raise OptionError("adapter", "give the adapter to merge: --adapter DIR (or NAME=DIR; repeat for several)")
     progress.step("checking the model, the adapter(s) and the output directory")
-    infos = read_adapters(adapters)
-    if opts.check_base:
-        check_bases(model_args.model_name_or_path, infos)
-    model_path = resolve_model_path(model_args.model_name_or_path)
-    if opts.is_gguf:
-        from workbench.export.gguf import check_model_config, read_model_config
-
-        check_model_config(read_model_config(model_path))
-    names = [i.name for i in infos]
-    out = Path(opts.out) if opts.out else default_out(EXPORT, model_args.model_name_or_path, names, opts=opts)
-    inputs = [Path(model_path), *(i.path for i in infos)]
-    out = (check_output_file(out, overwrite=opts.overwrite, inputs=inputs) if opts.is_gguf
-           else check_output(out, overwrite=opts.overwrite, inputs=inputs))
-    dtype_name = opts.dtype if opts.dtype != "auto" else _config_dtype(model_path)
-    quant = _quantization_of(infos, model_args) if infos else {}
-    notes: list[str] = []
-
+    merge = _check_merge(model_args, adapters, opts, progress)
+    out = merge.out
     with (StagingFile(out, opts.overwrite) if opts.is_gguf else StagingDir(out, opts.overwrite)) as staging:
-        load_args = ModelArgs(**{**model_args.to_dict(), "model_name_or_path": model_path, "infer_dtype": dtype_name,
-                                 "adapter_name_or_path": None, **quant})
-        progress.step(f"loading the base model {model_args.model_name_or_path} ({dtype_name}"
-                      f"{', %d-bit as in training' % quant['quantization_bit'] if quant else ''})")
-        loaded = load_model(load_args, adapters={})
-        model = loaded.model
-        if quant:
-            # A QLoRA adapter learned its update against the quantized weights, so it is merged into those
-            # weights dequantized: the merged model then answers like the quantized base + adapter did.
-            model = model.dequantize(dtype=loaded.dtype)
-            notes.append(
-                f"QLoRA: the adapter was trained on a {quant['quantization_bit']}-bit base, so it was merged into the "
-                f"dequantized {quant['quantization_bit']}-bit weights (saved as {dtype_name}), not into the original "
-                "full-precision weights, so the merged model answers like the quantized base + adapter did"
-            )
-        if infos:
-            progress.step(f"attaching {len(infos)} adapter(s): {', '.join(i.name for i in infos)}")
-            named = {i.name: str(i.path) for i in infos}
-            peft_model = attach_adapters(model, named, base_label=model_args.model_name_or_path)
-            progress.step("merging the adapter weights into the base weights")
-            # In place (not PEFT's safe_merge, which clones each weight): the loaded weights are memory-mapped
-            # copy-on-write, so adding the update in place costs no second copy of the model.
-            model = peft_model.merge_and_unload(safe_merge=False, adapter_names=list(named))
-            del peft_model
-        broken = next((name for name, p in model.named_parameters() if not torch.isfinite(p).all()), None)
-        if broken is not None:
-            raise WorkbenchError(f"merging produced NaN or infinite values in {broken}: the adapter seems to be broken")
-        target_dtype = getattr(torch, dtype_name)
-        if model.dtype != target_dtype:
-            model = model.to(target_dtype)
-        model.config.dtype = target_dtype
-        tokenizer_src = next((str(i.path) for i in infos if any((i.path / f).is_file() for f in TOKENIZER_FILES)),
-                             model_path)
-
-        if opts.is_gguf:
-            progress.step("reading the tokenizer and chat template")
-            tokenizer = load_tokenizer(tokenizer_src, padding_side="left",
-                                       trust_remote_code=model_args.trust_remote_code)
-            template, template_note = _template_note(infos, tokenizer)
-            if template_note:
-                notes.append(f"the adapter was trained with chat template {template!r}, which differs from the "
-                             "tokenizer's own chat template that the GGUF carries; in llama.cpp or Ollama give a "
-                             "matching template by hand (llama-cli --chat-template, a Modelfile TEMPLATE)")
-            from workbench.export.gguf import write_model
-
-            base = _display_name(model_args.model_name_or_path)
-            name = f"{base} + {', '.join(names)}" if names else base
-            description = (f"Workbench export: {base} with the adapter(s) {', '.join(names)} merged in"
-                           if names else f"Workbench export of {base}")
-            progress.step(f"writing the GGUF file ({opts.quant}) to {out}")
-            info = write_model(model, tokenizer, [Path(tokenizer_src), Path(model_path)], staging.path,
-                               quant=opts.quant, name=name, base_name=base, description=description)
-            fallback = info["f16_fallback"]
-            if fallback:
-                notes.append(f"{len(fallback)} tensor(s) have rows that are not a multiple of 32 and were stored as f16 "
-                             f"instead of q8_0 (as llama.cpp does): {', '.join(fallback[:3])}"
-                             f"{' ...' if len(fallback) > 3 else ''}")
-            record = {"kind": "gguf_model", "format": "gguf", "quant": opts.quant,
-                      "base_model": model_args.model_name_or_path, "base_model_path": model_path,
-                      "adapters": {i.name: str(i.path) for i in infos}, "template": template, "dtype": dtype_name,
-                      "architecture": info["architecture"], "tokenizer": info["tokenizer"], "tensors": info["tensors"],
-                      "bytes": info["bytes"], "quantization_merged_from": quant.get("quantization_bit"), "notes": notes}
-        else:
-            # Tied weights (lm_head = embed_tokens) are stored once: count distinct tensors.
-            expected = len({t.data_ptr() for t in model.state_dict().values()})
-            progress.step(f"saving safetensors shards of at most {opts.shard_size} into {out}")
-            model.save_pretrained(staging.path, max_shard_size=opts.shard_size)
-            if model.generation_config is not None and not (staging.path / "generation_config.json").exists():
-                model.generation_config.save_pretrained(staging.path)
-            _verify_saved(staging.path, expected)
-
-            progress.step("saving the tokenizer and chat template")
-            tokenizer = load_tokenizer(tokenizer_src, padding_side="left",
-                                       trust_remote_code=model_args.trust_remote_code)
-            tokenizer.save_pretrained(str(staging.path))
-            template, template_note = _template_note(infos, tokenizer)
-            if template_note:
-                notes.append(template_note)
-            shards = sorted(p.name for p in staging.path.glob("*.safetensors"))
-            record = {
-                "kind": "merged_model",
-                "format": "safetensors",
-                "base_model": model_args.model_name_or_path,
-                "base_model_path": model_path,
-                "adapters": {i.name: str(i.path) for i in infos},
-                "template": template,
-                "dtype": dtype_name,
-                "shard_size": opts.shard_size,
-                "shards": shards,
-                "quantization_merged_from": quant.get("quantization_bit"),
-                "notes": notes,
-            }
+        loaded, model = _load_and_merge(merge)
+        write = _write_gguf if opts.is_gguf else _write_safetensors
+        record = write(merge, model, staging.path)
         record.update({
             "device": loaded.device,
             "seconds": round(time.perf_counter() - started, 1),
@@ -615,12 +512,131 @@ def merge_into_model(model_args: ModelArgs, adapters: dict[str, str], opts: Expo
     return record
 
 
+def _check_merge(model_args: ModelArgs, adapters: dict[str, str], opts: ExportArgs, progress: Progress) -> _Merge:
+    """The adapters, their base, the output path, the dtype and any QLoRA settings, before anything is loaded."""
+    infos = read_adapters(adapters)
+    if opts.check_base:
+        check_bases(model_args.model_name_or_path, infos)
+    model_path = resolve_model_path(model_args.model_name_or_path)
+    if opts.is_gguf:
+        check_model_config(read_model_config(model_path))
+    names = [i.name for i in infos]
+    out = Path(opts.out) if opts.out else default_out(EXPORT, model_args.model_name_or_path, names, opts=opts)
+    inputs = [Path(model_path), *(i.path for i in infos)]
+    out = (check_output_file(out, overwrite=opts.overwrite, inputs=inputs) if opts.is_gguf
+           else check_output(out, overwrite=opts.overwrite, inputs=inputs))
+    dtype_name = opts.dtype if opts.dtype != "auto" else _config_dtype(model_path)
+    quant = _quantization_of(infos, model_args) if infos else {}
+    return _Merge(model_args, opts, infos, model_path, out, dtype_name, quant, progress)
+
+
+def _load_and_merge(merge: _Merge):
+    """The base model loaded (dequantized for a QLoRA adapter), the adapters merged in, cast to the export dtype;
+    returns (what load_model returned, the merged model)."""
+    import torch
+
+    model_args, quant, dtype_name, progress = merge.model_args, merge.quant, merge.dtype_name, merge.progress
+    load_args = ModelArgs(**{**model_args.to_dict(), "model_name_or_path": merge.model_path, "infer_dtype": dtype_name,
+                             "adapter_name_or_path": None, **quant})
+    progress.step(f"loading the base model {model_args.model_name_or_path} ({dtype_name}"
+                  f"{', %d-bit as in training' % quant['quantization_bit'] if quant else ''})")
+    loaded = load_model(load_args, adapters={})
+    model = loaded.model
+    if quant:
+        # A QLoRA adapter learned its update against the quantized weights, so it is merged into those
+        # weights dequantized: the merged model then answers like the quantized base + adapter did.
+        model = model.dequantize(dtype=loaded.dtype)
+        merge.notes.append(
+            f"QLoRA: the adapter was trained on a {quant['quantization_bit']}-bit base, so it was merged into the "
+            f"dequantized {quant['quantization_bit']}-bit weights (saved as {dtype_name}), not into the original "
+            "full-precision weights, so the merged model answers like the quantized base + adapter did"
+        )
+    if merge.infos:
+        progress.step(f"attaching {len(merge.infos)} adapter(s): {', '.join(merge.names)}")
+        named = {i.name: str(i.path) for i in merge.infos}
+        peft_model = attach_adapters(model, named, base_label=model_args.model_name_or_path)
+        progress.step("merging the adapter weights into the base weights")
+        # In place (not PEFT's safe_merge, which clones each weight): the loaded weights are memory-mapped
+        # copy-on-write, so adding the update in place costs no second copy of the model.
+        model = peft_model.merge_and_unload(safe_merge=False, adapter_names=list(named))
+        del peft_model
+    broken = next((name for name, p in model.named_parameters() if not torch.isfinite(p).all()), None)
+    if broken is not None:
+        raise WorkbenchError(f"merging produced NaN or infinite values in {broken}: the adapter seems to be broken")
+    target_dtype = getattr(torch, dtype_name)
+    if model.dtype != target_dtype:
+        model = model.to(target_dtype)
+    model.config.dtype = target_dtype
+    return loaded, model
+
+
+def _write_gguf(merge: _Merge, model, staging: Path) -> dict[str, Any]:
+    """The merged model as one GGUF file; returns its record."""
+    model_args, opts, names, notes = merge.model_args, merge.opts, merge.names, merge.notes
+    tokenizer_src = merge.tokenizer_source()
+    merge.progress.step("reading the tokenizer and chat template")
+    tokenizer = load_tokenizer(tokenizer_src, padding_side="left", trust_remote_code=model_args.trust_remote_code)
+    template, template_note = _template_note(merge.infos, tokenizer)
+    if template_note:
+        notes.append(f"the adapter was trained with chat template {template!r}, which differs from the "
+                     "tokenizer's own chat template that the GGUF carries; in llama.cpp or Ollama give a "
+                     "matching template by hand (llama-cli --chat-template, a Modelfile TEMPLATE)")
+    base = _display_name(model_args.model_name_or_path)
+    name = f"{base} + {', '.join(names)}" if names else base
+    description = (f"Workbench export: {base} with the adapter(s) {', '.join(names)} merged in"
+                   if names else f"Workbench export of {base}")
+    merge.progress.step(f"writing the GGUF file ({opts.quant}) to {merge.out}")
+    info = write_model(model, tokenizer, [Path(tokenizer_src), Path(merge.model_path)], staging,
+                       quant=opts.quant, name=name, base_name=base, description=description)
+    fallback = info["f16_fallback"]
+    if fallback:
+        notes.append(f"{len(fallback)} tensor(s) have rows that are not a multiple of 32 and were stored as f16 "
+                     f"instead of q8_0 (as llama.cpp does): {', '.join(fallback[:3])}"
+                     f"{' ...' if len(fallback) > 3 else ''}")
+    return {"kind": "gguf_model", "format": "gguf", "quant": opts.quant,
+            "base_model": model_args.model_name_or_path, "base_model_path": merge.model_path,
+            "adapters": {i.name: str(i.path) for i in merge.infos}, "template": template, "dtype": merge.dtype_name,
+            "architecture": info["architecture"], "tokenizer": info["tokenizer"], "tensors": info["tensors"],
+            "bytes": info["bytes"], "quantization_merged_from": merge.quant.get("quantization_bit"), "notes": notes}
+
+
+def _write_safetensors(merge: _Merge, model, staging: Path) -> dict[str, Any]:
+    """The merged model as safetensors shards with its tokenizer; returns its record."""
+    opts = merge.opts
+    # Tied weights (lm_head = embed_tokens) are stored once: count distinct tensors.
+    expected = len({t.data_ptr() for t in model.state_dict().values()})
+    merge.progress.step(f"saving safetensors shards of at most {opts.shard_size} into {merge.out}")
+    model.save_pretrained(staging, max_shard_size=opts.shard_size)
+    if model.generation_config is not None and not (staging / "generation_config.json").exists():
+        model.generation_config.save_pretrained(staging)
+    _verify_saved(staging, expected)
+
+    merge.progress.step("saving the tokenizer and chat template")
+    tokenizer = load_tokenizer(merge.tokenizer_source(), padding_side="left",
+                               trust_remote_code=merge.model_args.trust_remote_code)
+    tokenizer.save_pretrained(str(staging))
+    template, template_note = _template_note(merge.infos, tokenizer)
+    if template_note:
+        merge.notes.append(template_note)
+    shards = sorted(p.name for p in staging.glob("*.safetensors"))
+    return {
+        "kind": "merged_model",
+        "format": "safetensors",
+        "base_model": merge.model_args.model_name_or_path,
+        "base_model_path": merge.model_path,
+        "adapters": {i.name: str(i.path) for i in merge.infos},
+        "template": template,
+        "dtype": merge.dtype_name,
+        "shard_size": opts.shard_size,
+        "shards": shards,
+        "quantization_merged_from": merge.quant.get("quantization_bit"),
+        "notes": merge.notes,
+    }
+
+
 def export_adapter_gguf(model_args: ModelArgs, adapters: dict[str, str], opts: ExportArgs, *,
                         progress: Progress | None = None) -> dict[str, Any]:
     """Write one LoRA adapter alone as a llama.cpp GGUF LoRA adapter (the base model's weights are not loaded)."""
-    from workbench.export.gguf import read_model_config, write_lora
-    from workbench.models.loader import resolve_model_path
-
     progress = progress or Progress(export_steps(opts, len(adapters)))
     started = time.perf_counter()
     if len(adapters) != 1:
@@ -661,8 +677,6 @@ def export_adapter_gguf(model_args: ModelArgs, adapters: dict[str, str], opts: E
 
 
 def check_adapter_gguf(info: AdapterInfo, model_cfg: dict) -> None:
-    from workbench.export.gguf import check_lora_adapter, check_model_config
-
     check_model_config(model_cfg)
     check_lora_adapter(info.config, info.path, model_cfg)
 
@@ -715,8 +729,6 @@ def _fix_rslora_scaling(peft_model, name: str) -> None:
 def combine_adapters(model_args: ModelArgs, adapters: dict[str, str], opts: MergeAdaptersArgs, *,
                      progress: Progress | None = None) -> dict[str, Any]:
     """Combine ``adapters`` into one new adapter (standard PEFT layout) in ``opts.out``."""
-    from workbench.models.loader import load_model, resolve_model_path
-
     progress = progress or Progress(5)
     started = time.perf_counter()
     if len(adapters) < 2:

@@ -36,32 +36,36 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import functools
 import ipaddress
 import json
 import math
 import os
+import queue
 import secrets
 import sys
 import threading
 import time
 import uuid
 import weakref
-from typing import Any
+from typing import Annotated, Any, Callable, ClassVar, Literal
 
-from fastapi import Request  # at module level: FastAPI resolves the handlers' annotations here
+# FastAPI resolves the routes' annotations (Request, the body models) in this module's namespace.
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, Field, StrictBool, StrictStr, ValidationError,
+                      ValidationInfo, field_validator, model_validator)
+from pydantic_core import PydanticCustomError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from workbench.config.base import OptionError, WorkbenchError, add_arguments, from_mapping
 from workbench.config.generation import GenerationArgs
 from workbench.config.model import ModelArgs
+from workbench.data import preferences, records
+from workbench.infer.engine import BASE, BatchScheduler, ContextLengthError, RowSpec, ToolsNotSupportedError
+from workbench.paths import project_data_dir
 
-IGNORED_FIELDS = {"user", "metadata", "store", "parallel_tool_calls", "service_tier", "prediction"}
-KNOWN_FIELDS = {
-    "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "n", "seed",
-    "stop", "stream", "stream_options", "tools", "tool_choice", "frequency_penalty", "presence_penalty",
-    "repetition_penalty", "logprobs", "top_logprobs", "response_format", "logit_bias", "functions", "function_call",
-} | IGNORED_FIELDS
-ROLES = ("system", "developer", "user", "assistant", "tool", "function")
-FEEDBACK_FIELDS = {"chosen_id", "rejected_id", "rejected_ids", "edited"}
 FEEDBACK_KEEP = 1000  # finished answers remembered for POST /v1/feedback
 
 
@@ -116,258 +120,466 @@ def check_exposure(host: str | None, *, protected: bool, auth_flag: str, share: 
                          f"in front of it does the authentication, pass {INSECURE_FLAG}")
 
 
-# -- request parsing ---------------------------------------------------------------------------------
+# -- request bodies ----------------------------------------------------------------------------------
+#
+# Each body is a pydantic model that FastAPI validates before the route runs; what fails becomes an OpenAI-style
+# 400 naming the field by its path (``messages[1].content``): see request_error. Our own checks raise
+# refused(code, message), where ``{param}`` in the message stands for that path.
 
-def _number(body: dict, name: str, *, kind=float, lo=None, hi=None):
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, float) and not math.isfinite(value):  # NaN / Infinity: Python's JSON reads them
-        raise ApiError(400, f"Invalid '{name}': {value} is not a finite number.", param=name, code="invalid_value")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
-        what = "an integer" if kind is int else "a number"
-        raise ApiError(400, f"Invalid type for '{name}': expected {what}, but got {type(value).__name__}.",
-                       param=name, code="invalid_type")
-    value = kind(value)
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        bounds = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
-        raise ApiError(400, f"Invalid '{name}': {value} must be {bounds}.", param=name, code="invalid_value")
+PARAM = "{param}"
+# The codes refused() is given: their messages are complete but for {param}.
+OUR_CODES = frozenset({"invalid_json", "invalid_value", "invalid_type", "unsupported_parameter", "empty_array",
+                       "missing_required_parameter", "unknown_parameter"})
+_JSON_TYPES = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
+               float: "a number", type(None): "null"}
+_EXPECTED = {"list_type": "a list", "dict_type": "an object", "model_type": "an object",
+             "model_attributes_type": "an object", "string_type": "a string", "bool_type": "a boolean"}
+
+
+def refused(code: str, message: str, **context: Any) -> PydanticCustomError:
+    """A validation error for a validator to raise, answered as a 400 with ``code``. In ``message``, ``{param}``
+    stands for the field's path (or ``context["param"]``, another field to name instead) and other ``{key}``s
+    are filled from ``context``: a client's text goes there, never into ``message`` itself."""
+    return PydanticCustomError(code, message, context or None)
+
+
+def json_type(value: Any) -> str:
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def field_path(loc: tuple) -> str:
+    """pydantic's error location as OpenAI names the field: ("body", "messages", 1, "content") →
+    ``messages[1].content``."""
+    path = ""
+    for part in loc[1:] if loc[:1] == ("body",) else loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+    return path
+
+
+def request_error(errors: list[dict]) -> ApiError:
+    """The 400 for a request body that failed validation: its first error, naming the field."""
+    err = errors[0]
+    kind, ctx = err["type"], err.get("ctx") or {}
+    param = ctx.get("param") or field_path(err["loc"])
+    if kind == "json_invalid" or (kind == "missing" and not param):  # not JSON, or no body at all
+        return ApiError(400, "We could not parse the JSON body of your request.", code="invalid_json")
+    if kind in OUR_CODES:
+        return ApiError(400, err["msg"].replace(PARAM, param), param=param or None, code=kind)
+    if kind == "missing":
+        return ApiError(400, f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
+    if kind in _EXPECTED:
+        return ApiError(400, f"'{param}' must be {_EXPECTED[kind]}, not {json_type(err['input'])}.", param=param,
+                        code="invalid_type")
+    if kind == "literal_error":
+        return ApiError(400, f"Invalid '{param}': {err['input']!r} is not one of {ctx['expected']}.", param=param,
+                        code="invalid_value")
+    return ApiError(400, f"Invalid '{param}': {err['msg']}.", param=param, code="invalid_value")
+
+
+def validated(model: type[BaseModel], data: Any):
+    """``data`` as ``model``, or the same 400 that FastAPI's validation of a route's body gives."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise request_error(exc.errors()) from None
+
+
+def number(lo: float | None = None, hi: float | None = None, *, integer: bool = False) -> BeforeValidator:
+    """A JSON number in [lo, hi] (``integer``: an integral one, 3.0 counts). Not a boolean or a string, and not NaN
+    or Infinity, which Python's JSON reads."""
+
+    def check(value: Any) -> int | float | None:
+        if value is None:
+            return None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise refused("invalid_value", "Invalid '{param}': {value} is not a finite number.", value=value)
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or (integer and not float(value).is_integer())):
+            raise refused("invalid_type", "Invalid type for '{param}': expected {what}, but got {got}.",
+                          what="an integer" if integer else "a number", got=json_type(value))
+        value = int(value) if integer else float(value)
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            bounds = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
+            raise refused("invalid_value", "Invalid '{param}': {value} must be {bounds}.", value=value, bounds=bounds)
+        return value
+
+    return BeforeValidator(check)
+
+
+def refuse_when(test: Callable[[Any], bool], code: str, message: str) -> AfterValidator:
+    """Refuse a given value that passes ``test``."""
+
+    def check(value: Any) -> Any:
+        if value is not None and test(value):
+            raise refused(code, message)
+        return value
+
+    return AfterValidator(check)
+
+
+def _joined_text(content: Any) -> Any:
+    """Message content: a string or a list of text parts (joined); None stays None."""
+    if content is None or isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise refused("invalid_type", "{param} must be a string or a list of text parts.")
+    for j, part in enumerate(content):
+        if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            raise refused("invalid_value", "{param}[{index}]: only text parts are supported, got {kind}.", index=j,
+                          kind=repr(kind))
+    return "".join(part["text"] for part in content)
+
+
+def _call_arguments(arguments: Any) -> Any:
+    try:
+        return records.call_arguments(arguments, strict=True)
+    except ValueError:
+        raise refused("invalid_value", "{param} is not valid JSON.") from None
+
+
+def _tool_definitions(tools: list[dict] | None) -> list[dict] | None:
+    try:
+        return records.parse_tools(tools)
+    except ValueError as exc:
+        raise refused("invalid_value", "{param}: {problem}", problem=str(exc)) from None
+
+
+def _tool_choice(choice: Any) -> Any:
+    """"auto", "none", "required", or a named function ``{"type": "function", "function": {"name": ...}}`` as
+    ``{"name": ...}``."""
+    if choice is None or choice in ("auto", "none", "required"):
+        return choice
+    if isinstance(choice, str):
+        raise refused("invalid_value", "Invalid '{param}': {choice} is not one of auto, none, required or a named "
+                                       "function {\"type\": \"function\", \"function\": {\"name\": ...}}.",
+                      choice=repr(choice))
+    fn = choice.get("function") if isinstance(choice, dict) else None
+    if (not isinstance(fn, dict) or choice.get("type", "function") != "function"
+            or not isinstance(fn.get("name"), str) or not fn["name"]):
+        kind = choice.get("type") if isinstance(choice, dict) else type(choice).__name__
+        raise refused("invalid_value", "Invalid '{param}': expected auto, none, required or {\"type\": \"function\", "
+                                       "\"function\": {\"name\": ...}}, got {kind}.", kind=repr(kind))
+    return {"name": fn["name"]}
+
+
+def _function_call(choice: Any) -> Any:
+    """The deprecated ``function_call``: "auto", "none" or ``{"name": ...}``."""
+    if choice is None or choice in ("auto", "none"):
+        return choice
+    if isinstance(choice, dict) and isinstance(choice.get("name"), str) and choice["name"]:
+        return {"name": choice["name"]}
+    raise refused("invalid_value", "'{param}' must be \"none\", \"auto\" or {\"name\": \"my_function\"}.")
+
+
+def _among_tools(choice: Any, tools: list[dict] | None) -> Any:
+    """A choice the tools allow: ``required`` needs some, a named function must be one of them."""
+    if choice == "required" and not tools:
+        raise refused("invalid_value", "'{param}' required needs 'tools' to choose from.")
+    names = [t["function"]["name"] for t in tools or ()]
+    if isinstance(choice, dict) and choice["name"] not in names:
+        offered = f"the tools are: {', '.join(names)}" if names else "no tools were given"
+        raise refused("invalid_value", "Invalid '{param}': the function '{name}' is not among the tools ({offered}).",
+                      name=choice["name"], offered=offered)
+    return choice
+
+
+def _completion_id(value: Any) -> Any:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise refused("invalid_type", "'{param}' must be the id of a chat completion.")
     return value
 
 
-def _text(content: Any, i: int) -> str:
-    if content is None or isinstance(content, str):
-        return content or ""
-    if isinstance(content, list):
-        parts = []
-        for j, part in enumerate(content):
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise ApiError(400, f"messages[{i}].content[{j}]: only text parts are supported, got {kind!r}.",
-                               param=f"messages[{i}].content", code="invalid_value")
-            parts.append(part["text"])
-        return "".join(parts)
-    raise ApiError(400, f"messages[{i}].content must be a string or a list of text parts.",
-                   param=f"messages[{i}].content", code="invalid_type")
+def _completion_ids(value: Any) -> Any:
+    if value is not None and (not isinstance(value, list) or not all(isinstance(v, str) and v for v in value)):
+        raise refused("invalid_type", "'{param}' must be a list of ids of chat completions.")
+    return value
 
 
-def convert_messages(messages: Any) -> tuple[list[dict], str | None]:
-    """OpenAI messages → our canonical conversation and the system prompt."""
-    if not isinstance(messages, list):
-        raise ApiError(400, "'messages' must be a list of message objects.", param="messages", code="invalid_type")
-    if not messages:
-        raise ApiError(400, "'messages' must contain at least one message.", param="messages", code="empty_array")
-    out: list[dict] = []
-    system: str | None = None
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict):
-            raise ApiError(400, f"messages[{i}] must be an object.", param=f"messages[{i}]", code="invalid_type")
-        role = m.get("role")
-        if role not in ROLES:
-            raise ApiError(400, f"messages[{i}].role {role!r} is not one of {', '.join(ROLES)}.",
-                           param=f"messages[{i}].role", code="invalid_value")
-        content = _text(m.get("content"), i)
-        if role in ("system", "developer"):
-            if out:
-                raise ApiError(400, f"messages[{i}]: a system message is only allowed before the conversation.",
-                               param=f"messages[{i}].role", code="invalid_value")
-            system = content if system is None else system + "\n\n" + content
-            continue
-        turn: dict = {"role": "tool" if role == "function" else role, "content": content}  # function: legacy tool
-        if role == "assistant" and m.get("tool_calls"):
-            turn["tool_calls"] = [_tool_call(c, i, j) for j, c in enumerate(m["tool_calls"])]
-        elif role == "assistant" and m.get("function_call"):  # the deprecated form of one tool call
-            turn["tool_calls"] = [_tool_call({"function": m["function_call"]}, i, 0, "function_call")]
-        elif role == "user" and m.get("content") is None:
-            raise ApiError(400, f"messages[{i}].content is required for a user message.",
-                           param=f"messages[{i}].content", code="missing_required_parameter")
-        out.append(turn)
-    if not out:
-        raise ApiError(400, "'messages' has only system messages; add a user message.", param="messages",
-                       code="invalid_value")
-    return out, system
+def _corrected_text(value: Any) -> Any:
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise refused("invalid_value", "'{param}' must be the corrected text of the chosen answer.")
+    return value
 
 
-def _tool_call(call: Any, i: int, j: int, field: str = "tool_calls") -> dict:
-    where = f"messages[{i}].tool_calls[{j}]" if field == "tool_calls" else f"messages[{i}].{field}"
-    fn = call.get("function") if isinstance(call, dict) else None
-    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-        need = "function.name" if field == "tool_calls" else "a name"
-        raise ApiError(400, f"{where} needs {need}.", param=where, code="invalid_value")
-    args = fn.get("arguments", {})
-    if isinstance(args, str):
-        try:
-            args = json.loads(args) if args.strip() else {}
-        except json.JSONDecodeError:
-            what = "function.arguments" if field == "tool_calls" else "arguments"
-            raise ApiError(400, f"{where}.{what} is not valid JSON.", param=where, code="invalid_value") from None
-    return {"name": fn["name"], "arguments": args}
+ToolDefinitions = Annotated[list[dict] | None, AfterValidator(_tool_definitions)]
+Penalty = Annotated[float | None, number(-2.0, 2.0),
+                    refuse_when(bool, "unsupported_parameter", "'{param}' is not supported; use 'repetition_penalty' "
+                                                               "(1.0 = none).")]
+Unsupported = Annotated[Any, refuse_when(bool, "unsupported_parameter", "'{param}' is not supported.")]
+CompletionId = Annotated[str | None, BeforeValidator(_completion_id)]
 
 
-def tool_fields(body: dict) -> tuple[Any, Any, bool]:
-    """``tools`` and ``tool_choice`` of a request, the deprecated ``functions`` / ``function_call`` mapped to
-    them; and whether the request used the deprecated fields (it is answered with ``function_call``)."""
-    tools, choice = body.get("tools"), body.get("tool_choice")
-    functions, function_call = body.get("functions"), body.get("function_call")
-    legacy = functions is not None or function_call is not None
-    if not legacy:
-        return tools, choice, False
-    if tools is not None or choice is not None:
-        both = "functions" if functions is not None else "function_call"
-        raise ApiError(400, "Use either 'tools' / 'tool_choice' or the deprecated 'functions' / 'function_call', "
-                            "not both.", param=both, code="invalid_value")
-    if functions is not None:
-        if not isinstance(functions, list):
-            raise ApiError(400, "'functions' must be a list of function objects.", param="functions",
-                           code="invalid_type")
-        tools = [{"type": "function", "function": f} for f in functions]
-    if function_call is None or function_call in ("auto", "none"):
-        choice = function_call
-    elif isinstance(function_call, dict) and isinstance(function_call.get("name"), str) and function_call["name"]:
-        choice = {"type": "function", "function": {"name": function_call["name"]}}
-    else:
-        raise ApiError(400, "'function_call' must be \"none\", \"auto\" or {\"name\": \"my_function\"}.",
-                       param="function_call", code="invalid_value")
-    return tools, choice, True
+class RequestBody(BaseModel):
+    """A JSON object; unknown fields are refused all together, named as OpenAI does."""
+
+    kind: ClassVar[str] = "request"  # Unrecognized {kind} argument supplied
+    expected: ClassVar[str] = ""     # and what that message adds
+
+    @model_validator(mode="before")
+    @classmethod
+    def _an_object_of_known_fields(cls, data: Any) -> Any:
+        if isinstance(data, bytes):  # FastAPI reads only a body sent as JSON; like OpenAI we read any
+            try:
+                data = json.loads(data)
+            except ValueError:
+                raise refused("invalid_json", "We could not parse the JSON body of your request.") from None
+        if not isinstance(data, dict):
+            raise refused("invalid_type", "The request body must be a JSON object.")
+        unknown = sorted(set(data) - set(cls.model_fields))
+        if unknown:
+            raise refused("unknown_parameter", "Unrecognized {kind} argument supplied: {names}{expected}",
+                          kind=cls.kind, names=", ".join(unknown), expected=cls.expected, param=unknown[0])
+        return data
 
 
-def tool_choice_of(choice: Any, tools: list[dict] | None, *, param: str) -> str | dict:
-    """The validated choice: "auto", "none", "required" or ``{"name": ...}`` (a function among the tools)."""
-    if choice is None:
-        return "auto" if tools else "none"
-    if isinstance(choice, str):
-        if choice not in ("auto", "none", "required"):
-            raise ApiError(400, f"Invalid '{param}': {choice!r} is not one of auto, none, required or a named "
-                                "function {\"type\": \"function\", \"function\": {\"name\": ...}}.",
-                           param=param, code="invalid_value")
-        if choice == "required" and not tools:
-            raise ApiError(400, f"'{param}' required needs 'tools' to choose from.", param=param,
-                           code="invalid_value")
-        return choice
-    fn = choice.get("function") if isinstance(choice, dict) else None
-    if (not isinstance(choice, dict) or choice.get("type", "function") != "function" or not isinstance(fn, dict)
-            or not isinstance(fn.get("name"), str) or not fn["name"]):
-        kind = choice.get("type") if isinstance(choice, dict) else type(choice).__name__
-        raise ApiError(400, f"Invalid '{param}': expected auto, none, required or {{\"type\": \"function\", "
-                            f"\"function\": {{\"name\": ...}}}}, got {kind!r}.", param=param, code="invalid_value")
-    name = fn["name"]
-    names = [t["function"]["name"] for t in tools or ()]
-    if name not in names:
-        offered = f"the tools are: {', '.join(names)}" if names else "no tools were given"
-        raise ApiError(400, f"Invalid '{param}': the function '{name}' is not among the tools ({offered}).",
-                       param=param, code="invalid_value")
-    return {"name": name}
+class FunctionCall(BaseModel):
+    """A call in the history: the function's name and its arguments (an object, or JSON text)."""
+
+    name: StrictStr
+    arguments: Annotated[Any, BeforeValidator(_call_arguments)] = Field(default_factory=dict)
+
+
+class ToolCall(BaseModel):
+    function: FunctionCall
+
+
+class Message(BaseModel):
+    """One message; fields we have no use for (name, tool_call_id, refusal...) are ignored."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: Annotated[str | None, BeforeValidator(_joined_text), Field(validate_default=True)] = None
+    tool_calls: list[ToolCall] | None = None
+    function_call: FunctionCall | None = None  # the deprecated form of one tool call
+
+    @field_validator("content")
+    @classmethod
+    def _user_says_something(cls, content: str | None, info: ValidationInfo) -> str | None:
+        if content is None and info.data.get("role") == "user":
+            raise refused("missing_required_parameter", "{param} is required for a user message.")
+        return content
+
+    @property
+    def is_system(self) -> bool:
+        return self.role in ("system", "developer")
+
+    def turn(self) -> dict:
+        """As a turn of our conversations: a ``function`` message is a tool turn, calls are {"name", "arguments"}."""
+        turn: dict[str, Any] = {"role": "tool" if self.role == "function" else self.role, "content": self.content or ""}
+        calls = [c.function for c in self.tool_calls or ()] or ([self.function_call] if self.function_call else [])
+        if self.role == "assistant" and calls:
+            turn["tool_calls"] = [{"name": c.name, "arguments": c.arguments} for c in calls]
+        return turn
+
+
+class ChatBody(RequestBody):
+    """The body of POST /v1/chat/completions. Sampling numbers are checked here; the model, the prompt and what
+    the tools need of the template are checked against the engine by :class:`ChatRequest`."""
+
+    model: Annotated[StrictStr, Field(min_length=1)]
+    messages: list[Message]
+    max_completion_tokens: Annotated[int | None, number(1, integer=True)] = None
+    max_tokens: Annotated[int | None, number(1, integer=True)] = None
+    temperature: Annotated[float | None, number(0.0, 2.0)] = None
+    top_p: Annotated[float | None, number(0.0, 1.0),
+                     refuse_when(lambda p: p == 0, "invalid_value", "Invalid '{param}': 0 keeps no tokens; use a "
+                                                                    "value above 0.")] = None
+    top_k: Annotated[int | None, number(0, integer=True)] = None
+    repetition_penalty: Annotated[float | None, number(0.5, 3.0)] = None
+    seed: Annotated[int | None, number(integer=True)] = None
+    n: Annotated[int | None, number(1, integer=True),
+                 refuse_when(lambda n: n != 1, "invalid_value", "Only n=1 is supported.")] = None
+    frequency_penalty: Penalty = None
+    presence_penalty: Penalty = None
+    logprobs: Unsupported = None
+    top_logprobs: Unsupported = None
+    logit_bias: Unsupported = None
+    response_format: Annotated[Any, refuse_when(lambda f: not isinstance(f, dict) or f.get("type") != "text",
+                                                "unsupported_parameter",
+                                                "Only response_format {\"type\": \"text\"} is supported.")] = None
+    stop: list[str] | None = None
+    stream: StrictBool | None = None
+    stream_options: dict[str, Any] | None = None
+    tools: ToolDefinitions = None
+    tool_choice: Annotated[str | dict | None, BeforeValidator(_tool_choice)] = None
+    functions: ToolDefinitions = None  # deprecated: tools and tool_choice
+    function_call: Annotated[str | dict | None, BeforeValidator(_function_call)] = None
+    # accepted and ignored
+    user: Any = None
+    metadata: Any = None
+    store: Any = None
+    parallel_tool_calls: Any = None
+    service_tier: Any = None
+    prediction: Any = None
+
+    @field_validator("messages")
+    @classmethod
+    def _a_conversation(cls, messages: list[Message]) -> list[Message]:
+        if not messages:
+            raise refused("empty_array", "'{param}' must contain at least one message.")
+        talk = [i for i, m in enumerate(messages) if not m.is_system]
+        if not talk:
+            raise refused("invalid_value", "'{param}' has only system messages; add a user message.")
+        late = next((i for i, m in enumerate(messages) if i > talk[0] and m.is_system), None)
+        if late is not None:
+            raise refused("invalid_value", "messages[{index}]: a system message is only allowed before the "
+                                           "conversation.", index=late, param=f"messages[{late}].role")
+        return messages
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_strings(cls, stop: Any) -> Any:
+        stop = [stop] if isinstance(stop, str) else stop
+        if stop is not None and (not isinstance(stop, list) or len(stop) > 4
+                                 or not all(isinstance(s, str) and s for s in stop)):
+            raise refused("invalid_value", "'{param}' must be a non-empty string or a list of up to 4 non-empty "
+                                           "strings.")
+        return stop
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _choice_among_tools(cls, choice: Any, info: ValidationInfo) -> Any:
+        return _among_tools(choice, info.data.get("tools"))
+
+    @field_validator("functions", "function_call")
+    @classmethod
+    def _legacy_alone(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and (info.data.get("tools") is not None or info.data.get("tool_choice") is not None):
+            raise refused("invalid_value", "Use either 'tools' / 'tool_choice' or the deprecated 'functions' / "
+                                           "'function_call', not both.")
+        return _among_tools(value, info.data.get("functions")) if info.field_name == "function_call" else value
+
+    @property
+    def legacy(self) -> bool:
+        """Whether the deprecated functions / function_call were used (the answer then uses function_call)."""
+        return self.functions is not None or self.function_call is not None
+
+    def conversation(self) -> tuple[list[dict], str | None]:
+        """Our canonical turns, and the system prompt (the system and developer messages, joined)."""
+        system = [m.content or "" for m in self.messages if m.is_system]
+        return [m.turn() for m in self.messages if not m.is_system], "\n\n".join(system) if system else None
+
+    def offered_tools(self) -> tuple[str | dict, list[dict] | None]:
+        """The tool choice ("auto" with tools, else "none", unless one was given) and the tools for the prompt:
+        with "none" they stay out of it."""
+        tools = self.functions if self.legacy else self.tools
+        choice = (self.function_call if self.legacy else self.tool_choice) or ("auto" if tools else "none")
+        return choice, tools if choice != "none" else None
+
+    def max_tokens_asked(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+class FeedbackBody(RequestBody):
+    """The body of POST /v1/feedback: which answer is better than which (or that all were bad)."""
+
+    kind: ClassVar[str] = "feedback"
+    expected: ClassVar[str] = "; expected chosen_id, rejected_id or rejected_ids, and optionally edited."
+
+    chosen_id: CompletionId = None
+    rejected_id: CompletionId = None
+    rejected_ids: Annotated[list[str] | None, BeforeValidator(_completion_ids)] = None
+    edited: Annotated[str | None, BeforeValidator(_corrected_text)] = None
+
+    @model_validator(mode="after")
+    def _a_judgement(self) -> "FeedbackBody":
+        if self.rejected_id is not None and self.rejected_ids is not None:
+            raise refused("invalid_value", "Give either 'rejected_id' or 'rejected_ids', not both.",
+                          param="rejected_ids")
+        if not self.rejected:
+            raise refused("missing_required_parameter", "Missing required parameter: 'rejected_id' (or "
+                                                        "'rejected_ids'): the answer(s) the chosen one is better than.",
+                          param="rejected_id")
+        if len(set(self.ids)) != len(self.ids):
+            raise refused("invalid_value", "Each answer may appear once: the same id was given twice.",
+                          param=self.params[-1])
+        if self.edited is not None and self.chosen_id is None:
+            raise refused("invalid_value", "'edited' corrects the chosen answer; give 'chosen_id' too.",
+                          param="edited")
+        return self
+
+    @property
+    def rejected(self) -> list[str]:
+        return self.rejected_ids if self.rejected_ids is not None else [self.rejected_id] if self.rejected_id else []
+
+    @property
+    def ids(self) -> list[str]:
+        """The answers judged: the chosen one (if any) first."""
+        return ([self.chosen_id] if self.chosen_id else []) + self.rejected
+
+    @property
+    def params(self) -> list[str]:
+        """The field that named each of :attr:`ids`."""
+        rejected = "rejected_ids" if self.rejected_ids is not None else "rejected_id"
+        return (["chosen_id"] if self.chosen_id else []) + [rejected] * len(self.rejected)
+
+
+# -- a request, checked against the engine -------------------------------------------------------------
+
+def served_variant(engine, model: str, base_names: set[str]) -> str | None:
+    """The adapter a request's ``model`` names (None: the base model); 404 for a name not served."""
+    if model in base_names:
+        return None
+    if model in engine.adapter_names:
+        return model
+    available = ", ".join([engine.loaded.label, *engine.adapter_names])
+    raise ApiError(404, f"The model '{model}' does not exist; available: {available}.", param="model",
+                   code="model_not_found")
+
+
+def generation_args(body: ChatBody, max_new_tokens: int, system: str | None) -> GenerationArgs:
+    """Sampling as asked: temperature omitted or 0 is greedy, unless top_p or top_k alone ask for sampling."""
+    temperature, top_p, top_k, penalty = body.temperature, body.top_p, body.top_k, body.repetition_penalty
+    do_sample = (temperature or 0) > 0 or (temperature is None and (top_p is not None or bool(top_k)))
+    values = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "seed": body.seed,
+              "repetition_penalty": penalty if penalty is not None else 1.0, "system": system}
+    if do_sample:
+        values.update(temperature=temperature if temperature is not None else 1.0,
+                      top_p=top_p if top_p is not None else 1.0, top_k=top_k if top_k is not None else 0)
+    try:
+        return from_mapping(GenerationArgs, values)
+    except OptionError as exc:
+        param = {"max_new_tokens": "max_tokens"}.get(exc.option, exc.option)
+        raise ApiError(400, str(exc).replace("max_new_tokens", "max_tokens"), param=param,
+                       code="invalid_value") from None
 
 
 class ChatRequest:
-    """A validated /v1/chat/completions request."""
+    """A /v1/chat/completions request ready to generate: its body validated (:class:`ChatBody`, or a dict to
+    validate), its model served, its prompt encoded (template, tools support and context length checked before
+    the request queues) and, for tool_choice ``required`` or a named function, its forced call set up."""
 
-    def __init__(self, body: Any, engine, *, base_names: set[str], default_max_tokens: int):
-        from workbench.infer.engine import ContextLengthError, ToolsNotSupportedError, parse_tools
+    def __init__(self, body: ChatBody | Any, engine, *, base_names: set[str], default_max_tokens: int):
+        if not isinstance(body, ChatBody):
+            body = validated(ChatBody, body)
+        self.model, self.variant = body.model, served_variant(engine, body.model, base_names)
+        self.messages, self.system = body.conversation()
+        asked = body.max_tokens_asked()
+        self.explicit_max = asked is not None
+        self.gen = generation_args(body, asked or default_max_tokens, self.system)
+        self.stop = tuple(body.stop or ())
+        self.stream = bool(body.stream)
+        self.include_usage = bool((body.stream_options or {}).get("include_usage"))
+        self.legacy = body.legacy
+        self.tool_choice, self.tools = body.offered_tools()
+        self.prompt_ids, self.max_new_tokens = self._encode(engine, tools_param="functions" if self.legacy else "tools")
+        # required / a named function: the answer is forced to be a call (see force_tool_call).
+        self.forced_text, self.forced_ids, self.constraint, self.forced_name = "", [], None, None
+        self.gen_tokens = self.max_new_tokens
+        if self.tool_choice not in ("auto", "none"):
+            force_tool_call(self, engine)
 
-        if not isinstance(body, dict):
-            raise ApiError(400, "The request body must be a JSON object.", code="invalid_type")
-        unknown = sorted(set(body) - KNOWN_FIELDS)
-        if unknown:
-            raise ApiError(400, f"Unrecognized request argument supplied: {', '.join(unknown)}", param=unknown[0],
-                           code="unknown_parameter")
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            raise ApiError(400, "you must provide a model parameter", param="model", code="missing_required_parameter")
-        self.model = model
-        if model in base_names:
-            self.variant = None
-        elif model in engine.adapter_names:
-            self.variant = model
-        else:
-            available = ", ".join([engine.loaded.label, *engine.adapter_names])
-            raise ApiError(404, f"The model '{model}' does not exist; available: {available}.", param="model",
-                           code="model_not_found")
-        if "messages" not in body:
-            raise ApiError(400, "Missing required parameter: 'messages'.", param="messages",
-                           code="missing_required_parameter")
-        self.messages, self.system = convert_messages(body["messages"])
-        n = _number(body, "n", kind=int, lo=1)
-        if n not in (None, 1):
-            raise ApiError(400, "Only n=1 is supported.", param="n", code="invalid_value")
-        for name in ("frequency_penalty", "presence_penalty"):
-            if _number(body, name, lo=-2.0, hi=2.0):
-                raise ApiError(400, f"'{name}' is not supported; use 'repetition_penalty' (1.0 = none).", param=name,
-                               code="unsupported_parameter")
-        if body.get("logprobs") or body.get("top_logprobs"):
-            raise ApiError(400, "'logprobs' is not supported.", param="logprobs", code="unsupported_parameter")
-        if body.get("logit_bias"):
-            raise ApiError(400, "'logit_bias' is not supported.", param="logit_bias", code="unsupported_parameter")
-        fmt = body.get("response_format")
-        if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") != "text"):
-            raise ApiError(400, "Only response_format {\"type\": \"text\"} is supported.", param="response_format",
-                           code="unsupported_parameter")
-        max_tokens = _number(body, "max_completion_tokens", kind=int, lo=1)
-        if max_tokens is None:
-            max_tokens = _number(body, "max_tokens", kind=int, lo=1)
-        self.explicit_max = max_tokens is not None
-        temperature = _number(body, "temperature", lo=0.0, hi=2.0)
-        top_p = _number(body, "top_p", lo=0.0, hi=1.0)
-        top_k = _number(body, "top_k", kind=int, lo=0)
-        rep = _number(body, "repetition_penalty", lo=0.5, hi=3.0)
-        seed = _number(body, "seed", kind=int)
-        if top_p == 0.0:
-            raise ApiError(400, "Invalid 'top_p': 0 keeps no tokens; use a value above 0.", param="top_p",
-                           code="invalid_value")
-        do_sample = (temperature or 0) > 0 or (temperature is None and (top_p is not None or bool(top_k)))
-        values = {"max_new_tokens": max_tokens or default_max_tokens, "do_sample": do_sample, "seed": seed,
-                  "repetition_penalty": rep if rep is not None else 1.0, "system": self.system}
-        if do_sample:
-            values.update(temperature=temperature if temperature is not None else 1.0,
-                          top_p=top_p if top_p is not None else 1.0, top_k=top_k if top_k is not None else 0)
+    def _encode(self, engine, *, tools_param: str) -> tuple[list[int], int]:
         try:
-            self.gen = from_mapping(GenerationArgs, values)
-        except OptionError as exc:
-            param = {"max_new_tokens": "max_tokens"}.get(exc.option, exc.option)
-            raise ApiError(400, str(exc).replace("max_new_tokens", "max_tokens"), param=param,
-                           code="invalid_value") from None
-        stop = body.get("stop")
-        if isinstance(stop, str):
-            stop = [stop]
-        if stop is not None and (not isinstance(stop, list) or len(stop) > 4
-                                 or not all(isinstance(s, str) and s for s in stop)):
-            raise ApiError(400, "'stop' must be a non-empty string or a list of up to 4 non-empty strings.",
-                           param="stop", code="invalid_value")
-        self.stop = tuple(stop or ())
-        self.stream = body.get("stream") or False
-        if not isinstance(self.stream, bool):
-            raise ApiError(400, "'stream' must be a boolean.", param="stream", code="invalid_type")
-        options = body.get("stream_options") or {}
-        if not isinstance(options, dict):
-            raise ApiError(400, "'stream_options' must be an object.", param="stream_options", code="invalid_type")
-        self.include_usage = bool(options.get("include_usage"))
-        tools, tool_choice, self.legacy = tool_fields(body)
-        tools_param = "functions" if self.legacy else "tools"
-        if tools is not None and not isinstance(tools, list):
-            raise ApiError(400, "'tools' must be a list of tool objects.", param="tools", code="invalid_type")
-        try:
-            tools = parse_tools(tools, source=tools_param)
-        except WorkbenchError as exc:
-            raise ApiError(400, str(exc), param=tools_param, code="invalid_value") from None
-        self.tool_choice = tool_choice_of(tool_choice, tools, param="function_call" if self.legacy else "tool_choice")
-        self.tools = tools if self.tool_choice != "none" else None  # none: the tools stay out of the prompt
-        # Prompt: template, tools support and context length checked here, before the request queues.
-        try:
-            self.prompt_ids, self.max_new_tokens = engine.encode(
-                self.messages, system=self.system, tools=self.tools, max_new_tokens=self.gen.max_new_tokens,
-                strict_length=self.explicit_max, variant=self.variant,
-            )
+            return engine.encode(self.messages, system=self.system, tools=self.tools,
+                                 max_new_tokens=self.gen.max_new_tokens, strict_length=self.explicit_max,
+                                 variant=self.variant)
         except ContextLengthError as exc:
             raise ApiError(400, str(exc), param="messages", code="context_length_exceeded") from None
         except ToolsNotSupportedError as exc:
             raise ApiError(400, str(exc), param=tools_param, code="invalid_value") from None
         except WorkbenchError as exc:
             raise ApiError(400, str(exc), param="messages", code="invalid_value") from None
-        # required / a named function: the answer is forced to be a call (see force_tool_call).
-        self.forced_text, self.forced_ids, self.constraint, self.forced_name = "", [], None, None
-        self.gen_tokens = self.max_new_tokens
-        if self.tool_choice not in ("auto", "none"):
-            force_tool_call(self, engine)
 
 
 # -- forced tool calls (tool_choice required / a named function) ---------------------------------------
@@ -806,173 +1018,148 @@ def sampling_of(req: "ChatRequest") -> dict:
     return out
 
 
-def feedback_ids(body: Any) -> tuple[str | None, list[str], str | None]:
-    """A validated feedback body: (chosen id or None for "all bad", rejected ids, edited text)."""
-    if not isinstance(body, dict):
-        raise ApiError(400, "The request body must be a JSON object.", code="invalid_type")
-    unknown = sorted(set(body) - FEEDBACK_FIELDS)
-    if unknown:
-        raise ApiError(400, f"Unrecognized feedback argument supplied: {', '.join(unknown)}; expected chosen_id, "
-                            "rejected_id or rejected_ids, and optionally edited.", param=unknown[0],
-                       code="unknown_parameter")
-    chosen = body.get("chosen_id")
-    if chosen is not None and (not isinstance(chosen, str) or not chosen):
-        raise ApiError(400, "'chosen_id' must be the id of a chat completion.", param="chosen_id",
-                       code="invalid_type")
-    if "rejected_id" in body and "rejected_ids" in body:
-        raise ApiError(400, "Give either 'rejected_id' or 'rejected_ids', not both.", param="rejected_ids",
-                       code="invalid_value")
-    rejected = body.get("rejected_ids") if "rejected_ids" in body else (
-        [body["rejected_id"]] if "rejected_id" in body else [])
-    param = "rejected_ids" if "rejected_ids" in body else "rejected_id"
-    if not isinstance(rejected, list) or not all(isinstance(r, str) and r for r in rejected):
-        raise ApiError(400, f"'{param}' must be {'a list of ids' if param == 'rejected_ids' else 'an id'} of chat "
-                            "completions.", param=param, code="invalid_type")
-    if not rejected:
-        raise ApiError(400, "Missing required parameter: 'rejected_id' (or 'rejected_ids'): the answer(s) the chosen "
-                            "one is better than.", param="rejected_id", code="missing_required_parameter")
-    ids = ([chosen] if chosen else []) + rejected
-    if len(set(ids)) != len(ids):
-        raise ApiError(400, "Each answer may appear once: the same id was given twice.", param=param,
-                       code="invalid_value")
-    edited = body.get("edited")
-    if edited is not None and (not isinstance(edited, str) or not edited.strip()):
-        raise ApiError(400, "'edited' must be the corrected text of the chosen answer.", param="edited",
-                       code="invalid_value")
-    if edited is not None and chosen is None:
-        raise ApiError(400, "'edited' corrects the chosen answer; give 'chosen_id' too.", param="edited",
-                       code="invalid_value")
-    return chosen, rejected, edited
+def completion_message(row, req: ChatRequest, content: str | None, calls: list[dict]) -> tuple[dict, str]:
+    """The answer as a chat completion's message, and its finish_reason."""
+    message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
+    if calls and req.legacy:  # the deprecated functions: one call, as function_call
+        message["function_call"] = _function_call_json(calls)
+        return message, "function_call"
+    if calls:
+        message["tool_calls"] = _tool_calls_json(calls)
+        return message, "tool_calls"
+    return message, row.finish_reason if row.finish_reason in ("stop", "length") else "stop"
 
 
-def create_app(engine, *, api_key: str | None = None, max_batch: int = 8, default_max_tokens: int = 256,
-               feedback: bool = True, dataset_dir: str | None = None, feedback_dataset: str | None = None,
-               feedback_keep: int = FEEDBACK_KEEP):
-    """``feedback``: keep finished answers for ``POST /v1/feedback``, which appends to the preference dataset
-    ``feedback_dataset`` (default ``preferences``) in ``dataset_dir`` (default: the project's data/)."""
-    from fastapi import FastAPI
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, StreamingResponse
-    from starlette.exceptions import HTTPException as StarletteHTTPException
+def _sse(data: dict) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
-    from workbench.data import preferences
-    from workbench.infer.engine import BASE, BatchScheduler, RowSpec
-    from workbench.paths import project_data_dir
 
-    scheduler = BatchScheduler(engine, max_batch=max_batch)
-    base_name = engine.loaded.label
-    base_names = {base_name, "base"}
-    created = int(time.time())
-    feedback_name = preferences.check_name(feedback_dataset)
-    recent: collections.OrderedDict[str, preferences.Answer] = collections.OrderedDict()  # id → finished answer
-    recent_lock = threading.Lock()
+class AnswerMemory:
+    """The last ``keep`` finished answers by their completion id, for POST /v1/feedback (0 keeps none)."""
 
-    def remember(completion_id: str, req: "ChatRequest", content: str | None, calls: list[dict]) -> None:
-        """Keep a finished answer for feedback (the oldest is forgotten beyond ``feedback_keep``)."""
-        if not feedback or feedback_keep < 1:
+    def __init__(self, keep: int):
+        self.keep = keep
+        self._answers: collections.OrderedDict[str, preferences.Answer] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def remember(self, completion_id: str, req: ChatRequest, content: str | None, calls: list[dict]) -> None:
+        if self.keep < 1:
             return
         message: dict[str, Any] = {"role": "assistant", "content": content or ""}
         if calls:
             message["tool_calls"] = [{"name": c["name"], "arguments": c.get("arguments", {})} for c in calls]
         answer_ = preferences.Answer(req.variant or BASE, [preferences.clean(m) for m in req.messages], message,
                                      sampling_of(req), req.system, req.tools, completion_id)
-        with recent_lock:
-            recent[completion_id] = answer_
-            while len(recent) > feedback_keep:
-                recent.popitem(last=False)
+        with self._lock:
+            self._answers[completion_id] = answer_
+            while len(self._answers) > self.keep:
+                self._answers.popitem(last=False)
 
-    def recalled(ids: list[str], params: list[str]) -> list:
-        with recent_lock:
-            found = [recent.get(i) for i in ids]
+    def recall(self, ids: list[str], params: list[str]) -> list[preferences.Answer]:
+        """The answers with these ids; 404 naming the ``param`` that gave an id not held."""
+        with self._lock:
+            found = [self._answers.get(i) for i in ids]
         for i, param, a in zip(ids, params, found):
             if a is None:
                 raise ApiError(404, f"No answer with id '{i}' is held for feedback: this server keeps the last "
-                                    f"{feedback_keep} answers since it started, by the 'id' of their chat "
-                                    "completion.", param=param, code="response_not_found")
+                                    f"{self.keep} answers since it started, by the 'id' of their chat completion.",
+                               param=param, code="response_not_found")
         return found
+
+
+def error_response(exc: ApiError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+async def on_api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return error_response(exc)
+
+
+async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    # 400: a body FastAPI could not read (not UTF-8)
+    code = {400: "invalid_json", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+    return error_response(ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", code=code))
+
+
+async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return error_response(request_error(list(exc.errors())))
+
+
+class ApiServer:
+    """The routes and what they share: the engine and its batch scheduler, the names served, the API key and the
+    answers kept for feedback."""
+
+    def __init__(self, engine, *, api_key: str | None, max_batch: int, default_max_tokens: int, feedback: bool,
+                 dataset_dir: str | None, feedback_dataset: str | None, feedback_keep: int):
+        self.engine, self.api_key, self.default_max_tokens = engine, api_key, default_max_tokens
+        self.scheduler = BatchScheduler(engine, max_batch=max_batch)
+        self.base_name = engine.loaded.label
+        self.base_names = {self.base_name, "base"}
+        self.created = int(time.time())
+        self.dataset_dir = dataset_dir
+        self.feedback_name = preferences.check_name(feedback_dataset)
+        self.answers = AnswerMemory(feedback_keep if feedback else 0)
+
     @contextlib.asynccontextmanager
-    async def lifespan(app):
+    async def lifespan(self, app):
         yield
-        scheduler.close()
+        self.scheduler.close()
 
-    app = FastAPI(title="Workbench API", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-    app.state.scheduler = scheduler
+    # -- who may call --------------------------------------------------------------------------------
 
-    def error(exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
-
-    @app.exception_handler(ApiError)
-    async def on_api_error(request, exc: ApiError):
-        return error(exc)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def on_http_error(request, exc):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        message = f"{request.method} {request.url.path}: {exc.detail}"
-        return error(ApiError(exc.status_code, message, code=code))
-
-    @app.exception_handler(RequestValidationError)
-    async def on_validation_error(request, exc):
-        return error(ApiError(400, str(exc), code="invalid_value"))
-
+    @staticmethod
     def given_key(request: Request) -> str:
         header = request.headers.get("authorization", "")
         return header[7:].strip() if header.lower().startswith("bearer ") else ""
 
-    def authorized(request: Request) -> bool:
-        given = given_key(request)
-        return not api_key or (bool(given) and secrets.compare_digest(given.encode(), api_key.encode()))
+    def authorized(self, request: Request) -> bool:
+        given = self.given_key(request)
+        return not self.api_key or (bool(given) and secrets.compare_digest(given.encode(), self.api_key.encode()))
 
-    @app.middleware("http")
-    async def check_key(request: Request, call_next):
-        if request.url.path != "/health" and not authorized(request):  # every route but /health needs the key
-            what = "No API key provided" if not given_key(request) else "Incorrect API key provided"
-            return error(ApiError(401, f"{what}. Send it as 'Authorization: Bearer KEY'.", code="invalid_api_key"))
+    async def check_key(self, request: Request, call_next):
+        if request.url.path != "/health" and not self.authorized(request):  # every route but /health needs the key
+            what = "No API key provided" if not self.given_key(request) else "Incorrect API key provided"
+            return error_response(ApiError(401, f"{what}. Send it as 'Authorization: Bearer KEY'.",
+                                           code="invalid_api_key"))
         return await call_next(request)
 
-    def model_card(name: str, parent: str | None = None) -> dict:
-        card = {"id": name, "object": "model", "created": created, "owned_by": "workbench"}
-        if parent:
-            card["parent"] = parent
-        return card
+    # -- models and health ---------------------------------------------------------------------------
 
-    def cards() -> list[dict]:
-        return [model_card(base_name), *(model_card(n, base_name) for n in engine.adapter_names)]
+    def cards(self) -> list[dict]:
+        def card(name: str, parent: str | None = None) -> dict:
+            return {"id": name, "object": "model", "created": self.created, "owned_by": "workbench",
+                    **({"parent": parent} if parent else {})}
 
-    @app.get("/v1/models")
-    async def list_models():
-        return {"object": "list", "data": cards()}
+        return [card(self.base_name), *(card(n, self.base_name) for n in self.engine.adapter_names)]
 
-    @app.get("/v1/models/{model_id:path}")
-    async def get_model(model_id: str):
-        for card in cards():
-            if card["id"] == model_id or (model_id == "base" and card["id"] == base_name):
+    async def list_models(self):
+        return {"object": "list", "data": self.cards()}
+
+    async def get_model(self, model_id: str):
+        for card in self.cards():
+            if card["id"] == model_id or (model_id == "base" and card["id"] == self.base_name):
                 return card
         raise ApiError(404, f"The model '{model_id}' does not exist.", param="model", code="model_not_found")
 
-    @app.get("/health")
-    async def health(request: Request):
+    async def health(self, request: Request):
         # Liveness and batch counters for anyone; which model and adapters are served only with the key.
-        names = {"model": base_name, "adapters": engine.adapter_names} if authorized(request) else {}
-        return {"status": "ok", **names, **scheduler.stats()}
+        names = {"model": self.base_name, "adapters": self.engine.adapter_names} if self.authorized(request) else {}
+        return {"status": "ok", **names, **self.scheduler.stats()}
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ApiError(400, "We could not parse the JSON body of your request.", code="invalid_json") from None
-        req = await asyncio.to_thread(ChatRequest, body, engine, base_names=base_names,
-                                      default_max_tokens=default_max_tokens)
+    # -- chat completions ----------------------------------------------------------------------------
+
+    async def chat_completions(self, body: ChatBody):
+        req = await asyncio.to_thread(ChatRequest, body, self.engine, base_names=self.base_names,
+                                      default_max_tokens=self.default_max_tokens)
         # A forced call: its prefix follows the prompt, the constraint shapes the rest, stop strings do not apply.
         spec = RowSpec(req.prompt_ids + req.forced_ids, req.variant, req.gen_tokens,
                        () if req.forced_text else req.stop, label=req.model, tools=bool(req.tools),
                        constraint=req.constraint)
-        row = scheduler.submit(spec, req.gen)
+        row = self.scheduler.submit(spec, req.gen)
         completion_id = "chatcmpl-" + uuid.uuid4().hex
         now = int(time.time())
         if req.stream:
-            return StreamingResponse(_stream(row, req, completion_id, now), media_type="text/event-stream",
+            return StreamingResponse(self.stream(row, req, completion_id, now), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         try:
             await asyncio.to_thread(row.wait)
@@ -983,134 +1170,151 @@ def create_app(engine, *, api_key: str | None = None, max_batch: int = 8, defaul
         finally:
             if not row.done:  # the client went away
                 row.cancel()
-        content, calls = answer(engine, row, req)
-        remember(completion_id, req, content, calls)
-        message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
-        finish = row.finish_reason if row.finish_reason in ("stop", "length") else "stop"
-        if calls and req.legacy:  # the deprecated functions: one call, as function_call
-            message["function_call"] = _function_call_json(calls)
-            finish = "function_call"
-        elif calls:
-            message["tool_calls"] = _tool_calls_json(calls)
-            finish = "tool_calls"
+        content, calls = answer(self.engine, row, req)
+        self.answers.remember(completion_id, req, content, calls)
+        message, finish = completion_message(row, req, content, calls)
         return {"id": completion_id, "object": "chat.completion", "created": now, "model": req.model,
                 "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
                 "usage": _usage(row, len(req.forced_ids)), "system_fingerprint": None}
 
-    @app.post("/v1/feedback")
-    async def post_feedback(request: Request):
-        if not feedback:
-            raise ApiError(404, "Feedback is off on this server (it was started with --no-feedback).",
-                           code="feedback_off")
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ApiError(400, "We could not parse the JSON body of your request.", code="invalid_json") from None
-        chosen_id, rejected_ids, edited = feedback_ids(body)
-        params = (["chosen_id"] if chosen_id else []) + [
-            "rejected_ids" if "rejected_ids" in body else "rejected_id"] * len(rejected_ids)
-        answers = recalled(([chosen_id] if chosen_id else []) + rejected_ids, params)
-        first = answers[0]
-        for a, param in zip(answers[1:], params[1:]):
-            if (a.prompt, a.system or "", a.tools) != (first.prompt, first.system or "", first.tools):
-                raise ApiError(400, f"The answers '{first.id}' and '{a.id}' reply to different conversations "
-                                    "(messages, system prompt or tools differ); compare answers to the same messages.",
-                               param=param, code="conversation_mismatch")
-        folder = dataset_dir or str(project_data_dir())
-        try:
-            if chosen_id:
-                rows = preferences.pair_rows(first, answers[1:], edited=edited, source="api", base_model=base_name)
-            else:
-                row = preferences.both_bad_row(answers, source="api", base_model=base_name)
-        except WorkbenchError as exc:
-            raise ApiError(400, str(exc), code="invalid_value") from None
-        try:
-            if chosen_id:
-                saved = await asyncio.to_thread(preferences.save_rows, folder, feedback_name, rows)
-            else:
-                saved = await asyncio.to_thread(preferences.save_both_bad, folder, feedback_name, row)
-        except WorkbenchError as exc:
-            raise ApiError(409, str(exc), type="server_error", code="dataset_conflict") from None
-        except OSError as exc:
-            raise ApiError(500, f"could not write the feedback: {exc}", type="server_error") from None
-        out = {"object": "feedback", "dataset": feedback_name, "file": saved.path.name, "rows": saved.rows,
-               "total": saved.total, "registered": saved.registered}
-        if chosen_id:
-            out.update(chosen=first.model, rejected=[a.model for a in answers[1:]])
-        else:
-            out.update(verdict="all bad", trainable=False)
-        return out
+    async def stream(self, row, req: ChatRequest, completion_id: str, now: int):
+        """The answer as server-sent events: content deltas as they come (none for a forced call, and nothing
+        from ``<tool_call>`` on), then the calls, the finish reason and, if asked, the usage."""
 
-    async def _stream(row, req: ChatRequest, completion_id: str, now: int):
-        def chunk(delta: dict, finish: str | None = None, usage: dict | None = None, choices=True) -> str:
-            data = {"id": completion_id, "object": "chat.completion.chunk", "created": now, "model": req.model,
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}] if choices
-                    else [], "system_fingerprint": None}
-            if req.include_usage:
-                data["usage"] = usage
-            return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+        def chunk(delta: dict, finish: str | None = None) -> str:
+            return _sse({"id": completion_id, "object": "chat.completion.chunk", "created": now, "model": req.model,
+                         "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+                         "system_fingerprint": None, **({"usage": None} if req.include_usage else {})})
 
-        events = row._events
         text, sent = "", 0
-        tools = bool(req.tools)
-        forced = bool(req.forced_text)  # a forced call has no content to stream
+        tools, forced = bool(req.tools), bool(req.forced_text)  # a forced call has no content to stream
         try:
             yield chunk({"role": "assistant", "content": ""})
-            while True:
-                try:
-                    kind, payload = await asyncio.to_thread(events.get, True, 1.0)
-                except Exception:  # queue.Empty: keep waiting (the request may be queued behind a batch)
-                    continue
-                if kind == "delta":
-                    text += payload
-                    visible = "" if forced else _visible(text, tools, final=False)
-                    if len(visible) > sent:
-                        yield chunk({"content": visible[sent:]})
-                        sent = len(visible)
-                    continue
+            async for kind, payload in _row_events(row):
                 if kind == "error":
                     status = 400 if isinstance(payload, WorkbenchError) else 500
-                    err = ApiError(status, f"generation failed: {payload}",
-                                   type="invalid_request_error" if status == 400 else "server_error")
-                    yield f"data: {json.dumps(err.body())}\n\n"
+                    yield _sse(ApiError(status, f"generation failed: {payload}", type="invalid_request_error"
+                                        if status == 400 else "server_error").body())
                     return
-                break
-            try:
-                content, calls = answer(engine, row, req)
-            except ApiError as exc:
-                yield f"data: {json.dumps(exc.body())}\n\n"
-                return
-            remember(completion_id, req, content, calls)
-            visible = "" if forced else _visible(text, tools, final=True)
-            # Any text before a call was streamed already (visible stops at <tool_call>).
-            if calls and req.legacy:
-                yield chunk({"function_call": _function_call_json(calls)})
-                finish = "function_call"
-            elif calls:
-                yield chunk({"tool_calls": [{"index": k, **c} for k, c in enumerate(_tool_calls_json(calls))]})
-                finish = "tool_calls"
-            else:
+                text += payload
+                visible = "" if forced else _visible(text, tools, final=False)
                 if len(visible) > sent:
                     yield chunk({"content": visible[sent:]})
-                finish = row.finish_reason if row.finish_reason in ("stop", "length") else "stop"
+                    sent = len(visible)
+            try:
+                content, calls = answer(self.engine, row, req)
+            except ApiError as exc:
+                yield _sse(exc.body())
+                return
+            self.answers.remember(completion_id, req, content, calls)
+            # Any text before a call was streamed already (visible stops at <tool_call>).
+            message, finish = completion_message(row, req, content, calls)
+            if "function_call" in message:
+                yield chunk({"function_call": message["function_call"]})
+            elif calls:
+                yield chunk({"tool_calls": [{"index": k, **c} for k, c in enumerate(message["tool_calls"])]})
+            else:
+                visible = "" if forced else _visible(text, tools, final=True)
+                if len(visible) > sent:
+                    yield chunk({"content": visible[sent:]})
             yield chunk({}, finish)
             if req.include_usage:
-                yield chunk({}, None, _usage(row, len(req.forced_ids)), choices=False)
+                yield _sse({"id": completion_id, "object": "chat.completion.chunk", "created": now,
+                            "model": req.model, "choices": [], "system_fingerprint": None,
+                            "usage": _usage(row, len(req.forced_ids))})
             yield "data: [DONE]\n\n"
         finally:
             if not row.done:  # the client disconnected: stop generating its row
                 row.cancel()
 
+    # -- feedback ------------------------------------------------------------------------------------
+
+    async def post_feedback(self, body: FeedbackBody):
+        answers = self.answers.recall(body.ids, body.params)
+        first = answers[0]
+        for a, param in zip(answers[1:], body.params[1:]):
+            if (a.prompt, a.system or "", a.tools) != (first.prompt, first.system or "", first.tools):
+                raise ApiError(400, f"The answers '{first.id}' and '{a.id}' reply to different conversations "
+                                    "(messages, system prompt or tools differ); compare answers to the same messages.",
+                               param=param, code="conversation_mismatch")
+        saved = await self.save_feedback(body, answers)
+        out = {"object": "feedback", "dataset": self.feedback_name, "file": saved.path.name, "rows": saved.rows,
+               "total": saved.total, "registered": saved.registered}
+        if body.chosen_id:
+            out.update(chosen=first.model, rejected=[a.model for a in answers[1:]])
+        else:
+            out.update(verdict="all bad", trainable=False)
+        return out
+
+    async def save_feedback(self, body: FeedbackBody, answers: list[preferences.Answer]) -> preferences.Saved:
+        """Append the judgement to the preference dataset: pairs of the chosen answer with each other one, or
+        one "all bad" row."""
+        folder = self.dataset_dir or str(project_data_dir())
+        try:
+            if body.chosen_id:
+                rows = preferences.pair_rows(answers[0], answers[1:], edited=body.edited, source="api",
+                                             base_model=self.base_name)
+                save = functools.partial(preferences.save_rows, folder, self.feedback_name, rows)
+            else:
+                row = preferences.both_bad_row(answers, source="api", base_model=self.base_name)
+                save = functools.partial(preferences.save_both_bad, folder, self.feedback_name, row)
+        except WorkbenchError as exc:
+            raise ApiError(400, str(exc), code="invalid_value") from None
+        try:
+            return await asyncio.to_thread(save)
+        except WorkbenchError as exc:
+            raise ApiError(409, str(exc), type="server_error", code="dataset_conflict") from None
+        except OSError as exc:
+            raise ApiError(500, f"could not write the feedback: {exc}", type="server_error") from None
+
+    async def feedback_off(self):
+        raise ApiError(404, "Feedback is off on this server (it was started with --no-feedback).", code="feedback_off")
+
+
+async def _row_events(row):
+    """A row's text deltas as ("delta", text), and ("error", exception) should generation fail; ends when the
+    row is finished."""
+    while True:
+        try:
+            kind, payload = await asyncio.to_thread(row._events.get, True, 1.0)
+        except queue.Empty:  # keep waiting: the request may be queued behind a batch
+            continue
+        if kind not in ("delta", "error"):
+            return
+        yield kind, payload
+        if kind == "error":
+            return
+
+
+def create_app(engine, *, api_key: str | None = None, max_batch: int = 8, default_max_tokens: int = 256,
+               feedback: bool = True, dataset_dir: str | None = None, feedback_dataset: str | None = None,
+               feedback_keep: int = FEEDBACK_KEEP):
+    """``feedback``: keep finished answers for ``POST /v1/feedback``, which appends to the preference dataset
+    ``feedback_dataset`` (default ``preferences``) in ``dataset_dir`` (default: the project's data/)."""
+    server = ApiServer(engine, api_key=api_key, max_batch=max_batch, default_max_tokens=default_max_tokens,
+                       feedback=feedback, dataset_dir=dataset_dir, feedback_dataset=feedback_dataset,
+                       feedback_keep=feedback_keep)
+    app = FastAPI(title="Workbench API", docs_url=None, redoc_url=None, openapi_url=None, lifespan=server.lifespan)
+    app.state.scheduler = server.scheduler
+    app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.middleware("http")(server.check_key)
+    app.get("/v1/models")(server.list_models)
+    app.get("/v1/models/{model_id:path}")(server.get_model)
+    app.get("/health")(server.health)
+    app.post("/v1/chat/completions")(server.chat_completions)
+    app.post("/v1/feedback")(server.post_feedback if feedback else server.feedback_off)
     return app
 
 
 # -- the command -------------------------------------------------------------------------------------
 
 def configure_api(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", dest="model_name_or_path", default=argparse.SUPPRESS,
-                        help="model alias, local directory or hub id (default: smollm2-135m-instruct)")
-    parser.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR",
-                        help="serve an adapter under NAME (repeatable); requests pick it with model=NAME")
+    from workbench.config.model import add_model_flags
+
+    add_model_flags(parser, template=True,
+                    adapter_help="serve an adapter under NAME (repeatable); requests pick it with model=NAME")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--api-key", default=os.environ.get("WORKBENCH_API_KEY"),
@@ -1118,7 +1322,6 @@ def configure_api(parser: argparse.ArgumentParser) -> None:
                              "allowed on loopback only)")
     parser.add_argument(INSECURE_FLAG, dest="insecure_no_auth", action="store_true",
                         help="allow a --host beyond loopback without --api-key (your own proxy authenticates)")
-    parser.add_argument("--template", default="auto", help="chat template (default auto)")
     parser.add_argument("--max-batch", type=int, default=8,
                         help="most concurrent requests generated together in one batch")
     parser.add_argument("--max-tokens", type=int, default=256,
@@ -1135,8 +1338,8 @@ def configure_api(parser: argparse.ArgumentParser) -> None:
 
 def run_api(args) -> int:
     from workbench.infer.engine import ChatEngine
+    from workbench.config.model import parse_adapter_specs
     from workbench.infer.session import load_for_chat
-    from workbench.models.adapters import parse_adapter_specs
 
     # Beyond loopback only with a key, or when the user says a proxy in front authenticates.
     warning = check_exposure(args.host, protected=bool(args.api_key), auth_flag="--api-key",

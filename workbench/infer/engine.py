@@ -21,6 +21,7 @@ from typing import Any, Iterable, Iterator
 
 from workbench.config.base import WorkbenchError
 from workbench.config.generation import GenerationArgs
+from workbench.data import records
 
 BASE = "base"
 
@@ -39,10 +40,9 @@ _PEFT_BASE = "__base__"  # PEFT's name for "no adapter" in adapter_names
 # -- tools ------------------------------------------------------------------------------------------
 
 def parse_tools(value: Any, *, source: str = "tools") -> list[dict] | None:
-    """Tool definitions from JSON text or a list: OpenAI style ``{"type": "function", "function": {...}}``
-    or a bare ``{"name", "description", "parameters"}`` (wrapped). Empty → None."""
-    if value is None:
-        return None
+    """Tool definitions a person gave (--tools, the chat tab's Tools box): JSON text or a list, checked by
+    :func:`workbench.data.records.parse_tools`; errors name ``source`` and where the JSON text breaks.
+    Empty → None."""
     if isinstance(value, str):
         if not value.strip():
             return None
@@ -50,27 +50,10 @@ def parse_tools(value: Any, *, source: str = "tools") -> list[dict] | None:
             value = json.loads(value)
         except json.JSONDecodeError as exc:
             raise WorkbenchError(f"{source}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
-    if isinstance(value, dict):
-        value = [value]
-    if not isinstance(value, list):
-        raise WorkbenchError(f"{source}: expected a JSON list of tool definitions, got {type(value).__name__}")
-    tools = []
-    for i, tool in enumerate(value, 1):
-        if not isinstance(tool, dict):
-            raise WorkbenchError(f"{source}: tool {i} must be a JSON object, got {type(tool).__name__}")
-        if "function" in tool:
-            if tool.get("type", "function") != "function":
-                raise WorkbenchError(f"{source}: tool {i} has type {tool.get('type')!r}; only 'function' is supported")
-            fn = tool["function"]
-        else:
-            fn, tool = tool, {"type": "function", "function": tool}
-        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"].strip():
-            raise WorkbenchError(f"{source}: tool {i} needs a function name (\"name\": \"...\")")
-        params = fn.get("parameters")
-        if params is not None and not isinstance(params, dict):
-            raise WorkbenchError(f"{source}: tool {i} ({fn['name']}): parameters must be a JSON schema object")
-        tools.append({"type": "function", "function": fn})
-    return tools or None
+    try:
+        return records.parse_tools(value)
+    except ValueError as exc:
+        raise WorkbenchError(f"{source}: {exc}") from None
 
 
 def strip_tool_calls(text: str) -> str:

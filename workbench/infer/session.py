@@ -5,64 +5,16 @@ their tensor shapes) before they are attached, unmerged."""
 from __future__ import annotations
 
 import gc
-import json
 import os
 import threading
 from pathlib import Path
 
 from workbench.config.base import WorkbenchError
-from workbench.config.model import ModelArgs
-from workbench.models import registry
-from workbench.models.adapters import (check_adapter_finite, check_adapter_fits, parse_adapter_specs,
-                                       read_adapter_config)
-from workbench.models.loader import LoadedModel, load_model
-from workbench.rundir import RUN_RECORD
-
-
-
-def _identities(name: str | None) -> set[str]:
-    """Ways to recognise one model: registry alias, resolved local path, directory name."""
-    if not name:
-        return set()
-    name = str(name).strip().rstrip("/")
-    out = {"name:" + name.lower()}
-    info = registry.lookup(name)
-    if info is not None:
-        out.add("alias:" + info.alias)
-    path = Path(name).expanduser()
-    if path.exists():
-        out.add("path:" + os.path.realpath(path))
-    if "/" in name or os.sep in name:
-        out.add("tail:" + name.rsplit("/", 1)[-1].lower())
-    return out
-
-
-def adapter_trained_on(path: str | Path) -> list[str]:
-    """The base model(s) an adapter says it was trained on: our run record, then PEFT's config."""
-    names = []
-    run_file = Path(path).expanduser() / RUN_RECORD
-    if run_file.is_file():
-        try:
-            base = json.loads(run_file.read_text(encoding="utf-8")).get("base_model")
-        except (ValueError, AttributeError):
-            base = None
-        if base:
-            names.append(str(base))
-    base = read_adapter_config(path).get("base_model_name_or_path")
-    if base:
-        names.append(str(base))
-    return names
-
-
-def other_base(path: str | Path, *models: str | None) -> str | None:
-    """The base model adapter ``path`` records when it is none of ``models`` (names or paths of one model);
-    None when it matches or records nothing. Also checks the directory (config + weights present)."""
-    trained_on = adapter_trained_on(path)
-    if not trained_on:
-        return None
-    mine = set().union(*(_identities(m) for m in models))
-    theirs = set().union(*(_identities(n) for n in trained_on))
-    return None if mine & theirs else trained_on[0]
+from workbench.config.model import ModelArgs, parse_adapter_specs
+from workbench.infer.engine import ChatEngine
+from workbench.models.adapters import check_adapter_finite, check_adapter_fits
+from workbench.models.identity import adapter_trained_on, other_base
+from workbench.models.loader import LoadedModel, attach_adapters, load_model
 
 
 def check_adapters_base(model: str, adapters: dict[str, str]) -> None:
@@ -92,8 +44,6 @@ def check_adapter_base(loaded: LoadedModel, name: str, path: str | Path) -> None
 
 def attach_adapter(loaded: LoadedModel, name: str, path: str | Path) -> None:
     """Attach one named adapter, unmerged, after the base check; the base stays usable as "base"."""
-    from workbench.models.loader import attach_adapters
-
     (name, path), = parse_adapter_specs([f"{name}={path}"]).items()
     model = loaded.model
     if name in loaded.adapters or name in (getattr(model, "peft_config", None) or {}):
@@ -218,8 +168,6 @@ class ModelManager:
 
     def engine(self, template: str | None = "auto"):
         """A chat engine over the loaded model that shares this manager's lock."""
-        from workbench.infer.engine import ChatEngine
-
         return ChatEngine(self.require(), template, lock=self._lock)
 
     def status(self) -> str:

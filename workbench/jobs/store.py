@@ -451,29 +451,7 @@ def start_job(
     base = _root(root)
     path = run_path(name, base)
     exclusive = kind in EXCLUSIVE_KINDS if exclusive is None else bool(exclusive)
-    created_dir = False
-    try:
-        base.mkdir(parents=True, exist_ok=True)
-        if path.exists():
-            existing = Job(path)
-            if not path.is_dir():
-                raise WorkbenchError(f"{path} exists and is not a directory")
-            if (path / STATUS_FILE).exists():
-                state = existing.status().get("state")
-                if not reuse:
-                    raise WorkbenchError(f"run {name!r} already exists in {base} ({state}); choose another name")
-                if state not in FINAL_STATES:
-                    raise WorkbenchError(f"run {name!r} is still {state}; wait for it or abort it first")
-            elif not reuse and any(path.iterdir()):
-                # Not made by `jobs` (a `train` run from the command line, a copied folder): never write
-                # over its config.yaml or make it deletable as a job.
-                raise WorkbenchError(f"{path} already exists and was not made by `jobs` (no {STATUS_FILE}); "
-                                     "choose another name")
-        else:
-            path.mkdir()
-            created_dir = True
-    except OSError as exc:
-        raise _os_error(exc, "create the run directory", path) from None
+    created_dir = _claim_run_dir(base, path, name, reuse)
     now = time.time()
     spec = {
         "kind": kind, "name": name, "argv": argv, "env": dict(env or {}),
@@ -487,15 +465,7 @@ def start_job(
         "supervisor_pid": None, "exit_code": None, "error": None,
     }
     try:
-        if config is not None:
-            (path / CONFIG_FILE).write_text(dump_yaml(config), encoding="utf-8")
-        (path / COMMAND_FILE).write_text(shlex.join(argv) + "\n", encoding="utf-8")
-        (path / SPEC_FILE).write_text(json.dumps(spec, indent=1) + "\n", encoding="utf-8")
-        with open(path / LOG_FILE, "ab"):
-            pass
-        (path / _STATUS_LOCK).touch()
-        with _locked(path / _STATUS_LOCK):
-            _write_status(path / STATUS_FILE, status)
+        _write_job_files(path, config, argv, spec, status)
     except OSError as exc:
         if created_dir:
             shutil.rmtree(path, ignore_errors=True)
@@ -506,6 +476,45 @@ def start_job(
     else:
         _launch(job)
     return job
+
+
+def _claim_run_dir(base: Path, path: Path, name: str, reuse: bool) -> bool:
+    """Make the run directory, or accept an existing one that ``reuse`` allows; returns whether it was made."""
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            path.mkdir()
+            return True
+        if not path.is_dir():
+            raise WorkbenchError(f"{path} exists and is not a directory")
+        if (path / STATUS_FILE).exists():
+            state = Job(path).status().get("state")
+            if not reuse:
+                raise WorkbenchError(f"run {name!r} already exists in {base} ({state}); choose another name")
+            if state not in FINAL_STATES:
+                raise WorkbenchError(f"run {name!r} is still {state}; wait for it or abort it first")
+        elif not reuse and any(path.iterdir()):
+            # Not made by `jobs` (a `train` run from the command line, a copied folder): never write
+            # over its config.yaml or make it deletable as a job.
+            raise WorkbenchError(f"{path} already exists and was not made by `jobs` (no {STATUS_FILE}); "
+                                 "choose another name")
+        return False
+    except OSError as exc:
+        raise _os_error(exc, "create the run directory", path) from None
+
+
+def _write_job_files(path: Path, config: dict[str, Any] | None, argv: list[str], spec: dict[str, Any],
+                     status: dict[str, Any]) -> None:
+    """config.yaml, command.txt, job.json, an empty log and the queued status (written last: it marks a job)."""
+    if config is not None:
+        (path / CONFIG_FILE).write_text(dump_yaml(config), encoding="utf-8")
+    (path / COMMAND_FILE).write_text(shlex.join(argv) + "\n", encoding="utf-8")
+    (path / SPEC_FILE).write_text(json.dumps(spec, indent=1) + "\n", encoding="utf-8")
+    with open(path / LOG_FILE, "ab"):
+        pass
+    (path / _STATUS_LOCK).touch()
+    with _locked(path / _STATUS_LOCK):
+        _write_status(path / STATUS_FILE, status)
 
 
 def _launch(job: Job) -> None:

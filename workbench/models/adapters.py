@@ -1,5 +1,5 @@
-"""PEFT adapters: parse NAME=DIR specs, check a directory before loading it, and check that it
-fits the loaded base model (module names and shapes) so a mismatch is one clear sentence."""
+"""PEFT adapters: check a directory before loading it, and check that it fits the loaded base model (module
+names and shapes) so a mismatch is one clear sentence."""
 
 from __future__ import annotations
 
@@ -10,33 +10,6 @@ from pathlib import Path
 from workbench.config.base import WorkbenchError
 
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
-_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-
-
-def adapter_name_for(path: str | Path) -> str:
-    name = Path(str(path).rstrip("/")).name or "adapter"
-    return re.sub(r"[^A-Za-z0-9_-]", "_", name)
-
-
-def parse_adapter_specs(specs: str | list[str] | None) -> dict[str, str]:
-    """``"a=/x,b=/y"`` or ``["/x", "b=/y"]`` → ``{"a": "/x", "b": "/y"}``; names must be unique."""
-    if not specs:
-        return {}
-    items = specs.split(",") if isinstance(specs, str) else [s for spec in specs for s in spec.split(",")]
-    out: dict[str, str] = {}
-    for item in (s.strip() for s in items):
-        if not item:
-            continue
-        if "=" in item:
-            name, path = (part.strip() for part in item.split("=", 1))
-        else:
-            name, path = adapter_name_for(item), item
-        if not _NAME.match(name) or name == "base":
-            raise WorkbenchError(f"adapter name {name!r} is not allowed (letters, digits, '_', '-', '.'; not 'base')")
-        if name in out:
-            raise WorkbenchError(f"two adapters are named {name!r}; name them with NAME=DIR")
-        out[name] = path
-    return out
 
 
 def read_adapter_config(path: str | Path) -> dict:

@@ -14,6 +14,7 @@ from workbench.config.base import WorkbenchError
 from workbench.config.model import ModelArgs
 from workbench.models import registry
 from workbench.models.adapters import check_adapter_finite, check_adapter_fits, read_adapter_config
+from workbench.models.bundled import ensure_converted
 
 
 def _looks_like_path(name: str) -> bool:
@@ -50,8 +51,6 @@ def resolve_model_path(name_or_path: str) -> str:
         return str(local.resolve())
     info = registry.lookup(name)
     if info is not None and info.bundled:
-        from workbench.models.bundled import ensure_converted
-
         return str(ensure_converted())
     if info is None and "/" not in name:
         known = ", ".join(registry.MODELS)

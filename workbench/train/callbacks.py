@@ -18,7 +18,7 @@ from typing import Any, TextIO
 from transformers import TrainerCallback
 
 from workbench.config.base import WorkbenchError
-from workbench.rundir import format_duration
+from workbench.rundir import append_progress, format_duration, read_progress
 
 BASE_KEYS = ("step", "total_steps", "epoch", "loss", "eval_loss", "lr", "grad_norm", "tokens_per_second",
              "elapsed", "eta")
@@ -37,21 +37,6 @@ def _num(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return value if math.isfinite(value) else None
-
-
-def read_progress(path: str | Path) -> list[dict[str, Any]]:
-    """All complete lines of a progress.jsonl (a half-written last line is skipped)."""
-    out = []
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return out
-    for line in text.splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
 
 
 def truncate_progress(path: Path, after_step: int) -> None:
@@ -249,9 +234,7 @@ class ProgressCallback(TrainerCallback):
                 entry[f"{prefix}reward_margin"] = _num(value)
             if _num(value) is not None:
                 entry[key] = _num(value)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(entry) + "\n")
-            f.flush()
+        append_progress(self.path, entry)
         if self.echo is not None:
             self.echo.write(self._line(entry) + "\n")
             self.echo.flush()

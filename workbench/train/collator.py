@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-IGNORE_INDEX = -100
+from workbench.data.templates import IGNORE_INDEX
 
 
 @dataclass

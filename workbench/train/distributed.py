@@ -10,23 +10,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from workbench.config.base import option_flags
 from workbench.config.train import LaunchArgs, TrainConfig, resolve_deepspeed_config
 
-
-def child_flags(values: dict[str, Any]) -> list[str]:
-    """``{key: value}`` → ``--key value`` that our parser reads back to the same values."""
-    flags: list[str] = []
-    for key, value in values.items():
-        if value is None:
-            text = "none"
-        elif isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, (list, tuple)):
-            text = ",".join(map(str, value))
-        else:
-            text = str(value)
-        flags += [f"--{key}", text]
-    return flags
+child_flags = option_flags  # the name train/plan.py and the tests use
 
 
 def launched_train_argv(cfg: TrainConfig, launch: LaunchArgs, config_path: str | Path | None,
@@ -34,7 +21,7 @@ def launched_train_argv(cfg: TrainConfig, launch: LaunchArgs, config_path: str |
     """The ``accelerate launch`` argv of a --launch run: every process reads the same config file and flags, with
     one output_dir for all of them (a default name has a timestamp)."""
     child = {**overrides, "output_dir": str(output_dir)}
-    train_args = ([str(Path(config_path).resolve())] if config_path else []) + child_flags(child)
+    train_args = ([str(Path(config_path).resolve())] if config_path else []) + option_flags(child)
     return accelerate_argv(cfg, launch, train_args)
 
 

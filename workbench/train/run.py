@@ -3,13 +3,18 @@
 Everything that can be checked without the weights is checked first (options, output_dir,
 checkpoint, dataset/stage fit, LoRA targets and layer counts on a weightless model skeleton,
 precision support, tokenisation), so a mistake costs seconds, not a model load.
+
+Each stage family is one recipe in :data:`STAGE_RECIPES` (pt/sft, rm, dpo): it loads the model, applies the
+method and builds the stage's trainer; the steps before and after are shared.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -140,8 +145,6 @@ def training_arguments(cfg: TrainConfig, output_dir: Path, device: str, has_eval
     if cfg.data.streaming:
         accel = kwargs.get("accelerator_config") or {}
         if isinstance(accel, str):  # a JSON file's path
-            import json
-
             accel = json.loads(Path(accel).expanduser().read_text(encoding="utf-8"))
         kwargs["accelerator_config"] = {**accel, "dispatch_batches": False}
     return kwargs
@@ -192,25 +195,57 @@ def load_reward_model(margs, model_path: str):
     return model
 
 
+@dataclass
+class _Run:
+    """What every stage's recipe shares: the checked options and paths, the device, the tokenised data."""
+
+    cfg: TrainConfig
+    log: Callable[[str], None]
+    main: bool
+    output_dir: Path
+    resume: Path | None
+    device: str
+    model_path: str
+    plan: dict
+    tokenizer: Any = None
+    args_kwargs: dict[str, Any] = field(default_factory=dict)
+    train_set: Any = None
+    eval_set: Any = None
+    template: str = ""
+    varlen: bool = False  # pt/sft on a CPU: attention per example instead of a block-diagonal mask
+    progress: Any = None  # the ProgressCallback, made just before the trainer
+
+
 def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = _log) -> dict[str, Any]:
     """Train as configured; returns a summary (output_dir, metrics). Raises WorkbenchError on bad input."""
     started = time.perf_counter()
-    ft, tr, data, margs = cfg.finetuning, cfg.train, cfg.data, cfg.model
-    launched = os.environ.get(LAUNCHED_ENV) == "1"
-    main = is_main_process()
-    if main:
+    if is_main_process():
         for warning in cfg.warnings:
             log(f"warning: {warning}")
+    run = _check_before_loading(cfg, log)
+    _load_data(run)
+    from transformers import set_seed
 
-    # ---- 1. checks that need neither weights nor data --------------------------------------------
+    set_seed(cfg.train.seed)  # the LoRA / score-head initialisation is part of the reproducible run
+    trainer = STAGE_RECIPES[cfg.finetuning.stage](run)
+    _finish_trainer(run, trainer)
+    return _train_and_save(run, trainer, started)
+
+
+# ---- 1. checks that need neither weights nor data ------------------------------------------------
+
+def _check_before_loading(cfg: TrainConfig, log: Callable[[str], None]) -> _Run:
+    """Output directory, checkpoint, dataset/stage fit, device, precision and the LoRA plan on a weightless model."""
+    ft, tr, margs = cfg.finetuning, cfg.train, cfg.model
+    main = is_main_process()
     output_dir = (Path(tr.output_dir).expanduser().resolve() if tr.output_dir
                   else out.default_output_dir(ft.stage, ft.finetuning_type))
     tr.output_dir = str(output_dir)
     resume = out.resolve_resume(tr.resume_from_checkpoint, output_dir)
-    if main and not launched:
+    if main and os.environ.get(LAUNCHED_ENV) != "1":
         out.prepare_output_dir(output_dir, overwrite=tr.overwrite_output_dir, resuming=resume is not None)
-    check_datasets_fit_stage(data, ft.stage)
-    from workbench.models.loader import load_model, load_tokenizer, pick_device, resolve_model_path
+    check_datasets_fit_stage(cfg.data, ft.stage)
+    from workbench.models.loader import pick_device, resolve_model_path
 
     device = pick_device(margs.device)
     threads = set_cpu_threads(tr.torch_threads)
@@ -222,150 +257,221 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = _log) -> dict
         if not device.startswith("cuda"):
             raise OptionError("deepspeed", "DeepSpeed needs CUDA GPUs; leave deepspeed empty on a CPU")
     model_path = resolve_model_path(margs.model_name_or_path)
-    from workbench.train.methods import count_parameters, preflight, prepare_model
+    from workbench.train.methods import preflight
 
     plan = preflight(model_path, ft, trust_remote_code=margs.trust_remote_code)
+    return _Run(cfg, log, main, output_dir, resume, device, model_path, plan)
 
-    # ---- 2. data (the tokenizer only) ---------------------------------------------------------------
-    from transformers import TrainingArguments, set_seed
 
-    tokenizer = load_tokenizer(model_path, padding_side="right", trust_remote_code=margs.trust_remote_code)
+# ---- 2. data (the tokenizer only) ------------------------------------------------------------------
+
+def _load_data(run: _Run) -> None:
+    """The tokenizer, the TrainingArguments' keywords and the tokenised train/eval sets."""
+    from transformers import TrainingArguments
+
+    from workbench.data.loader import build_dataset
+    from workbench.models.loader import load_tokenizer
+
+    cfg, data, margs = run.cfg, run.cfg.data, run.cfg.model
+    run.tokenizer = load_tokenizer(run.model_path, padding_side="right", trust_remote_code=margs.trust_remote_code)
     has_eval = bool(data.val_size) or bool(data.eval_dataset_names())
-    args_kwargs = training_arguments(cfg, output_dir, device, has_eval)
+    run.args_kwargs = training_arguments(cfg, run.output_dir, run.device, has_eval)
     try:
-        probe_args = TrainingArguments(**{**args_kwargs, "report_to": "none"})  # sets up the process group
+        probe_args = TrainingArguments(**{**run.args_kwargs, "report_to": "none"})  # sets up the process group
     except (ValueError, OSError) as exc:  # e.g. load_best_model_at_end with mismatched strategies
         raise WorkbenchError(f"transformers' TrainingArguments refused these options: {exc}") from None
     with probe_args.main_process_first(desc="tokenising the dataset"):
-        from workbench.data.loader import build_dataset
+        built = build_dataset(data, run.tokenizer, cfg.finetuning.stage, model_name_or_path=margs.model_name_or_path,
+                              log=run.log)
+    run.train_set, run.eval_set = built["train"], built.get("eval")
+    run.template = built.get("stats", {}).get("template", data.template)
+    if run.main:
+        rows = len(run.train_set) if hasattr(run.train_set, "__len__") else "streaming"
+        run.log(f"Data: {rows} training rows, {len(run.eval_set) if run.eval_set is not None else 0} eval rows "
+                f"(template {run.template})")
 
-        built = build_dataset(data, tokenizer, ft.stage, model_name_or_path=margs.model_name_or_path, log=log)
-    train_set, eval_set = built["train"], built.get("eval")
-    template = built.get("stats", {}).get("template", data.template)
-    if main:
-        rows = len(train_set) if hasattr(train_set, "__len__") else "streaming"
-        log(f"Data: {rows} training rows, {len(eval_set) if eval_set is not None else 0} eval rows "
-            f"(template {template})")
 
-    # ---- 3. model and method ----------------------------------------------------------------------
-    set_seed(tr.seed)  # the LoRA / score-head initialisation is part of the reproducible run
-    if ft.stage == "rm":
-        model = load_reward_model(margs, model_path)
-    else:
-        loaded = load_model(margs, adapters={}, padding_side="right", for_training=True)
-        model, tokenizer = loaded.model, loaded.tokenizer
-    quantized = bool(margs.quantization_bit)
+# ---- 3. the stages: model, method and trainer ----------------------------------------------------
+
+def _prepare_model(run: _Run, model) -> tuple[Any, Any]:
+    """The fine-tuning method applied (freeze, full, or the LoRA config to attach); returns (model, peft_config)."""
     import torch
 
-    varlen = False
-    if ft.stage in ("pt", "sft") and device == "cpu" and margs.attn_implementation == "auto":
-        from workbench.train.attention import use_varlen_attention
+    from workbench.train.methods import prepare_model
 
-        varlen = use_varlen_attention(model)
-
+    tr = run.cfg.train
     half = next(model.parameters()).dtype in (torch.float16, torch.bfloat16)
-    model, peft_config = prepare_model(model, ft, plan, quantized=quantized,
+    model, peft_config = prepare_model(model, run.cfg.finetuning, run.plan,
+                                       quantized=bool(run.cfg.model.quantization_bit),
                                        gradient_checkpointing=tr.gradient_checkpointing,
                                        upcast_trainable=half and (tr.bf16 or tr.fp16))
     if tr.gradient_checkpointing:
         model.config.use_cache = False
-    if ft.stage in ("pt", "sft") and peft_config is not None:
-        from peft import PeftModel, get_peft_model
+    return model, peft_config
 
-        if margs.adapter_name_or_path:
-            adapter_dir = next(iter(margs.adapter_map().values()))
-            from workbench.models.adapters import check_adapter_fits, read_adapter_config
 
-            read_adapter_config(adapter_dir)
-            check_adapter_fits(model, adapter_dir, margs.model_name_or_path)
-            model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
-        else:
-            model = get_peft_model(model, peft_config)
-        if tr.gradient_checkpointing:
-            model.enable_input_require_grads()
-
-    # ---- 4. trainer ---------------------------------------------------------------------------------
-    from transformers import PrinterCallback
-
+def _progress_callback(run: _Run):
+    """progress.jsonl started afresh, or cut back to the checkpoint a resumed run continues from."""
     from workbench.train.callbacks import ProgressCallback, truncate_progress
 
-    progress_path = output_dir / PROGRESS_FILE
-    if main:
-        if resume is not None:
-            import json
-
-            resumed_step = json.loads((resume / "trainer_state.json").read_text()).get("global_step", 0)
+    progress_path = run.output_dir / PROGRESS_FILE
+    if run.main:
+        if run.resume is not None:
+            resumed_step = json.loads((run.resume / "trainer_state.json").read_text()).get("global_step", 0)
             truncate_progress(progress_path, resumed_step)
         else:
             progress_path.write_text("", encoding="utf-8")
-    progress = ProgressCallback(progress_path)
-    if ft.stage in ("pt", "sft"):
-        from workbench.train.collator import CausalLMCollator
-        from workbench.train.trainer import CausalLMTrainer
+    run.progress = ProgressCallback(progress_path)
+    return run.progress
 
-        attn = str(getattr(getattr(model, "config", None), "_attn_implementation", None))
-        collator = CausalLMCollator(
-            pad_token_id=tokenizer.pad_token_id, padding_free=tr.padding_free,
-            # Kernels that read position_ids need no dense mask, so a flattened row may be any length.
-            max_flat_tokens=1 << 30 if varlen or "flash" in attn else 8192,
-        )
-        args = TrainingArguments(**args_kwargs, remove_unused_columns=False, label_names=["labels"])
-        trainer = CausalLMTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
-                                  data_collator=collator, processing_class=tokenizer, callbacks=[progress])
-    elif ft.stage == "rm":
-        from trl import RewardConfig, RewardTrainer
 
-        args = RewardConfig(**args_kwargs, max_length=data.cutoff_len, disable_dropout=True)
-        trainer = RewardTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
-                                processing_class=tokenizer, peft_config=peft_config, callbacks=[progress])
+def _attach_lora(run: _Run, model, peft_config):
+    """pt/sft: a new LoRA adapter, or the given one trained further."""
+    from peft import PeftModel, get_peft_model
+
+    margs = run.cfg.model
+    if margs.adapter_name_or_path:
+        from workbench.models.adapters import check_adapter_fits, read_adapter_config
+
+        adapter_dir = next(iter(margs.adapter_map().values()))
+        read_adapter_config(adapter_dir)
+        check_adapter_fits(model, adapter_dir, margs.model_name_or_path)
+        model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
     else:
-        from trl import DPOConfig, DPOTrainer
+        model = get_peft_model(model, peft_config)
+    if run.cfg.train.gradient_checkpointing:
+        model.enable_input_require_grads()
+    return model
 
-        losses, weights = [ft.pref_loss], [1.0]
-        if ft.pref_ftx > 0:  # LLaMA-Factory's pref_ftx: an SFT term on the chosen answers
-            losses.append("sft")
-            weights.append(ft.pref_ftx)
-        args = DPOConfig(**args_kwargs, max_length=data.cutoff_len, beta=ft.pref_beta, loss_type=losses,
-                         loss_weights=weights if len(losses) > 1 else None, label_smoothing=ft.dpo_label_smoothing)
-        trainer = DPOTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
-                             processing_class=tokenizer, peft_config=peft_config, callbacks=[progress])
-    trainer.remove_callback(PrinterCallback)
-    if quantized and ft.stage in ("rm", "dpo"):
+
+def _causal_lm_trainer(run: _Run):
+    """pt and sft: next-token loss on the labelled tokens (Workbench's own trainer and collator)."""
+    from transformers import TrainingArguments
+
+    from workbench.models.loader import load_model
+    from workbench.train.collator import CausalLMCollator
+    from workbench.train.trainer import CausalLMTrainer
+
+    margs, tr = run.cfg.model, run.cfg.train
+    loaded = load_model(margs, adapters={}, padding_side="right", for_training=True)
+    model, run.tokenizer = loaded.model, loaded.tokenizer
+    if run.device == "cpu" and margs.attn_implementation == "auto":
+        from workbench.train.attention import use_varlen_attention
+
+        run.varlen = use_varlen_attention(model)
+    model, peft_config = _prepare_model(run, model)
+    if peft_config is not None:
+        model = _attach_lora(run, model, peft_config)
+    progress = _progress_callback(run)
+    attn = str(getattr(getattr(model, "config", None), "_attn_implementation", None))
+    collator = CausalLMCollator(
+        pad_token_id=run.tokenizer.pad_token_id, padding_free=tr.padding_free,
+        # Kernels that read position_ids need no dense mask, so a flattened row may be any length.
+        max_flat_tokens=1 << 30 if run.varlen or "flash" in attn else 8192,
+    )
+    args = TrainingArguments(**run.args_kwargs, remove_unused_columns=False, label_names=["labels"])
+    return CausalLMTrainer(model=model, args=args, train_dataset=run.train_set, eval_dataset=run.eval_set,
+                           data_collator=collator, processing_class=run.tokenizer, callbacks=[progress])
+
+
+def _reward_trainer(run: _Run):
+    """rm: a one-output score head trained on chosen/rejected pairs (TRL's RewardTrainer)."""
+    from trl import RewardConfig, RewardTrainer
+
+    model, peft_config = _prepare_model(run, load_reward_model(run.cfg.model, run.model_path))
+    progress = _progress_callback(run)
+    args = RewardConfig(**run.args_kwargs, max_length=run.cfg.data.cutoff_len, disable_dropout=True)
+    trainer = RewardTrainer(model=model, args=args, train_dataset=run.train_set, eval_dataset=run.eval_set,
+                            processing_class=run.tokenizer, peft_config=peft_config, callbacks=[progress])
+    if run.cfg.model.quantization_bit:
         keep_trainable_in_compute_dtype(trainer.model)
+    return trainer
+
+
+def _dpo_trainer(run: _Run):
+    """dpo: the preference loss (plus LLaMA-Factory's pref_ftx SFT term) with TRL's DPOTrainer."""
+    from trl import DPOConfig, DPOTrainer
+
+    from workbench.models.loader import load_model
+
+    ft = run.cfg.finetuning
+    loaded = load_model(run.cfg.model, adapters={}, padding_side="right", for_training=True)
+    run.tokenizer = loaded.tokenizer
+    model, peft_config = _prepare_model(run, loaded.model)
+    progress = _progress_callback(run)
+    losses, weights = [ft.pref_loss], [1.0]
+    if ft.pref_ftx > 0:  # LLaMA-Factory's pref_ftx: an SFT term on the chosen answers
+        losses.append("sft")
+        weights.append(ft.pref_ftx)
+    args = DPOConfig(**run.args_kwargs, max_length=run.cfg.data.cutoff_len, beta=ft.pref_beta, loss_type=losses,
+                     loss_weights=weights if len(losses) > 1 else None, label_smoothing=ft.dpo_label_smoothing)
+    trainer = DPOTrainer(model=model, args=args, train_dataset=run.train_set, eval_dataset=run.eval_set,
+                         processing_class=run.tokenizer, peft_config=peft_config, callbacks=[progress])
+    if run.cfg.model.quantization_bit:
+        keep_trainable_in_compute_dtype(trainer.model)
+    return trainer
+
+
+STAGE_RECIPES: dict[str, Callable[[_Run], Any]] = {
+    "pt": _causal_lm_trainer, "sft": _causal_lm_trainer, "rm": _reward_trainer, "dpo": _dpo_trainer,
+}
+
+
+# ---- 4. what every trainer gets -------------------------------------------------------------------
+
+def _finish_trainer(run: _Run, trainer) -> None:
+    """What every stage's trainer gets: no console printer (our callback prints), the frozen base in the autocast
+    dtype, and the summary lines of the log."""
+    import torch
+    from transformers import PrinterCallback
+
+    ft, tr, margs = run.cfg.finetuning, run.cfg.train, run.cfg.model
+    quantized = bool(margs.quantization_bit)
+    trainer.remove_callback(PrinterCallback)
     if ft.finetuning_type == "lora" and not quantized and not tr.deepspeed and (tr.bf16 or tr.fp16):
         from workbench.train.methods import cast_frozen_linears
 
         # Only the adapter is saved, so the base's storage dtype is ours to choose: the autocast dtype.
         cast_frozen_linears(trainer.model, torch.bfloat16 if tr.bf16 else torch.float16)
-    if main:
-        trainable, total = count_parameters(trainer.model)
-        world = trainer.args.world_size
-        procs = f"; {world} processes ({trainer.accelerator.state.backend})" if world > 1 else ""
-        log(f"Model: {margs.model_name_or_path} on {device} ({ft.stage}, {ft.finetuning_type}"
+    if not run.main:
+        return
+    from workbench.train.methods import count_parameters
+
+    trainable, total = count_parameters(trainer.model)
+    world = trainer.args.world_size
+    procs = f"; {world} processes ({trainer.accelerator.state.backend})" if world > 1 else ""
+    run.log(f"Model: {margs.model_name_or_path} on {run.device} ({ft.stage}, {ft.finetuning_type}"
             f"{f', {margs.quantization_bit}-bit' if quantized else ''}); trainable parameters {trainable:,} of "
             f"{total:,} ({100 * trainable / max(total, 1):.3f}%){procs}")
-        precision = "bf16 autocast" if tr.bf16 else "fp16 autocast" if tr.fp16 else str(next(
-            trainer.model.parameters()).dtype).replace("torch.", "")
-        log(f"Precision: {precision}; attention: {'varlen (per example)' if varlen else attn_name(trainer.model)}; "
+    precision = "bf16 autocast" if tr.bf16 else "fp16 autocast" if tr.fp16 else str(next(
+        trainer.model.parameters()).dtype).replace("torch.", "")
+    run.log(f"Precision: {precision}; attention: "
+            f"{'varlen (per example)' if run.varlen else attn_name(trainer.model)}; "
             f"batches: {'padding-free' if tr.padding_free and ft.stage in ('pt', 'sft') else 'padded'}")
-        if resume is not None:
-            log(f"Resuming from {resume}")
+    if run.resume is not None:
+        run.log(f"Resuming from {run.resume}")
 
-    # ---- 5. train and save --------------------------------------------------------------------------
+
+# ---- 5. train and save ---------------------------------------------------------------------------
+
+def _train_and_save(run: _Run, trainer, started: float) -> dict[str, Any]:
+    """Train (or resume), refuse a diverged result, save the model, metrics, state and the run's own files."""
+    resume = run.resume
     result = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
-    progress.raise_if_diverged(trainer)  # NaN/inf loss or weights: the run fails here, nothing is saved as done
+    run.progress.raise_if_diverged(trainer)  # NaN/inf loss or weights: the run fails here, nothing is saved as done
     metrics = dict(result.metrics)
     metrics["num_input_tokens_seen"] = trainer.state.num_input_tokens_seen
-    trainer.save_model(str(output_dir))
+    trainer.save_model(str(run.output_dir))
     trainer.save_metrics("train", metrics)
-    if eval_set is not None:
+    if run.eval_set is not None:
         evaluated = [e for e in trainer.state.log_history if "eval_loss" in e]
         if not evaluated or evaluated[-1].get("step") != trainer.state.global_step:
             trainer.save_metrics("eval", trainer.evaluate())
     trainer.save_state()
     if trainer.is_world_process_zero():
-        _write_run_files(cfg, output_dir, template, plan, tokenizer, metrics, time.perf_counter() - started)
-    return {"output_dir": str(output_dir), "metrics": metrics, "template": template}
+        _write_run_files(run.cfg, run.output_dir, run.template, run.plan, run.tokenizer, metrics,
+                         time.perf_counter() - started)
+    return {"output_dir": str(run.output_dir), "metrics": metrics, "template": run.template}
 
 
 def _write_run_files(cfg: TrainConfig, output_dir: Path, template: str, plan: dict, tokenizer,

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
-IGNORE_INDEX = -100
+from workbench.data.templates import IGNORE_INDEX
 
 
 class CausalLMTrainer(Trainer):

@@ -9,14 +9,18 @@ import argparse
 import importlib
 import os
 import sys
+import threading
 from pathlib import Path
 
 import gradio as gr
 
 from workbench.config.base import WorkbenchError
 from workbench.config.model import DTYPES
+from workbench.data.templates import TEMPLATES
+from workbench.infer.api import check_exposure
 from workbench.infer.session import ModelManager
-from workbench.models import registry
+from workbench.models import bundled, registry
+from workbench.ui.binding import bind
 from workbench.ui.context import AppContext, error_text, model_args_from, model_choices
 from workbench.ui.forms import NONE_CHOICE
 from workbench.ui.i18n import I18N, T
@@ -30,8 +34,6 @@ TABS: list[tuple[str, str, str]] = [
     ("Export", "导出", "workbench.ui.export_tab"),
 ]
 
-FALLBACK_TEMPLATES = ["auto", "qwen", "chatml", "smollm2", "llama2", "llama3", "mistral", "alpaca", "default"]
-
 CSS = """
 #wb-status {min-height: 2.5em}
 .wb-error {color: #b91c1c}
@@ -39,13 +41,7 @@ CSS = """
 
 
 def template_choices() -> list[str]:
-    try:
-        from workbench.data import templates
-
-        names = list(getattr(templates, "TEMPLATES", {}) or [])
-        return ["auto", *[n for n in names if n != "auto"]] if names else FALLBACK_TEMPLATES
-    except Exception:  # the data package is optional for the shell
-        return FALLBACK_TEMPLATES
+    return ["auto", *[name for name in TEMPLATES if name != "auto"]]
 
 
 def build_top_bar(ctx: AppContext) -> None:
@@ -67,30 +63,33 @@ def build_top_bar(ctx: AppContext) -> None:
             ctx.unload_button = gr.Button(T("Unload", "卸载"), elem_id="wb-unload")
     ctx.status = gr.Markdown(ctx.manager.status(), elem_id="wb-status")
 
-    def on_model_change(model: str):
-        return gr.update(value=registry.default_template(model or "")) if registry.lookup(model or "") else gr.update()
-
-    def on_load(model: str, dtype: str, quantization: str):
-        try:
-            args = model_args_from(model, dtype, quantization)
-            ctx.manager.load(args)
-        except Exception as exc:  # shown to the user; the server log keeps the traceback for bugs
-            if not isinstance(exc, WorkbenchError):
-                import traceback
-
-                traceback.print_exc()
-            return f"❌ **Could not load the model.** {error_text(exc, mark=False)}"
-        return "✅ " + ctx.manager.status()
-
-    def on_unload():
-        ctx.manager.unload()
-        return ctx.manager.status()
-
     ctx.model.change(on_model_change, inputs=ctx.model, outputs=ctx.template)
-    ctx.load_button.click(lambda: "⏳ Loading…", outputs=ctx.status).then(
-        on_load, inputs=ctx.model_inputs(), outputs=ctx.status
+    ctx.load_button.click(loading_note, outputs=ctx.status).then(
+        bind(on_load, ctx.manager), inputs=ctx.model_inputs(), outputs=ctx.status
     )
-    ctx.unload_button.click(on_unload, outputs=ctx.status)
+    ctx.unload_button.click(bind(on_unload, ctx.manager), outputs=ctx.status)
+
+
+def on_model_change(model: str):
+    """A known model's own chat template."""
+    return gr.update(value=registry.default_template(model or "")) if registry.lookup(model or "") else gr.update()
+
+
+def loading_note():
+    return "⏳ Loading…"
+
+
+def on_load(manager: ModelManager, model: str, dtype: str, quantization: str):
+    try:
+        manager.load(model_args_from(model, dtype, quantization))
+    except Exception as exc:  # shown to the user; error_text logs the traceback of a bug
+        return f"❌ **Could not load the model.** {error_text(exc, mark=False)}"
+    return "✅ " + manager.status()
+
+
+def on_unload(manager: ModelManager):
+    manager.unload()
+    return manager.status()
 
 
 def create_app(manager: ModelManager | None = None) -> gr.Blocks:
@@ -113,14 +112,13 @@ def clear_unset_numbers(app: gr.Blocks) -> None:
     """An optional number (max_samples, eval_steps, ...) whose value is None is drawn as 0 by the browser, and
     that 0 is what an untouched form would send: blank those fields when the page loads."""
     unset = [block for block in app.blocks.values() if isinstance(block, gr.Number) and block.value is None]
-    if not unset:
-        return
+    if unset:
+        app.load(bind(blanks, len(unset)), outputs=unset, show_progress="hidden", queue=False)
 
-    def blanks():
-        updates = [gr.update(value=None) for _ in unset]
-        return updates[0] if len(updates) == 1 else tuple(updates)
 
-    app.load(blanks, outputs=unset, show_progress="hidden", queue=False)
+def blanks(count: int):
+    updates = [gr.update(value=None) for _ in range(count)]
+    return updates[0] if count == 1 else tuple(updates)
 
 
 def parse_auth(value: str | None):
@@ -157,10 +155,6 @@ def configure_webui(parser: argparse.ArgumentParser) -> None:
 
 def prepare_bundled_model_in_background() -> None:
     """Convert the bundled GGUF while the page opens, so the first Load takes seconds, not half a minute."""
-    import threading
-
-    from workbench.models import bundled
-
     def convert():
         try:
             bundled.ensure_converted()
@@ -172,8 +166,6 @@ def prepare_bundled_model_in_background() -> None:
 
 
 def run_webui(args) -> int:
-    from workbench.infer.api import check_exposure
-
     auth = parse_auth(args.auth)
     # Beyond loopback (or over --share) only with a password, or when the user says a proxy takes care of it.
     warning = check_exposure(args.host, protected=bool(auth), auth_flag="--auth", share=args.share,

@@ -9,7 +9,7 @@ from typing import Any, Callable
 from workbench.config.base import WorkbenchError
 from workbench.config.model import ModelArgs
 from workbench.models import registry
-from workbench.models.adapters import adapter_name_for
+from workbench.config.model import adapter_name_for
 from workbench.ui.forms import form_value
 from workbench.infer.session import ModelManager
 

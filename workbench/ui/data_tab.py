@@ -6,6 +6,7 @@ All work is done by :mod:`workbench.data.inspect`; this module only wires compon
 
 from __future__ import annotations
 
+import json
 import traceback
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,9 @@ import pandas as pd
 
 from workbench.config.base import WorkbenchError
 from workbench.data import inspect as di
-from workbench.data.registry import DEFAULT_TAGS, FORMATS, TAG_KEYS, dataset_names
+from workbench.data.converters import ConvertOptions, convert_and_register
+from workbench.data.registry import dataset_names
+from workbench.data.spec import DEFAULT_TAGS, FORMATS, TAG_KEYS
 from workbench.data.stats import histogram_figure
 from workbench.data.templates import resolve_template
 from workbench.paths import project_data_dir
@@ -33,11 +36,13 @@ COLUMN_LABELS = {
     "chosen": ("chosen", "优选回答"), "rejected": ("rejected", "劣选回答"), "kto_tag": ("kto_tag", "KTO 标签"),
 }
 MAX_PREVIEW_ROWS = 2000
+# What opening a file updates (build's source_outputs): the open source, status, format, ranking, one picker per
+# mappable column, one box per role tag, the tags panel, the first rows, the save name, and the preview's state,
+# rendered example, stats and histogram.
+SOURCE_OUTPUTS = 11 + len(di.MAPPABLE_COLUMNS) + len(TAG_KEYS)
 
 
 def _cell(value: Any, limit: int = 160) -> str:
-    import json
-
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -77,6 +82,12 @@ def _mapping(formatting, ranking, columns: list, tags: list) -> tuple[dict, dict
     cols = {k: v for k, v in cols.items() if _visible(k, formatting)}
     tag_map = {k: (v.strip() or None) if isinstance(v, str) else None for k, v in zip(TAG_KEYS, tags)}
     return cols, tag_map
+
+
+def _split_mapping(rest: tuple) -> tuple[list, list, tuple]:
+    """An event's trailing values → (the column pickers', the role tag boxes', what follows them)."""
+    n_cols, n_tags = len(di.MAPPABLE_COLUMNS), len(TAG_KEYS)
+    return list(rest[:n_cols]), list(rest[n_cols:n_cols + n_tags]), rest[n_cols + n_tags:]
 
 
 def build(ctx: AppContext) -> None:
@@ -184,132 +195,6 @@ def build(ctx: AppContext) -> None:
 
     source_outputs = [source_state, status, formatting, ranking, *column_dds, *tag_boxes, tags_panel, rows_table,
                       save_name, preview_state, rendered, stats_md, histogram]
-
-    def opened(source: di.Source, where: str, name: str) -> list:
-        # Show the role tags whenever the file has them, so nobody has to find them from an error.
-        panel = gr.update(open=True) if source.formatting != "alpaca" and source.tags else gr.update()
-        return [source, _summary(source, where), gr.update(value=source.formatting), gr.update(value=source.ranking),
-                *_column_updates(source, source.formatting), *_tag_updates(source), panel, _table(source), name,
-                None, None, "", None]
-
-    def failed(exc: Exception, where: str) -> list:
-        # The state keeps why nothing is open, so Preview and Save can say it instead of "open a file first".
-        return [f"{where} could not be opened: {exc}", error_text(exc), gr.update(), gr.update(),
-                *[gr.update() for _ in column_dds], *[gr.update() for _ in tag_boxes], gr.update(), None,
-                gr.update(), None, None, "", None]
-
-    def on_open(folder: str, name: str):
-        if not name:
-            return [gr.update() for _ in source_outputs]
-        try:
-            source = di.open_registered(folder, name)
-        except Exception as exc:
-            return failed(exc, f"dataset {name}")
-        return opened(source, f"{name} ({source.path.name})", f"{name}_copy")
-
-    def on_upload(path: str | None):
-        if not path:
-            return [gr.update() for _ in source_outputs] + [gr.update()]
-        try:
-            source = di.open_upload(path)
-        except Exception as exc:
-            return failed(exc, f"upload {Path(path).name}") + [None]  # clear it so another can be dropped in
-        return opened(source, f"upload {Path(path).name}", di.safe_file_name(Path(path).stem)) + [gr.update()]
-
-    def on_folder(folder: str):
-        try:
-            names = list(di.read_info(folder))
-        except Exception as exc:
-            return gr.update(choices=[], value=None), error_text(exc)
-        return gr.update(choices=names or [], value=None), "" if names else \
-            f"No dataset_info.json with datasets in {folder} yet; upload a file to start one."
-
-    def on_format(fmt: str, source: di.Source | str | None):
-        if not isinstance(source, di.Source):
-            return [gr.update(visible=_visible(k, fmt)) for k in di.MAPPABLE_COLUMNS]
-        return _column_updates(source, fmt)
-
-    def current_spec(source, fmt, rank, columns, tags):
-        if isinstance(source, str):  # the last open failed: say why, not that nothing was ever opened
-            raise WorkbenchError(f"no file is open: {source}; upload a fixed file or pick a registered dataset")
-        if source is None:
-            raise WorkbenchError("open a registered dataset or upload a file first")
-        cols, tag_map = _mapping(fmt, rank, columns, tags)
-        entry = di.make_entry(source.path.name, fmt, bool(rank), cols, tag_map)
-        return di.spec_for(source, entry), entry
-
-    def render(prev: di.Preview | None, index, model, template_name, cut, top, mh):
-        if prev is None or not prev.records:
-            return None
-        tokenizer = di.tokenizer_for(model)
-        template = resolve_template(template_name, model)
-        pieces = prev.pieces(int(index or 1) - 1, template, tokenizer, cutoff_len=int(cut or 0) or None,
-                             train_on_prompt=bool(top), mask_history=bool(mh))
-        return [(text, "trained" if trained else None) for text, trained in pieces]
-
-    def on_preview(source, fmt, rank, *rest):
-        columns = list(rest[: len(column_dds)])
-        tags = list(rest[len(column_dds): len(column_dds) + len(tag_boxes)])
-        model, template_name, cut, top, mh, index = rest[len(column_dds) + len(tag_boxes):]
-        try:
-            spec, _ = current_spec(source, fmt, rank, columns, tags)
-            tokenizer = di.tokenizer_for(model)
-            template = resolve_template(template_name, model)
-            prev = di.preview(spec, template, tokenizer, cutoff_len=int(cut or 1024), max_rows=MAX_PREVIEW_ROWS,
-                              train_on_prompt=bool(top), mask_history=bool(mh))
-            shown = render(prev, index, model, template_name, cut, top, mh)
-        except Exception as exc:
-            return None, error_text(exc), None, "", None
-        capped = f" (first {MAX_PREVIEW_ROWS} rows)" if prev.rows_read >= MAX_PREVIEW_ROWS else ""
-        lines = [f"✅ **{len(prev.records)} examples** read as **{fmt}/{prev.kind}**{capped}, template "
-                 f"**{template.name}**, tokenizer of **{model}**.",
-                 "Columns used: " + (", ".join(f"`{k}` ← `{v}`" for k, v in prev.used.items()) or "none")]
-        lines += [f"⚠️ {w}" for w in prev.warnings]
-        lines += [f"⚠️ template {template.name}: {note}" for note in prev.template_notes]
-        stats = prev.stats.text()
-        return prev, "\n\n".join(lines), shown, stats, histogram_figure(prev.stats)
-
-    def on_example(prev, index, model, template_name, cut, top, mh):
-        try:
-            return render(prev, index, model, template_name, cut, top, mh)
-        except Exception:
-            traceback.print_exc()
-            return None
-
-    def on_save(source, folder, name, fmt, rank, *rest):
-        columns = list(rest[: len(column_dds)])
-        tags = list(rest[len(column_dds):len(column_dds) + len(tag_boxes)])
-        ver = rest[-1]
-        try:
-            _, entry = current_spec(source, fmt, rank, columns, tags)
-            path = di.register(folder, name, source, entry)
-        except Exception as exc:
-            return error_text(exc), gr.update(), ver
-        names = dataset_names(folder)
-        return (f"✅ Saved **{name.strip()}** into `{path}` (previous version kept as `{path.name}.bak`). It is now "
-                "listed wherever datasets are picked.", gr.update(choices=names, value=name.strip()), ver + 1)
-
-    def on_convert(folder, task, direction, name, inp, src, tgt, max_samples, seed, keywords, max_chars, keep, ver):
-        from workbench.data.converters import ConvertOptions, convert_and_register
-
-        def path(value):
-            return Path(value.strip()).expanduser() if value and value.strip() else None
-
-        try:
-            opts = ConvertOptions(
-                task=task, output=Path("unset.json"), input=path(inp), source=path(src), target=path(tgt),
-                max_samples=int(max_samples) if max_samples else None, seed=int(seed or 42),
-                drop_keywords=[keywords or ""],  # split by the converter (ASCII and full-width commas, 、)
-                max_input_chars=int(max_chars) if max_chars else None, direction=direction,
-                keep_unanswerable=bool(keep),
-            )
-            report = convert_and_register(opts, folder, name)
-        except Exception as exc:
-            return error_text(exc), gr.update(), ver
-        names = dataset_names(folder)
-        text = "✅ " + "  \n".join(report.lines())
-        return text, gr.update(choices=names, value=name.strip()), ver + 1
-
     template_inputs = [ctx.model, ctx.template] if ctx.model is not None else [
         gr.State("smollm2-135m-instruct"), gr.State("auto")]
     option_inputs = [cutoff, train_on_prompt, mask_history]
@@ -332,3 +217,142 @@ def build(ctx: AppContext) -> None:
     conv_btn.click(on_convert, inputs=[data_dir, conv_task, conv_direction, conv_name, conv_input, conv_source,
                                        conv_target, conv_max, conv_seed, conv_keywords, conv_max_chars, conv_keep,
                                        version], outputs=[conv_status, dataset, version])
+
+
+# -- opening a file -----------------------------------------------------------------------------------
+
+def opened(source: di.Source, where: str, name: str) -> list:
+    """The source outputs for a file that opened."""
+    # Show the role tags whenever the file has them, so nobody has to find them from an error.
+    panel = gr.update(open=True) if source.formatting != "alpaca" and source.tags else gr.update()
+    return [source, _summary(source, where), gr.update(value=source.formatting), gr.update(value=source.ranking),
+            *_column_updates(source, source.formatting), *_tag_updates(source), panel, _table(source), name,
+            None, None, "", None]
+
+
+def failed(exc: Exception, where: str) -> list:
+    """The source outputs for a file that did not open."""
+    # The state keeps why nothing is open, so Preview and Save can say it instead of "open a file first".
+    return [f"{where} could not be opened: {exc}", error_text(exc), gr.update(), gr.update(),
+            *[gr.update() for _ in di.MAPPABLE_COLUMNS], *[gr.update() for _ in TAG_KEYS], gr.update(), None,
+            gr.update(), None, None, "", None]
+
+
+def on_open(folder: str, name: str):
+    if not name:
+        return [gr.update() for _ in range(SOURCE_OUTPUTS)]
+    try:
+        source = di.open_registered(folder, name)
+    except Exception as exc:
+        return failed(exc, f"dataset {name}")
+    return opened(source, f"{name} ({source.path.name})", f"{name}_copy")
+
+
+def on_upload(path: str | None):
+    """The source outputs, then the upload box."""
+    if not path:
+        return [gr.update() for _ in range(SOURCE_OUTPUTS)] + [gr.update()]
+    try:
+        source = di.open_upload(path)
+    except Exception as exc:
+        return failed(exc, f"upload {Path(path).name}") + [None]  # clear it so another can be dropped in
+    return opened(source, f"upload {Path(path).name}", di.safe_file_name(Path(path).stem)) + [gr.update()]
+
+
+def on_folder(folder: str):
+    try:
+        names = list(di.read_info(folder))
+    except Exception as exc:
+        return gr.update(choices=[], value=None), error_text(exc)
+    return gr.update(choices=names or [], value=None), "" if names else \
+        f"No dataset_info.json with datasets in {folder} yet; upload a file to start one."
+
+
+def on_format(fmt: str, source: di.Source | str | None):
+    if not isinstance(source, di.Source):
+        return [gr.update(visible=_visible(k, fmt)) for k in di.MAPPABLE_COLUMNS]
+    return _column_updates(source, fmt)
+
+
+# -- preview and save ---------------------------------------------------------------------------------
+
+def current_spec(source, fmt, rank, columns, tags):
+    if isinstance(source, str):  # the last open failed: say why, not that nothing was ever opened
+        raise WorkbenchError(f"no file is open: {source}; upload a fixed file or pick a registered dataset")
+    if source is None:
+        raise WorkbenchError("open a registered dataset or upload a file first")
+    cols, tag_map = _mapping(fmt, rank, columns, tags)
+    entry = di.make_entry(source.path.name, fmt, bool(rank), cols, tag_map)
+    return di.spec_for(source, entry), entry
+
+
+def render(prev: di.Preview | None, index, model, template_name, cut, top, mh):
+    if prev is None or not prev.records:
+        return None
+    tokenizer = di.tokenizer_for(model)
+    template = resolve_template(template_name, model)
+    pieces = prev.pieces(int(index or 1) - 1, template, tokenizer, cutoff_len=int(cut or 0) or None,
+                         train_on_prompt=bool(top), mask_history=bool(mh))
+    return [(text, "trained" if trained else None) for text, trained in pieces]
+
+
+def on_preview(source, fmt, rank, *rest):
+    columns, tags, (model, template_name, cut, top, mh, index) = _split_mapping(rest)
+    try:
+        spec, _ = current_spec(source, fmt, rank, columns, tags)
+        tokenizer = di.tokenizer_for(model)
+        template = resolve_template(template_name, model)
+        prev = di.preview(spec, template, tokenizer, cutoff_len=int(cut or 1024), max_rows=MAX_PREVIEW_ROWS,
+                          train_on_prompt=bool(top), mask_history=bool(mh))
+        shown = render(prev, index, model, template_name, cut, top, mh)
+    except Exception as exc:
+        return None, error_text(exc), None, "", None
+    capped = f" (first {MAX_PREVIEW_ROWS} rows)" if prev.rows_read >= MAX_PREVIEW_ROWS else ""
+    lines = [f"✅ **{len(prev.records)} examples** read as **{fmt}/{prev.kind}**{capped}, template "
+             f"**{template.name}**, tokenizer of **{model}**.",
+             "Columns used: " + (", ".join(f"`{k}` ← `{v}`" for k, v in prev.used.items()) or "none")]
+    lines += [f"⚠️ {w}" for w in prev.warnings]
+    lines += [f"⚠️ template {template.name}: {note}" for note in prev.template_notes]
+    stats = prev.stats.text()
+    return prev, "\n\n".join(lines), shown, stats, histogram_figure(prev.stats)
+
+
+def on_example(prev, index, model, template_name, cut, top, mh):
+    try:
+        return render(prev, index, model, template_name, cut, top, mh)
+    except Exception:
+        traceback.print_exc()
+        return None
+
+
+def on_save(source, folder, name, fmt, rank, *rest):
+    columns, tags, (ver,) = _split_mapping(rest)
+    try:
+        _, entry = current_spec(source, fmt, rank, columns, tags)
+        path = di.register(folder, name, source, entry)
+    except Exception as exc:
+        return error_text(exc), gr.update(), ver
+    names = dataset_names(folder)
+    return (f"✅ Saved **{name.strip()}** into `{path}` (previous version kept as `{path.name}.bak`). It is now "
+            "listed wherever datasets are picked.", gr.update(choices=names, value=name.strip()), ver + 1)
+
+
+def _optional_path(value):
+    return Path(value.strip()).expanduser() if value and value.strip() else None
+
+
+def on_convert(folder, task, direction, name, inp, src, tgt, max_samples, seed, keywords, max_chars, keep, ver):
+    try:
+        opts = ConvertOptions(
+            task=task, output=Path("unset.json"), input=_optional_path(inp), source=_optional_path(src),
+            target=_optional_path(tgt), max_samples=int(max_samples) if max_samples else None, seed=int(seed or 42),
+            drop_keywords=[keywords or ""],  # split by the converter (ASCII and full-width commas, 、)
+            max_input_chars=int(max_chars) if max_chars else None, direction=direction,
+            keep_unanswerable=bool(keep),
+        )
+        report = convert_and_register(opts, folder, name)
+    except Exception as exc:
+        return error_text(exc), gr.update(), ver
+    names = dataset_names(folder)
+    text = "✅ " + "  \n".join(report.lines())
+    return text, gr.update(choices=names, value=name.strip()), ver + 1

@@ -1,8 +1,8 @@
 """Evaluate tab: score the base model and adapters on translation (BLEU), summarization (ROUGE-1) and QA (EM).
 
 The work is ``python -m workbench eval`` run as a Job (:mod:`workbench.evaluate.launch`); this module builds
-the form, starts the job, follows its progress file, and shows what the run wrote: the matrix (best value
-per row highlighted), a grouped bar chart, the metric definitions, an example browser and the CSV.
+the form, starts the job, follows it (:mod:`workbench.ui.runwatch`), and shows what the run wrote: the matrix
+(best value per row highlighted), a grouped bar chart, the metric definitions, an example browser and the CSV.
 """
 
 from __future__ import annotations
@@ -10,15 +10,24 @@ from __future__ import annotations
 from typing import Any
 
 import gradio as gr
+import pandas as pd
 import plotly.graph_objects as go
 
 from workbench.config.base import WorkbenchError
 from workbench.config.eval import EvalArgs
 from workbench.config.generation import GenerationArgs
+from workbench.evaluate.launch import (KIND as EVAL_KIND, EvalPlan, example_rows, list_evaluations, plan_eval,
+                                       progress_summary, start_eval)
+from workbench.evaluate.runner import load_results
 from workbench.evaluate.tasks import BUILTIN
+from workbench.export.merge import list_exported_models
+from workbench.jobs import store as jobs
+from workbench.ui.binding import bind
 from workbench.ui.context import ADAPTERS_VERSION, RUNS_VERSION, AppContext, adapter_map, error_text, model_args_from, model_choices
+from workbench.ui.export_tab import adapter_choices, adapter_picker_update
 from workbench.ui.forms import collect, option_components
 from workbench.ui.i18n import T
+from workbench.ui.runwatch import RunWatcher
 
 ADVANCED_FIELDS = ("include_base", "merged", "metric", "template", "bleu_tokenize", "rouge_cjk", "no_answer_phrase",
                    "dataset_dir")
@@ -26,6 +35,8 @@ ADVANCED_FIELDS = ("include_base", "merged", "metric", "template", "bleu_tokeniz
 # reaches the server as 0, which its minimum check would refuse.
 ZERO_MEANS_UNSET = ("max_samples", "max_new_tokens", "max_prompt_len")
 POLL_SECONDS = 1.5
+# The evaluation job started here, or after a page reload the one under way.
+RUN_WATCHER = RunWatcher(EVAL_KIND, log_lines=20)
 COLORS = ("#64748b", "#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#db2777")
 BEST_STYLE = "background-color: #bbf7d0; font-weight: bold"
 TASK_LABELS = {
@@ -33,20 +44,6 @@ TASK_LABELS = {
     "summarization": T("Summarization (ROUGE-1)", "摘要（ROUGE-1）"),
     "qa": T("Question answering (EM)", "问答（EM）"),
 }
-
-
-
-
-def _exported_models() -> list[str]:
-    from workbench.export.merge import list_exported_models
-
-    return list_exported_models()
-
-
-def _evaluations() -> list[tuple[str, str]]:
-    from workbench.evaluate.launch import list_evaluations
-
-    return list_evaluations()
 
 
 # ---- request ----------------------------------------------------------------------------------------
@@ -70,9 +67,7 @@ def task_list(selected: list[str] | None, datasets: str | None) -> str:
 
 
 def plan_from_form(model: str, dtype: str, quantization: str, adapters: list[str] | None, tasks: list[str] | None,
-                   datasets: str, values: dict[str, Any]):
-    from workbench.evaluate.launch import plan_eval
-
+                   datasets: str, values: dict[str, Any]) -> EvalPlan:
     model_args = model_args_from(model, dtype, quantization)
     values = {k: (None if k in ZERO_MEANS_UNSET and not v else v) for k, v in values.items()}
     if isinstance(values.get("merged"), (list, tuple)):  # the merged-models picker: directories or NAME=DIR
@@ -86,8 +81,6 @@ def plan_from_form(model: str, dtype: str, quantization: str, adapters: list[str
 
 def matrix_styler(results: dict):
     """The matrix as a pandas Styler: two decimals, the best model per row highlighted."""
-    import pandas as pd
-
     header, rows = results["matrix"]["header"], results["matrix"]["rows"]
     frame = pd.DataFrame(rows, columns=header)
     models = header[2:]
@@ -128,10 +121,6 @@ def definitions_text(results: dict) -> str:
 
 
 def example_view(out_dir: str, task: str, index: int) -> tuple[str, Any]:
-    import pandas as pd
-
-    from workbench.evaluate.launch import example_rows
-
     example, rows = example_rows(out_dir, task, index)
     refs = example["references"] or ["(no answer: the question is unanswerable)"]
     text = (f"**Example {index + 1}** (`{example['id']}`)\n\n**Prompt**\n\n```\n{example['prompt']}\n```\n\n"
@@ -141,14 +130,123 @@ def example_view(out_dir: str, task: str, index: int) -> tuple[str, Any]:
     return text, frame.round({c: 2 for c in numbers})
 
 
+# ---- handlers (build binds the names of the option inputs) ----------------------------------------------
+
+def plan_from_inputs(names: list[str], args) -> EvalPlan:
+    model_v, dtype_v, quant_v, adapters_v, tasks_v, datasets_v, *rest = args
+    return plan_from_form(model_v, dtype_v, quant_v, adapters_v, tasks_v, datasets_v, dict(zip(names, rest)))
+
+
+def on_preview(names: list[str], *args):
+    try:
+        return plan_from_inputs(names, args).command()
+    except WorkbenchError as exc:
+        return f"# {exc}"
+
+
+def on_start(names: list[str], *args):
+    try:
+        p = plan_from_inputs(names, args)
+        job = start_eval(p)
+    except Exception as exc:  # shown in the tab; nothing was started
+        return None, error_text(exc), "", ""
+    return ({"name": job.name, "out": str(p.output_dir)}, f"⏳ Started job `{job.name}` → `{p.output_dir}`",
+            "", job.tail_log(20))
+
+
+def show_results(out_dir: str | None):
+    empty = (None, None, "", None, gr.update(choices=[], value=None), 1, "", None)
+    if not out_dir:
+        return empty
+    try:
+        results = load_results(out_dir)
+    except WorkbenchError as exc:
+        return (None, None, error_text(exc), *empty[3:])
+    first = results["tasks"][0]
+    text, table = example_view(out_dir, first["name"], 0)
+    return (matrix_styler(results), bar_figure(results), definitions_text(results),
+            f"{out_dir}/matrix.csv", gr.update(choices=[t["name"] for t in results["tasks"]], value=first["name"]),
+            1, text, table)
+
+
+def on_browse(out_dir: str | None, task: str | None, index: float | None, step: int = 0):
+    """Show example ``index + step`` (1-based, kept within the task's examples)."""
+    if not out_dir or not task:
+        return gr.update(), "", None
+    try:
+        count = next(t["examples"] for t in load_results(out_dir)["tasks"] if t["name"] == task)
+        i = min(max(int(index or 1) + step, 1), count)
+        text, table = example_view(out_dir, task, i - 1)
+    except (WorkbenchError, StopIteration) as exc:
+        return gr.update(), error_text(exc) if isinstance(exc, WorkbenchError) else "", None
+    return i, text, table
+
+
+def on_browse_task(out_dir: str | None, task: str | None):
+    return on_browse(out_dir, task, 1)
+
+
+def on_previous(out_dir: str | None, task: str | None, index: float | None):
+    return on_browse(out_dir, task, index, -1)
+
+
+def on_next(out_dir: str | None, task: str | None, index: float | None):
+    return on_browse(out_dir, task, index, 1)
+
+
+def on_tick(watch):
+    """Follow the evaluation job (after a page reload, the one under way) until it ends; then pick its results."""
+    try:
+        snap = RUN_WATCHER.tick(watch)
+    except WorkbenchError as exc:
+        return (None, error_text(exc), "", gr.update(), gr.update())
+    if snap is None:
+        return (None, *(gr.update(),) * 4)
+    watch = {"out": str(snap.path), **snap.watch}
+    line = progress_summary(snap.entries[-1] if snap.entries else None)
+    if snap.state == "queued":
+        where = snap.status.get("queue_position")
+        return (watch, f"⏳ Queued{f' (position {where})' if where else ''}: waiting for the running job.",
+                "", snap.log_tail, gr.update())
+    if snap.state == "running":
+        return (watch, f"⏳ Evaluating (job `{watch['name']}`)…", line, snap.log_tail, gr.update())
+    if snap.state == "finished":
+        return (None, f"✅ Finished: results in `{watch['out']}`.", line, snap.log_tail,
+                gr.update(choices=list_evaluations(), value=watch["out"]))
+    return (None, f"❌ {str(snap.state).capitalize()}: {snap.status.get('error') or 'see the log'}", line,
+            snap.log_tail, gr.update())
+
+
+def on_abort(watch):
+    if not watch:
+        return "Nothing is running."
+    try:
+        st = jobs.get_job(watch["name"]).abort()
+    except WorkbenchError as exc:
+        return error_text(exc)
+    return f"⏹ {str(st.get('state', 'aborted')).capitalize()}: {watch['name']}"
+
+
+def on_refresh():
+    """Adapters from finished runs; base models from the registry and the exports (a merged model too)."""
+    return (gr.update(choices=adapter_choices()), gr.update(choices=model_choices()),
+            gr.update(choices=list_exported_models()))
+
+
+def on_runs_refresh():
+    return gr.update(choices=list_evaluations())
+
+
+def follow_top_model(model: str):
+    return gr.update(value=model)
+
+
 # ---- the tab ----------------------------------------------------------------------------------------
 
 def build(ctx: AppContext) -> None:
-    from workbench.ui.export_tab import adapter_choices
-
     version = ctx.version(ADAPTERS_VERSION)  # bumped when an export or a combined adapter finishes
     runs_version = ctx.version(RUNS_VERSION)  # bumped when a training run finishes
-    job_state = gr.State(None)  # {"name": job name, "out": output directory}
+    job_state = gr.State(None)  # the watch of the job (runwatch) and its output directory "out"
 
     gr.Markdown(T(
         "Score the base model and adapters on the same examples. The base and all adapters answer in the same "
@@ -193,7 +291,7 @@ def build(ctx: AppContext) -> None:
                 advanced_inputs = option_components(EvalArgs, only=ADVANCED_FIELDS[:ADVANCED_FIELDS.index("merged")])
                 # Merged (standalone) models: the exported ones to pick, or a typed directory (or NAME=DIR).
                 advanced_inputs["merged"] = gr.Dropdown(
-                    choices=_exported_models(), value=[], multiselect=True, allow_custom_value=True,
+                    choices=list_exported_models(), value=[], multiselect=True, allow_custom_value=True,
                     label=T("Merged models", "合并后的模型"), elem_id="opt-merged",
                     info=T("Standalone models evaluated after the base and adapters: exported models, or type a "
                            "directory (or NAME=DIR)", "在基座和适配器之后评测的独立模型：已导出的模型，或输入目录（或 名称=目录）"))
@@ -215,7 +313,7 @@ def build(ctx: AppContext) -> None:
 
         gr.Markdown(T("### Results", "### 结果"))
         with gr.Row(equal_height=True):
-            runs = gr.Dropdown(choices=_evaluations(), value=None, label=T("Evaluation run", "评测记录"), scale=4,
+            runs = gr.Dropdown(choices=list_evaluations(), value=None, label=T("Evaluation run", "评测记录"), scale=4,
                                elem_id="wb-eval-runs")
             runs_refresh = gr.Button(T("Refresh", "刷新"), scale=0, min_width=90, elem_id="wb-eval-runs-refresh")
             csv_file = gr.File(label=T("Matrix (CSV)", "结果矩阵（CSV）"), interactive=False, scale=2,
@@ -240,125 +338,29 @@ def build(ctx: AppContext) -> None:
     names = list(value_inputs)
     form = [model, ctx.dtype, ctx.quantization, adapters, tasks, datasets, *value_inputs.values()]
 
-    def plan(args):
-        model_v, dtype_v, quant_v, adapters_v, tasks_v, datasets_v, *rest = args
-        return plan_from_form(model_v, dtype_v, quant_v, adapters_v, tasks_v, datasets_v, dict(zip(names, rest)))
-
-    def on_preview(*args):
-        try:
-            return plan(args).command()
-        except WorkbenchError as exc:
-            return f"# {exc}"
-
-    def on_start(*args):
-        from workbench.evaluate.launch import start_eval
-
-        try:
-            p = plan(args)
-            job = start_eval(p)
-        except Exception as exc:  # shown in the tab; nothing was started
-            return None, error_text(exc), "", ""
-        return ({"name": job.name, "out": str(p.output_dir)}, f"⏳ Started job `{job.name}` → `{p.output_dir}`",
-                "", job.tail_log(20))
-
-    def show_results(out_dir: str | None):
-        empty = (None, None, "", None, gr.update(choices=[], value=None), 1, "", None)
-        if not out_dir:
-            return empty
-        from workbench.evaluate.runner import load_results
-
-        try:
-            results = load_results(out_dir)
-        except WorkbenchError as exc:
-            return (None, None, error_text(exc), *empty[3:])
-        first = results["tasks"][0]
-        text, table = example_view(out_dir, first["name"], 0)
-        return (matrix_styler(results), bar_figure(results), definitions_text(results),
-                f"{out_dir}/matrix.csv", gr.update(choices=[t["name"] for t in results["tasks"]], value=first["name"]),
-                1, text, table)
-
-    def on_browse(out_dir: str | None, task: str | None, index: float | None, step: int = 0):
-        """Show example ``index + step`` (1-based, kept within the task's examples)."""
-        if not out_dir or not task:
-            return gr.update(), "", None
-        from workbench.evaluate.runner import load_results
-
-        try:
-            count = next(t["examples"] for t in load_results(out_dir)["tasks"] if t["name"] == task)
-            i = min(max(int(index or 1) + step, 1), count)
-            text, table = example_view(out_dir, task, i - 1)
-        except (WorkbenchError, StopIteration) as exc:
-            return gr.update(), error_text(exc) if isinstance(exc, WorkbenchError) else "", None
-        return i, text, table
-
-    def on_tick(state):
-        from workbench.jobs import store as jobs
-        from workbench.evaluate.launch import progress_summary
-
-        keep = (gr.update(),) * 4
-        if not state:
-            active = jobs.active_job(kind="eval")  # re-attach after a page reload
-            if active is None:
-                return (None, *keep)
-            state = {"name": active.name, "out": str(active.path)}
-        try:
-            job = jobs.get_job(state["name"])
-            st = job.status()
-            entries = job.read_progress(0).entries
-            tail = job.tail_log(20)
-        except WorkbenchError as exc:
-            return (None, error_text(exc), "", gr.update(), gr.update())
-        line = progress_summary(entries[-1] if entries else None)
-        state_v = st.get("state")
-        if state_v == "queued":
-            where = st.get("queue_position")
-            return (state, f"⏳ Queued{f' (position {where})' if where else ''}: waiting for the running job.",
-                    "", tail, gr.update())
-        if state_v == "running":
-            return (state, f"⏳ Evaluating (job `{state['name']}`)…", line, tail, gr.update())
-        if state_v == "finished":
-            choices = _evaluations()
-            return (None, f"✅ Finished: results in `{state['out']}`.", line, tail,
-                    gr.update(choices=choices, value=state["out"]))
-        return (None, f"❌ {str(state_v).capitalize()}: {st.get('error') or 'see the log'}", line, tail, gr.update())
-
-    def on_abort(state):
-        from workbench.jobs.store import get_job
-
-        if not state:
-            return "Nothing is running."
-        try:
-            st = get_job(state["name"]).abort()
-        except WorkbenchError as exc:
-            return error_text(exc)
-        return f"⏹ {str(st.get('state', 'aborted')).capitalize()}: {state['name']}"
-
+    value_inputs = {**main_inputs, **advanced_inputs}
+    names = list(value_inputs)
+    form = [model, ctx.dtype, ctx.quantization, adapters, tasks, datasets, *value_inputs.values()]
+    preview = bind(on_preview, names)
     result_outputs = [matrix, chart, definitions, csv_file, browse_task, browse_index, example_text, example_table]
-    gr.on([c.change for c in form], on_preview, inputs=form, outputs=command)
+    browse_inputs = [runs, browse_task, browse_index]
+    browse_outputs = [browse_index, example_text, example_table]
+
+    gr.on([c.change for c in form], preview, inputs=form, outputs=command)
     # The command for the form as first shown (the change events only follow edits).
-    command.value = on_preview(*[c.value for c in form])
-    start.click(on_start, inputs=form, outputs=[job_state, status, progress, log]).then(
-        on_preview, inputs=form, outputs=command)
+    command.value = preview(*[c.value for c in form])
+    start.click(bind(on_start, names), inputs=form, outputs=[job_state, status, progress, log]).then(
+        preview, inputs=form, outputs=command)
     timer.tick(on_tick, inputs=job_state, outputs=[job_state, status, progress, log, runs])
     abort.click(on_abort, inputs=job_state, outputs=status)
-
-    def on_refresh():
-        """Adapters from finished runs; base models from the registry and the exports (a merged model too)."""
-        return (gr.update(choices=adapter_choices()), gr.update(choices=model_choices()),
-                gr.update(choices=_exported_models()))
-
     pickers = [adapters, model, advanced_inputs["merged"]]
     for trigger in (refresh.click, version.change):  # Refresh, or an export / combined adapter finished
         trigger(on_refresh, outputs=pickers)
-    runs_version.change(lambda: gr.update(choices=adapter_choices()), outputs=adapters)  # a training run finished
-    ctx.model.change(lambda m: gr.update(value=m), inputs=ctx.model, outputs=model)
-    runs_refresh.click(lambda: gr.update(choices=_evaluations()), outputs=runs)
+    runs_version.change(adapter_picker_update, outputs=adapters)  # a training run finished
+    ctx.model.change(follow_top_model, inputs=ctx.model, outputs=model)
+    runs_refresh.click(on_runs_refresh, outputs=runs)
     runs.change(show_results, inputs=runs, outputs=result_outputs)
-    browse_task.input(lambda out, task: on_browse(out, task, 1), inputs=[runs, browse_task],
-                      outputs=[browse_index, example_text, example_table])
-    browse_outputs = [browse_index, example_text, example_table]
-    browse_index.submit(on_browse, inputs=[runs, browse_task, browse_index], outputs=browse_outputs)
-    prev_button.click(lambda o, t, i: on_browse(o, t, i, -1), inputs=[runs, browse_task, browse_index],
-                      outputs=browse_outputs)
-    next_button.click(lambda o, t, i: on_browse(o, t, i, 1), inputs=[runs, browse_task, browse_index],
-                      outputs=browse_outputs)
+    browse_task.input(on_browse_task, inputs=[runs, browse_task], outputs=browse_outputs)
+    browse_index.submit(on_browse, inputs=browse_inputs, outputs=browse_outputs)
+    prev_button.click(on_previous, inputs=browse_inputs, outputs=browse_outputs)
+    next_button.click(on_next, inputs=browse_inputs, outputs=browse_outputs)

@@ -17,29 +17,36 @@ import gradio as gr
 from workbench.config.base import WorkbenchError
 from workbench.config.export import (DEFAULT_SHARD_SIZE, DENSITY_METHODS, ExportArgs, MergeAdaptersArgs,
                                      OutputOptions)
-from workbench.export.merge import EXPORT, MERGE
 from workbench.export.launch import command_argv, start_export_job
+from workbench.export.merge import EXPORT, MERGE
+from workbench.jobs import store as jobs
+from workbench.jobs.runs import list_adapters
+from workbench.ui.binding import bind
 from workbench.ui.context import ADAPTERS_VERSION, RUNS_VERSION, AppContext, adapter_map, error_text, model_choices
 from workbench.ui.forms import collect, option_components
 from workbench.ui.i18n import T
+from workbench.ui.runwatch import RunWatcher, Snapshot
 
 EXPORT_FIELDS = ("format", "quant", "adapter_only", "dtype", "shard_size")
 GGUF_ONLY = ("quant", "adapter_only")  # shown when format is gguf; shard_size only for safetensors
 MERGE_FIELDS = ("method", "weights", "density", "svd_rank")
 OUTPUT_FIELDS = ("out", "overwrite", "check_base")
 POLL_SECONDS = 1.0
+# Only the job started on this page (its timer runs from Start to the job's end); no re-attach after a reload.
+RUN_WATCHER = RunWatcher("export", log_lines=20, reattach=False)
 
 
 def adapter_choices() -> list[tuple[str, str]]:
     """Finished runs as (label, adapter directory) for the picker."""
-    from workbench.jobs.runs import list_adapters
-
     return [(f"{name} ({base})" if base else name, path) for name, path, base in list_adapters()]
 
 
-def _base_of(path: str) -> str | None:
-    from workbench.jobs.runs import list_adapters
+def adapter_picker_update():
+    """The adapter picker after a training run finished (this tab's and Evaluate's)."""
+    return gr.update(choices=adapter_choices())
 
+
+def _base_of(path: str) -> str | None:
     return next((base for _, where, base in list_adapters() if where == path and base), None)
 
 
@@ -67,12 +74,10 @@ def _request(mode: str, model: str, adapters: list[str] | None, values: dict[str
     return command, model, adapter_map(adapters), opts
 
 
-def _progress_text(job) -> tuple[str, bool, bool]:
-    """(markdown, ended, finished) for a job."""
-    status = job.status()
-    state = status.get("state")
-    entries = job.read_progress(0).entries
-    last = entries[-1] if entries else None
+def _progress_text(snap: Snapshot) -> tuple[str, bool, bool]:
+    """(markdown, ended, finished) for a tick of the job."""
+    status, state = snap.status, snap.state
+    last = snap.entries[-1] if snap.entries else None
     if state == "queued":
         where = status.get("queue_position")
         return f"⏳ Queued{f' (position {where})' if where else ''}: waiting for the running job to finish.", False, False
@@ -87,6 +92,16 @@ def _progress_text(job) -> tuple[str, bool, bool]:
     return f"❌ {str(state).capitalize()}: {error}", True, False
 
 
+def _finished_text(watch: dict[str, Any]) -> str:
+    out = watch["out"]
+    if watch.get("kind") in ("gguf", "gguf_lora"):
+        return finished_text(watch["kind"], out)
+    if watch["command"] == EXPORT:
+        return (f"✅ Merged model saved to `{out}`. It is now in the model picker at the top: choose it and "
+                "press Load model to chat with it.")
+    return f"✅ Combined adapter saved to `{out}`. It is now in the adapter pickers (Chat, Evaluate)."
+
+
 def finished_text(kind: str, out: str) -> str:
     """What a finished GGUF export says (it is not added to the model pickers: Workbench loads safetensors)."""
     if kind == "gguf_lora":
@@ -97,11 +112,91 @@ def finished_text(kind: str, out: str) -> str:
             "Modelfile) or LM Studio (import the file).")
 
 
+# ---- handlers (build binds the names of the option inputs) ----------------------------------------------
+
+def unpack(names: list[str], args) -> tuple[str, str, list[str], dict[str, Any]]:
+    mode_v, model_v, adapters_v, *rest = args
+    return mode_v, model_v, adapters_v, dict(zip(names, rest))
+
+
+def on_mode(mode_v: str, method_v: str, format_v: str):
+    merging = mode_v == MERGE
+    gguf = not merging and format_v == "gguf"
+    return (gr.update(visible=merging), gr.update(visible=not merging),
+            gr.update(visible=merging and method_v in DENSITY_METHODS),
+            gr.update(visible=merging and method_v == "svd"),
+            *(gr.update(visible=gguf) for _ in GGUF_ONLY), gr.update(visible=not gguf))
+
+
+def on_adapters(selected, model_v):
+    """Follow the base model the picked run was trained on."""
+    for path in selected or []:
+        base = _base_of(str(path))
+        if base:
+            return gr.update(value=base)
+    return gr.update(value=model_v)
+
+
+def on_preview(names: list[str], *args):
+    mode_v, model_v, adapters_v, values = unpack(names, args)
+    try:
+        cmd, model_name, adapter_dirs, opts = _request(mode_v, model_v, adapters_v, values)
+        return shlex.join(["python", *command_argv(cmd, model_name, adapter_dirs, opts)[1:]])
+    except WorkbenchError as exc:
+        return f"# {exc}"
+
+
+def on_start(names: list[str], *args):
+    mode_v, model_v, adapters_v, values = unpack(names, args)
+    try:
+        cmd, model_name, adapter_dirs, opts = _request(mode_v, model_v, adapters_v, values)
+        job, out = start_export_job(cmd, model_name, adapter_dirs, opts)
+    except Exception as exc:  # shown in the tab; nothing was started
+        return None, error_text(exc), "", gr.update(active=False)
+    kind = ("gguf_lora" if opts.adapter_only else "gguf") if cmd == EXPORT and opts.is_gguf else cmd
+    return ({"name": job.name, "out": str(out), "command": cmd, "kind": kind},
+            f"⏳ Started job {job.name} → {out}", job.tail_log(20), gr.update(active=True))
+
+
+def on_tick(watch, version_v):
+    """Follow the job until it ends (then the timer stops); a finished model or adapter joins the pickers."""
+    keep = (gr.update(), gr.update(), version_v)
+    try:
+        snap = RUN_WATCHER.tick(watch) if watch else None
+    except WorkbenchError as exc:
+        return (error_text(exc), gr.update(), gr.update(active=False), *keep)
+    if snap is None:
+        return ("", gr.update(), gr.update(active=False), *keep)
+    text, ended, finished = _progress_text(snap)
+    if not ended:
+        return (text, snap.log_tail, gr.update(active=True), *keep)
+    if not finished:
+        return (text, snap.log_tail, gr.update(active=False), *keep)
+    return (_finished_text(watch), snap.log_tail, gr.update(active=False), gr.update(choices=model_choices()),
+            gr.update(choices=adapter_choices()), version_v + 1)
+
+
+def on_abort(watch):
+    if not watch:
+        return "Nothing is running."
+    try:
+        st = jobs.get_job(watch["name"]).abort()
+    except WorkbenchError as exc:
+        return error_text(exc)
+    return f"⏹ {st.get('state', 'aborted').capitalize()}: {watch['name']} (nothing was written to {watch['out']})"
+
+
+def on_refresh():
+    return gr.update(choices=adapter_choices()), gr.update(choices=model_choices())
+
+
+# ---- the tab ----------------------------------------------------------------------------------------
+
 def build(ctx: AppContext) -> None:
 
     version = ctx.version(ADAPTERS_VERSION)
     runs_version = ctx.version(RUNS_VERSION)  # bumped when a training run finishes: its adapter joins the picker
-    job_state = gr.State(None)  # {"name": job name, "out": output dir, "command": ...}
+    job_state = gr.State(None)  # the job's watch (runwatch): {"name", "out": output dir, "command", "kind"}
 
     gr.Markdown(T(
         "**Merge into a model** writes a standalone model (safetensors shards, config, tokenizer and chat template) "
@@ -151,98 +246,18 @@ def build(ctx: AppContext) -> None:
     value_inputs = {**merge_inputs, **export_inputs, **output_inputs}
     names = list(value_inputs)
     form = [mode, model, adapters, *value_inputs.values()]
-
-    def unpack(args) -> tuple[str, str, list[str], dict[str, Any]]:
-        mode_v, model_v, adapters_v, *rest = args
-        return mode_v, model_v, adapters_v, dict(zip(names, rest))
-
-    def on_mode(mode_v: str, method_v: str, format_v: str):
-        merging = mode_v == MERGE
-        gguf = not merging and format_v == "gguf"
-        return (gr.update(visible=merging), gr.update(visible=not merging),
-                gr.update(visible=merging and method_v in DENSITY_METHODS),
-                gr.update(visible=merging and method_v == "svd"),
-                *(gr.update(visible=gguf) for _ in GGUF_ONLY), gr.update(visible=not gguf))
-
-    def on_adapters(selected, model_v):
-        """Follow the base model the picked run was trained on."""
-        for path in selected or []:
-            base = _base_of(str(path))
-            if base:
-                return gr.update(value=base)
-        return gr.update(value=model_v)
-
-    def on_preview(*args):
-        mode_v, model_v, adapters_v, values = unpack(args)
-        try:
-            cmd, model_name, adapter_dirs, opts = _request(mode_v, model_v, adapters_v, values)
-            return shlex.join(["python", *command_argv(cmd, model_name, adapter_dirs, opts)[1:]])
-        except WorkbenchError as exc:
-            return f"# {exc}"
-
-    def on_start(*args):
-        mode_v, model_v, adapters_v, values = unpack(args)
-        try:
-            cmd, model_name, adapter_dirs, opts = _request(mode_v, model_v, adapters_v, values)
-            job, out = start_export_job(cmd, model_name, adapter_dirs, opts)
-        except Exception as exc:  # shown in the tab; nothing was started
-            return None, error_text(exc), "", gr.update(active=False)
-        kind = ("gguf_lora" if opts.adapter_only else "gguf") if cmd == EXPORT and opts.is_gguf else cmd
-        return ({"name": job.name, "out": str(out), "command": cmd, "kind": kind},
-                f"⏳ Started job {job.name} → {out}", job.tail_log(20), gr.update(active=True))
-
-    def on_tick(state, version_v):
-        from workbench.jobs.store import get_job
-
-        keep = (gr.update(), gr.update(), version_v)
-        if not state:
-            return ("", gr.update(), gr.update(active=False), *keep)
-        try:
-            job = get_job(state["name"])
-            text, ended, finished = _progress_text(job)
-            tail = job.tail_log(20)
-        except WorkbenchError as exc:
-            return (error_text(exc), gr.update(), gr.update(active=False), *keep)
-        if not ended:
-            return (text, tail, gr.update(active=True), *keep)
-        if not finished:
-            return (text, tail, gr.update(active=False), *keep)
-        out = state["out"]
-        if state.get("kind") in ("gguf", "gguf_lora"):
-            text = finished_text(state["kind"], out)
-        elif state["command"] == EXPORT:
-            text = (f"✅ Merged model saved to `{out}`. It is now in the model picker at the top: choose it and "
-                    "press Load model to chat with it.")
-        else:
-            text = f"✅ Combined adapter saved to `{out}`. It is now in the adapter pickers (Chat, Evaluate)."
-        return (text, tail, gr.update(active=False), gr.update(choices=model_choices()),
-                gr.update(choices=adapter_choices()), version_v + 1)
-
-    def on_abort(state):
-        from workbench.jobs.store import get_job
-
-        if not state:
-            return "Nothing is running."
-        try:
-            st = get_job(state["name"]).abort()
-        except WorkbenchError as exc:
-            return error_text(exc)
-        return f"⏹ {st.get('state', 'aborted').capitalize()}: {state['name']} (nothing was written to {state['out']})"
-
-    def on_refresh():
-        return gr.update(choices=adapter_choices()), gr.update(choices=model_choices())
-
+    preview = bind(on_preview, names)
     method, fmt = merge_inputs["method"], export_inputs["format"]
     shown = [merge_group, export_group, merge_inputs["density"], merge_inputs["svd_rank"],
              *(export_inputs[n] for n in GGUF_ONLY), export_inputs["shard_size"]]
     for trigger in (mode, method, fmt):
         trigger.change(on_mode, inputs=[mode, method, fmt], outputs=shown)
     adapters.input(on_adapters, inputs=[adapters, model], outputs=model)
-    gr.on([c.change for c in form], on_preview, inputs=form, outputs=command)
-    start.click(on_start, inputs=form, outputs=[job_state, status, log, timer]).then(
-        on_preview, inputs=form, outputs=command)
+    gr.on([c.change for c in form], preview, inputs=form, outputs=command)
+    start.click(bind(on_start, names), inputs=form, outputs=[job_state, status, log, timer]).then(
+        preview, inputs=form, outputs=command)
     timer.tick(on_tick, inputs=[job_state, version],
                outputs=[status, log, timer, ctx.model, adapters, version])
     abort.click(on_abort, inputs=job_state, outputs=status)
     refresh.click(on_refresh, outputs=[adapters, model])
-    runs_version.change(lambda: gr.update(choices=adapter_choices()), outputs=adapters)
+    runs_version.change(adapter_picker_update, outputs=adapters)
