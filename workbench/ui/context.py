@@ -6,12 +6,15 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import gradio as gr
+
 from workbench.config.base import WorkbenchError
-from workbench.config.model import ModelArgs
-from workbench.models import registry
-from workbench.config.model import adapter_name_for
-from workbench.ui.forms import form_value
+from workbench.config.model import ModelArgs, adapter_name_for
+from workbench.export.merge import list_exported_models
 from workbench.infer.session import ModelManager
+from workbench.jobs.runs import list_adapters
+from workbench.models import registry
+from workbench.ui.forms import form_value
 
 # The counters tabs bump when they created something on disk; the other tabs refresh their pickers on .change.
 DATASETS_VERSION = "datasets_version"  # a dataset was registered (Train's dataset picker)
@@ -41,8 +44,6 @@ class AppContext:
         ``runs_version``, ``adapters_version`` — and the other tabs refresh their pickers on ``.change``."""
         state = self.extras.get(key)
         if state is None:
-            import gradio as gr
-
             state = gr.State(initial)
             self.extras[key] = state
         return state
@@ -68,9 +69,7 @@ def error_text(exc: Exception, mark: bool = True) -> str:
 
 def model_choices() -> list[str]:
     """The registry's models, then the merged models under the exports folder."""
-    from workbench.export.merge import list_exported_models  # merged models appear next to the registry's
-
-    return list(registry.MODELS) + list_exported_models()
+    return list(registry.MODELS) + list_exported_models()  # merged models next to the registry's
 
 def model_args_from(model: str, dtype: str, quantization: str) -> ModelArgs:
     quant = form_value(quantization)
@@ -90,3 +89,13 @@ def adapter_map(selected: list[str] | None) -> dict[str, str]:
             name, n = f"{base}_{n}", n + 1
         out[name] = path
     return out
+
+
+def adapter_choices() -> list[tuple[str, str]]:
+    """Finished runs as (label, adapter directory) for the Evaluate and Export pickers."""
+    return [(f"{name} ({base})" if base else name, path) for name, path, base in list_adapters()]
+
+
+def adapter_picker_update():
+    """The adapter picker after a training run finished (Evaluate, Export)."""
+    return gr.update(choices=adapter_choices())

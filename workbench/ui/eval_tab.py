@@ -23,8 +23,17 @@ from workbench.evaluate.tasks import BUILTIN
 from workbench.export.merge import list_exported_models
 from workbench.jobs import store as jobs
 from workbench.ui.binding import bind
-from workbench.ui.context import ADAPTERS_VERSION, RUNS_VERSION, AppContext, adapter_map, error_text, model_args_from, model_choices
-from workbench.ui.export_tab import adapter_choices, adapter_picker_update
+from workbench.ui.context import (
+    ADAPTERS_VERSION,
+    RUNS_VERSION,
+    AppContext,
+    adapter_choices,
+    adapter_map,
+    adapter_picker_update,
+    error_text,
+    model_args_from,
+    model_choices,
+)
 from workbench.ui.forms import collect, option_components
 from workbench.ui.i18n import T
 from workbench.ui.runwatch import RunWatcher

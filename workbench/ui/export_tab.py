@@ -22,7 +22,16 @@ from workbench.export.merge import EXPORT, MERGE
 from workbench.jobs import store as jobs
 from workbench.jobs.runs import list_adapters
 from workbench.ui.binding import bind
-from workbench.ui.context import ADAPTERS_VERSION, RUNS_VERSION, AppContext, adapter_map, error_text, model_choices
+from workbench.ui.context import (
+    ADAPTERS_VERSION,
+    RUNS_VERSION,
+    AppContext,
+    adapter_choices,
+    adapter_map,
+    adapter_picker_update,
+    error_text,
+    model_choices,
+)
 from workbench.ui.forms import collect, option_components
 from workbench.ui.i18n import T
 from workbench.ui.runwatch import RunWatcher, Snapshot
@@ -34,16 +43,6 @@ OUTPUT_FIELDS = ("out", "overwrite", "check_base")
 POLL_SECONDS = 1.0
 # Only the job started on this page (its timer runs from Start to the job's end); no re-attach after a reload.
 RUN_WATCHER = RunWatcher("export", log_lines=20, reattach=False)
-
-
-def adapter_choices() -> list[tuple[str, str]]:
-    """Finished runs as (label, adapter directory) for the picker."""
-    return [(f"{name} ({base})" if base else name, path) for name, path, base in list_adapters()]
-
-
-def adapter_picker_update():
-    """The adapter picker after a training run finished (this tab's and Evaluate's)."""
-    return gr.update(choices=adapter_choices())
 
 
 def _base_of(path: str) -> str | None:
