@@ -219,7 +219,11 @@ def check_output(out: Path, *, overwrite: bool, inputs: list[Path]) -> Path:
                 "out", f"{out} holds files that are not a model or adapter export ({_describe(out)}); "
                 "--overwrite only replaces an earlier export, so remove them yourself or choose another directory",
             )
-    # The nearest existing ancestor must let us create the temporary directory beside the target.
+    return _writable_parent(out)
+
+
+def _writable_parent(out: Path) -> Path:
+    """The nearest existing ancestor must let us create the hidden staging entry beside the target."""
     ancestor = out.parent
     while not ancestor.exists():
         ancestor = ancestor.parent
@@ -246,12 +250,7 @@ def check_output_file(out: Path, *, overwrite: bool, inputs: list[Path]) -> Path
         if not is_gguf_file(out):
             raise OptionError("out", f"{out} is not a GGUF file; --overwrite only replaces an earlier GGUF export, so "
                                      "remove it yourself or choose another name")
-    ancestor = out.parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
-        raise OptionError("out", f"cannot write to {out}: {ancestor} is not a writable directory")
-    return out
+    return _writable_parent(out)
 
 
 def _pid_alive(pid: int) -> bool:

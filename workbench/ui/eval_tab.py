@@ -21,7 +21,6 @@ from workbench.evaluate.launch import (KIND as EVAL_KIND, EvalPlan, example_rows
 from workbench.evaluate.runner import load_results
 from workbench.evaluate.tasks import BUILTIN
 from workbench.export.merge import list_exported_models
-from workbench.jobs import store as jobs
 from workbench.ui.binding import bind
 from workbench.ui.context import (
     ADAPTERS_VERSION,
@@ -36,7 +35,7 @@ from workbench.ui.context import (
 )
 from workbench.ui.forms import collect, option_components
 from workbench.ui.i18n import T
-from workbench.ui.runwatch import RunWatcher
+from workbench.ui.runwatch import RunWatcher, abort_watched
 
 ADVANCED_FIELDS = ("include_base", "merged", "metric", "template", "bleu_tokenize", "rouge_cjk", "no_answer_phrase",
                    "dataset_dir")
@@ -227,13 +226,7 @@ def on_tick(watch):
 
 
 def on_abort(watch):
-    if not watch:
-        return "Nothing is running."
-    try:
-        st = jobs.get_job(watch["name"]).abort()
-    except WorkbenchError as exc:
-        return error_text(exc)
-    return f"⏹ {str(st.get('state', 'aborted')).capitalize()}: {watch['name']}"
+    return abort_watched(watch)
 
 
 def on_refresh():

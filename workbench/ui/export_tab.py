@@ -19,7 +19,6 @@ from workbench.config.export import (DEFAULT_SHARD_SIZE, DENSITY_METHODS, Export
                                      OutputOptions)
 from workbench.export.launch import command_argv, start_export_job
 from workbench.export.merge import EXPORT, MERGE
-from workbench.jobs import store as jobs
 from workbench.jobs.runs import list_adapters
 from workbench.ui.binding import bind
 from workbench.ui.context import (
@@ -34,7 +33,7 @@ from workbench.ui.context import (
 )
 from workbench.ui.forms import collect, option_components
 from workbench.ui.i18n import T
-from workbench.ui.runwatch import RunWatcher, Snapshot
+from workbench.ui.runwatch import RunWatcher, Snapshot, abort_watched
 
 EXPORT_FIELDS = ("format", "quant", "adapter_only", "dtype", "shard_size")
 GGUF_ONLY = ("quant", "adapter_only")  # shown when format is gguf; shard_size only for safetensors
@@ -176,13 +175,7 @@ def on_tick(watch, version_v):
 
 
 def on_abort(watch):
-    if not watch:
-        return "Nothing is running."
-    try:
-        st = jobs.get_job(watch["name"]).abort()
-    except WorkbenchError as exc:
-        return error_text(exc)
-    return f"⏹ {st.get('state', 'aborted').capitalize()}: {watch['name']} (nothing was written to {watch['out']})"
+    return abort_watched(watch, f" (nothing was written to {watch['out']})" if watch else "")
 
 
 def on_refresh():

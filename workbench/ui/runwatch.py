@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from workbench.config.base import WorkbenchError
 from workbench.jobs import runs
 from workbench.jobs import store as jobs
 from workbench.rundir import STATUS_FILE
+from workbench.ui.context import error_text
 
 
 def new_watch(name: str | None, **extra: Any) -> dict[str, Any]:
@@ -117,3 +119,13 @@ def read_run(watch: dict[str, Any], path: Path, log_lines: int) -> Snapshot:
     return Snapshot(watch, path, status, entries, bool(chunk.entries or chunk.reset), job.tail_log(log_lines),
                     changed)
 
+
+def abort_watched(watch: dict | None, suffix: str = "") -> str:
+    """Abort the watched job (Evaluate's and Export's Abort): the state it ended in, or why it could not."""
+    if not watch:
+        return "Nothing is running."
+    try:
+        st = jobs.get_job(watch["name"]).abort()
+    except WorkbenchError as exc:
+        return error_text(exc)
+    return f"⏹ {str(st.get('state', 'aborted')).capitalize()}: {watch['name']}{suffix}"
