@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from workbench import jobs  # noqa: E402
+from workbench.jobs import store as jobs  # noqa: E402
 
 REPEATS = 5
 CHILD = "import sys, time; open(sys.argv[1], 'w').write(repr(time.time())); time.sleep({sleep})"
