@@ -56,3 +56,12 @@ def tiny_values(model_dir: Path, out: Path, **overrides) -> dict:
     }
     values.update(overrides)
     return values
+
+
+def abort_leftover_jobs(runs: Path) -> None:
+    """Jobs run in sessions of their own and would outlive the app under test: stop whatever a failed test left."""
+    from workbench.jobs import store as jobs
+
+    for job in jobs.list_jobs(runs):
+        if job.is_active():
+            job.abort(grace=2)

@@ -17,7 +17,7 @@ import pytest
 from playwright.sync_api import expect
 
 from chat_helpers import make_adapter
-from workbench.jobs import store as jobs
+from helpers import abort_leftover_jobs
 from workbench.data.preferences import read_rows
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.expect_timeout(60_000)]
@@ -41,9 +41,7 @@ def identity_run(app_server, bundled_model_dir) -> str:
 @pytest.fixture(scope="module", autouse=True)
 def no_job_outlives_the_tests(app_server):
     yield
-    for job in jobs.list_jobs(app_server.home / "runs"):
-        if job.is_active():
-            job.abort(grace=2)
+    abort_leftover_jobs(app_server.home / "runs")
 
 
 def words(text: str) -> list[str]:

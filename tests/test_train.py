@@ -453,7 +453,8 @@ def test_two_process_run_matches_one_process_with_the_doubled_batch(tiny_model_d
 
 def test_accelerate_command(tiny_model_dir):
     from workbench.config.train import LaunchArgs
-    from workbench.train.distributed import accelerate_argv, child_flags
+    from workbench.config.base import option_flags
+    from workbench.train.distributed import accelerate_argv
 
     cfg = parse_train_config({"model_name_or_path": str(tiny_model_dir), "dataset": "identity", "bf16": True,
                               "deepspeed": "z3"})
@@ -471,7 +472,7 @@ def test_accelerate_command(tiny_model_dir):
             "--main_process_port 29501 --mixed_precision no") in joined
     with pytest.raises(OptionError, match="main_process_ip"):
         LaunchArgs(num_machines=2)
-    assert child_flags({"a": None, "b": True, "c": [1, 2], "d": 0.5}) == ["--a", "none", "--b", "true", "--c", "1,2",
+    assert option_flags({"a": None, "b": True, "c": [1, 2], "d": 0.5}) == ["--a", "none", "--b", "true", "--c", "1,2",
                                                                           "--d", "0.5"]
 
 

@@ -16,6 +16,8 @@ import pytest
 import yaml
 from playwright.sync_api import expect
 
+from helpers import abort_leftover_jobs
+
 from workbench.jobs import store as jobs
 from workbench.jobs import runs
 
@@ -26,11 +28,8 @@ TRAIN_TIMEOUT = 300_000  # ms: start-up of a training process is ~25 s on a busy
 
 @pytest.fixture(scope="module", autouse=True)
 def no_job_outlives_the_tests(app_server):
-    # Jobs run in sessions of their own and would outlive the app; stop whatever a failed test left.
     yield
-    for job in jobs.list_jobs(app_server.home / "runs"):
-        if job.is_active():
-            job.abort(grace=2)
+    abort_leftover_jobs(app_server.home / "runs")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from typing import Any
 from workbench.config.base import option_flags
 from workbench.config.train import LaunchArgs, TrainConfig, resolve_deepspeed_config
 
-child_flags = option_flags  # the name train/plan.py and the tests use
 
 
 def launched_train_argv(cfg: TrainConfig, launch: LaunchArgs, config_path: str | Path | None,

@@ -9,7 +9,7 @@ from dataclasses import MISSING, dataclass
 from pathlib import Path
 from typing import Any
 
-from workbench.config.base import OptionError, WorkbenchError, dump_yaml, option_fields
+from workbench.config.base import OptionError, WorkbenchError, dump_yaml, option_fields, option_flags
 from workbench.config.data import DataArgs
 from workbench.config.model import ModelArgs
 from workbench.config.train import FinetuningArgs, LaunchArgs, TrainArgs, parse_train_config
@@ -19,7 +19,6 @@ from workbench.models import resources
 from workbench.models.loader import pick_device, resolve_model_path
 from workbench.paths import run_path, runs_dir
 from workbench.rundir import CONFIG_FILE, default_run_name
-from workbench.train.distributed import child_flags
 from workbench.train.outputs import resolve_resume
 from workbench.train.run import check_datasets_fit_stage
 
@@ -103,7 +102,7 @@ def plan_training(values: dict[str, Any], name: str, root: Path | str | None = N
     argv = [sys.executable, "-m", "workbench", "train", str(path / CONFIG_FILE)]
     launch_flags = {k: v for k, v in launch.to_dict(non_default_only=True).items() if k != "launch"}
     if launch.launch or launch.num_processes > 1 or launch.num_machines > 1:
-        argv += ["--launch", *child_flags(launch_flags)]
+        argv += ["--launch", *option_flags(launch_flags)]
     return TrainPlan(name=path.name, path=path, config=compact_config(values), argv=argv, reuse=bool(resume),
                      warnings=list(cfg.warnings) + template_warnings(cfg), train_config=cfg, launch=launch)
 
