@@ -7,14 +7,21 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from workbench.config.base import OptionError, Options, WorkbenchError, option
+from workbench.config.base import Alias, OptionError, Options, WorkbenchError, option
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 ATTENTION = ("auto", "eager", "sdpa", "flash_attention_2")
+ENGINES = ("transformers", "vllm")
 
 
 @dataclass
 class ModelArgs(Options):
+    # LLaMA-Factory's name for the engine (its "huggingface" is our transformers engine).
+    ALIASES = {
+        "infer_backend": Alias("engine", "LLaMA-Factory's name for engine (huggingface = transformers)",
+                               convert=lambda v: "transformers" if str(v).lower() in ("huggingface", "hf") else v),
+    }
+
     model_name_or_path: str = option(
         "smollm2-135m-instruct",
         "Model alias from the registry, a local model directory, or a Hugging Face hub id",
@@ -61,6 +68,14 @@ class ModelArgs(Options):
         "auto", "Device: auto (cuda when present, else cpu), cpu, cuda, cuda:N", group="advanced",
         label_zh="设备",
         help_zh="运行设备：auto（有 CUDA 时用 cuda，否则用 cpu）、cpu、cuda、cuda:N",
+    )
+    engine: str = option(
+        "transformers",
+        "Generation engine for chat, the API and evaluation: transformers (ours: continuous batching, any device) or "
+        "vllm (CUDA GPUs only; install with `make extras EXTRAS=vllm`)",
+        choices=ENGINES, group="advanced", label_zh="生成引擎",
+        help_zh="对话、API 与评测使用的生成引擎：transformers（内置，连续批处理，任意设备）或 vllm（仅限 CUDA GPU；"
+                "用 `make extras EXTRAS=vllm` 安装）",
     )
     trust_remote_code: bool = option(
         False, "Allow model repositories to run their own Python code", group="advanced",
