@@ -120,8 +120,7 @@ def test_concurrent_requests_are_batched_never_interleaved(client, server, engin
         assert results[i] == expected(engine, variant, [{"role": "user", "content": prompt}], 24).text, prompt
     after = health(server)
     assert after["rows"] - before["rows"] == len(prompts)
-    assert after["batches"] - before["batches"] < len(prompts)  # some requests shared a batch
-    assert after["largest_batch"] >= 2
+    assert after["largest_batch"] >= 2  # some requests shared decode steps
 
 
 def test_tool_turns_round_trip(client):

@@ -36,7 +36,8 @@ from workbench.config.model import ModelArgs
 from workbench.data.templates import get_template, resolve_template
 from workbench.evaluate import metrics as M
 from workbench.evaluate.tasks import Example, Task, build_tasks
-from workbench.infer.batch import generate_batch_output
+from workbench.infer.batch import collect, submit_rows
+from workbench.infer.scheduler import close_scheduler
 from workbench.infer.session import check_adapters_base
 from workbench.models import loader  # loader.load_model looked up at each call: tests replace it
 from workbench.config.model import parse_adapter_specs
@@ -348,8 +349,11 @@ class _Evaluation:
         self.load_seconds += loaded.load_seconds
         used = ", ".join(f"{n}: {t.name}" for n, t in templates.items())
         self.say(f"loaded {loaded.describe()} in {loaded.load_seconds:.1f}s; templates {used}")
-        for t_index, task in enumerate(self.tasks):
-            self._answer_task(loaded, label, names, templates, t_index, task)
+        try:
+            for t_index, task in enumerate(self.tasks):
+                self._answer_task(loaded, label, names, templates, t_index, task)
+        finally:
+            close_scheduler(loaded, f"evaluation of {label} ended")
 
     def _answer_task(self, loaded, label: str, names: list[str], templates: dict[str, Any], t_index: int,
                      task: Task) -> None:
@@ -386,19 +390,25 @@ class _Evaluation:
         stops = list(dict.fromkeys(i for t in templates.values() for i in t.stop_token_ids(loaded.tokenizer)))
         peft_names = [n if self.kinds[n] == "adapter" else None for n in names]  # base and merged rows: no adapter
         task_gen = dataclasses.replace(self.gen, max_new_tokens=task.max_new_tokens)
+        # Every row is queued at once; the scheduler keeps batch_size of them running and refills the batch as rows
+        # finish (continuous batching). Progress is reported per batch_size finished rows.
+        began = time.perf_counter()
+        handles = submit_rows(loaded, [r.prompt_ids for _, r in mine], [peft_names[names.index(r.variant)]
+                                                                         for _, r in mine],
+                              task_gen, stops, max_rows=self.eval_args.batch_size)
         answers: list[tuple[int, str, int]] = []
-        for start in range(0, len(mine), self.eval_args.batch_size):
-            batch = mine[start:start + self.eval_args.batch_size]
-            began = time.perf_counter()
-            result = generate_batch_output(
-                loaded, [r.prompt_ids for _, r in batch],
-                [peft_names[names.index(r.variant)] for _, r in batch], task_gen, stops)
+        step = self.eval_args.batch_size
+        for start in range(0, len(handles), step):
+            chunk = handles[start:start + step]
+            result = collect(chunk)
             spent = time.perf_counter() - began
+            began = time.perf_counter()
             self.gen_seconds += spent
             self.new_tokens += result.new_tokens
             self.prompt_tokens += result.prompt_tokens
-            answers += [(k, text, len(tok)) for (k, _), text, tok in zip(batch, result.texts, result.token_ids)]
-            self.progress.update(len(batch), result.new_tokens, spent, task.name, label)
+            answers += [(k, text, len(tok)) for (k, _), text, tok in zip(mine[start:start + step], result.texts,
+                                                                        result.token_ids)]
+            self.progress.update(len(chunk), result.new_tokens, spent, task.name, label)
         return answers
 
     def gather_counts(self) -> None:

@@ -3,8 +3,8 @@
 ``GET /v1/models`` lists the base (under its model name; ``base`` works too) and every adapter by name.
 ``POST /v1/chat/completions`` answers with the one named in ``model``, streamed (SSE) or not, with
 usage counts; bad requests get OpenAI-style error objects (``{"error": {message, type, param, code}}``)
-with the matching HTTP status. Requests go through one :class:`BatchScheduler`: concurrent requests
-with the same sampling settings are generated together in one batch, never interleaved.
+with the matching HTTP status. Requests are rows of the model's one scheduler (continuous batching): each joins
+the running batch at the next decode step with its own sampling settings and leaves when it is done.
 
 Sampling follows the request: ``temperature`` omitted or 0 means greedy (deterministic); above 0 samples.
 Extensions: ``top_k`` and ``repetition_penalty``.
@@ -63,8 +63,8 @@ from workbench.config.base import OptionError, WorkbenchError, add_arguments, fr
 from workbench.config.generation import GenerationArgs
 from workbench.config.model import ModelArgs
 from workbench.data import preferences, records
-from workbench.infer.engine import BASE, BatchScheduler, ContextLengthError, RowSpec, ToolsNotSupportedError
-from workbench.paths import project_data_dir
+from workbench.infer.engine import BASE, ContextLengthError, RowSpec, ToolsNotSupportedError
+from workbench.paths import default_dataset_dir
 
 FEEDBACK_KEEP = 1000  # finished answers remembered for POST /v1/feedback
 
@@ -1086,13 +1086,14 @@ async def on_validation_error(request: Request, exc: RequestValidationError) -> 
 
 
 class ApiServer:
-    """The routes and what they share: the engine and its batch scheduler, the names served, the API key and the
-    answers kept for feedback."""
+    """The routes and what they share: the engine (its scheduler batches every request), the names served, the API
+    key and the answers kept for feedback."""
 
     def __init__(self, engine, *, api_key: str | None, max_batch: int, default_max_tokens: int, feedback: bool,
                  dataset_dir: str | None, feedback_dataset: str | None, feedback_keep: int):
         self.engine, self.api_key, self.default_max_tokens = engine, api_key, default_max_tokens
-        self.scheduler = BatchScheduler(engine, max_batch=max_batch)
+        self.scheduler = engine.scheduler
+        self.scheduler.max_rows = max_batch
         self.base_name = engine.loaded.label
         self.base_names = {self.base_name, "base"}
         self.created = int(time.time())
@@ -1103,7 +1104,7 @@ class ApiServer:
     @contextlib.asynccontextmanager
     async def lifespan(self, app):
         yield
-        self.scheduler.close()
+        self.scheduler.close("the server is shutting down")
 
     # -- who may call --------------------------------------------------------------------------------
 
@@ -1155,7 +1156,7 @@ class ApiServer:
         spec = RowSpec(req.prompt_ids + req.forced_ids, req.variant, req.gen_tokens,
                        () if req.forced_text else req.stop, label=req.model, tools=bool(req.tools),
                        constraint=req.constraint)
-        row = self.scheduler.submit(spec, req.gen)
+        row = self.engine.submit(spec, req.gen)
         completion_id = "chatcmpl-" + uuid.uuid4().hex
         now = int(time.time())
         if req.stream:
@@ -1249,7 +1250,7 @@ class ApiServer:
     async def save_feedback(self, body: FeedbackBody, answers: list[preferences.Answer]) -> preferences.Saved:
         """Append the judgement to the preference dataset: pairs of the chosen answer with each other one, or
         one "all bad" row."""
-        folder = self.dataset_dir or str(project_data_dir())
+        folder = self.dataset_dir or str(default_dataset_dir())
         try:
             if body.chosen_id:
                 rows = preferences.pair_rows(answers[0], answers[1:], edited=body.edited, source="api",
@@ -1290,7 +1291,7 @@ def create_app(engine, *, api_key: str | None = None, max_batch: int = 8, defaul
                feedback: bool = True, dataset_dir: str | None = None, feedback_dataset: str | None = None,
                feedback_keep: int = FEEDBACK_KEEP):
     """``feedback``: keep finished answers for ``POST /v1/feedback``, which appends to the preference dataset
-    ``feedback_dataset`` (default ``preferences``) in ``dataset_dir`` (default: the project's data/)."""
+    ``feedback_dataset`` (default ``preferences``) in ``dataset_dir`` (default: data/ in the Workbench home)."""
     server = ApiServer(engine, api_key=api_key, max_batch=max_batch, default_max_tokens=default_max_tokens,
                        feedback=feedback, dataset_dir=dataset_dir, feedback_dataset=feedback_dataset,
                        feedback_keep=feedback_keep)
@@ -1323,11 +1324,11 @@ def configure_api(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(INSECURE_FLAG, dest="insecure_no_auth", action="store_true",
                         help="allow a --host beyond loopback without --api-key (your own proxy authenticates)")
     parser.add_argument("--max-batch", type=int, default=8,
-                        help="most concurrent requests generated together in one batch")
+                        help="most requests generated side by side (rows of the running batch; more wait in a queue)")
     parser.add_argument("--max-tokens", type=int, default=256,
                         help="answer length when a request gives no max_tokens (cut to the context)")
     parser.add_argument("--dataset-dir", default=None,
-                        help="where POST /v1/feedback keeps preference data (default: the project's data/)")
+                        help="where POST /v1/feedback keeps preference data (default: data/ in the Workbench home)")
     parser.add_argument("--feedback-dataset", default=None, metavar="NAME",
                         help="the preference dataset POST /v1/feedback appends to: NAME.jsonl, registered in "
                              "dataset_info.json on first use (default: preferences)")

@@ -1,13 +1,10 @@
 """The chat engine: prompts through our templates, streamed answers, and base-vs-adapters compare.
 
-Everything generates through :func:`generate_rows`: one ``model.generate`` call over a left-padded batch
-of *rows*, each row with its own prompt, its own adapter (PEFT mixed adapter batches:
-``adapter_names=["__base__", "a", ...]``, adapters stay unmerged), its own token limit and stop strings.
-A custom streamer splits every decoding step by row, so each row streams its own text, and a per-row
-stopping criterion ends a row (stop token, stop string, limit, cancel) without ending the batch.
-
-A chat answer is a batch of one row; COMPARE is one prompt (or one history per variant) answered by
-the base model and N adapters in one batch.
+Every answer is a *row* (:class:`RowSpec` → :class:`RowHandle`) handed to the loaded model's one
+:class:`~workbench.infer.scheduler.Scheduler`, which batches the rows of every caller (chat tabs, compare, the
+API, evaluation) continuously, each row with its own adapter, sampling, stops, limit and cancellation. A chat
+answer is one row; COMPARE is one prompt (or one history per variant) answered by the base model and N adapters
+as N rows that share the decode steps.
 """
 
 from __future__ import annotations
@@ -33,8 +30,6 @@ class ContextLengthError(WorkbenchError):
 class ToolsNotSupportedError(WorkbenchError):
     """Tools were given to a template without a tool-calling format."""
 
-
-_PEFT_BASE = "__base__"  # PEFT's name for "no adapter" in adapter_names
 
 
 # -- tools ------------------------------------------------------------------------------------------
@@ -108,12 +103,15 @@ class RowHandle:
         self._events: queue.Queue = queue.Queue()
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
+        self.listener = None  # called after every delta and at the end (a Batch's wake-up)
 
-    # producer side (the streamer)
+    # producer side (the scheduler)
     def _emit(self, delta: str) -> None:
         if delta:
             self.text += delta
             self._events.put(("delta", delta))
+            if self.listener is not None:
+                self.listener()
 
     def _finish(self, reason: str | None = None, error: BaseException | None = None) -> None:
         if self._done.is_set():
@@ -123,6 +121,8 @@ class RowHandle:
         self.finished_at = time.perf_counter()
         self._events.put(("error", error) if error is not None else ("end", reason))
         self._done.set()
+        if self.listener is not None:
+            self.listener()
 
     # consumer side
     @property
@@ -167,12 +167,13 @@ class RowHandle:
 
 
 class Batch:
-    """Rows generated together in one ``generate`` call (running in its own thread)."""
+    """Rows started together (a compare); the scheduler generates them side by side."""
 
     def __init__(self, rows: list[RowHandle]):
         self.rows = rows
-        self.thread: threading.Thread | None = None
         self._ticks: queue.Queue = queue.Queue()
+        for row in rows:
+            row.listener = self._tick
 
     def cancel(self) -> None:
         for row in self.rows:
@@ -206,177 +207,8 @@ class Batch:
         return self.rows
 
 
-class _RowsStreamer:
-    """Receives each decoding step's tokens (one per row), decodes each row on its own, applies stop
-    tokens / stop strings / limits / cancellation, and emits per-row text deltas."""
-
-    def __init__(self, tokenizer, rows: list[RowHandle], stop_ids: Iterable[int], limits: list[int], on_step=None):
-        self.tokenizer = tokenizer
-        self.rows = rows
-        self.stop_ids = set(stop_ids)
-        self.limits = limits
-        self.on_step = on_step
-        self._prompt_seen = False
-        self._shown = [0] * len(rows)  # characters of the decoded text already emitted
-
-    def finished(self, i: int) -> bool:
-        return self.rows[i].done or self.rows[i].cancelled
-
-    def put(self, value) -> None:
-        if not self._prompt_seen and value.dim() == 2:  # generate() first hands over the prompt
-            self._prompt_seen = True
-            return
-        self._prompt_seen = True
-        tokens = value.reshape(-1).tolist()
-        for i, token in enumerate(tokens):
-            row = self.rows[i]
-            if row.done:
-                continue
-            if row.cancelled:
-                self._end(i, "cancelled")
-                continue
-            if row.first_token_at is None:
-                row.first_token_at = time.perf_counter()
-            if token in self.stop_ids:
-                self._end(i, "stop")
-                continue
-            row.token_ids.append(token)
-            self._advance(i, final=False)
-            if not row.done and len(row.token_ids) >= self.limits[i]:
-                self._end(i, "length")
-        if self.on_step:
-            self.on_step()
-
-    def _advance(self, i: int, *, final: bool) -> None:
-        row = self.rows[i]
-        text = self.tokenizer.decode(row.token_ids, skip_special_tokens=True)
-        stops = row.spec.stop
-        if stops:
-            search_from = max(0, self._shown[i] - max(len(s) for s in stops))
-            hits = [text.find(s, search_from) for s in stops if s]
-            hits = [h for h in hits if h >= 0]
-            if hits:
-                cut = min(hits)
-                row._emit(text[self._shown[i]:cut])
-                self._shown[i] = cut
-                row._stopped_by_string = True
-                row._finish("stop")
-                return
-        end = len(text)
-        if not final:
-            if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the next token
-                end = len(text.rstrip("\ufffd"))
-            for s in stops:  # hold back a tail that may be the start of a stop string
-                for k in range(min(len(s) - 1, end), 0, -1):
-                    if text[:end].endswith(s[:k]):
-                        end -= k
-                        break
-        if end > self._shown[i]:
-            row._emit(text[self._shown[i]:end])
-            self._shown[i] = end
-
-    def _end(self, i: int, reason: str) -> None:
-        if reason != "cancelled":
-            self._advance(i, final=True)
-        if not self.rows[i].done:
-            self.rows[i]._finish(reason)
-
-    def end(self) -> None:
-        for i, row in enumerate(self.rows):
-            if not row.done:
-                self._end(i, "cancelled" if row.cancelled else "length")
-        if self.on_step:
-            self.on_step()
-
-
-def _make_criteria(streamer: _RowsStreamer, prompt_len: int):
-    import torch
-    from transformers import StoppingCriteria
-
-    class RowsCriteria(StoppingCriteria):
-        """Per-row stop: a row that hit its limit, a stop string or was cancelled stops; the others go on."""
-
-        def __call__(self, input_ids, scores, **kwargs):
-            generated = input_ids.shape[1] - prompt_len
-            flags = [streamer.finished(i) or generated >= streamer.limits[i] for i in range(len(streamer.rows))]
-            return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)
-
-    return RowsCriteria()
-
-
-def _make_constraints(rows: list[RowHandle], prompt_len: int):
-    from transformers import LogitsProcessor
-
-    constrained = [(i, r.spec.constraint) for i, r in enumerate(rows) if r.spec.constraint is not None]
-
-    class RowsConstraints(LogitsProcessor):
-        """Each constrained row's ``spec.constraint`` edits that row's scores; other rows are untouched."""
-
-        def __call__(self, input_ids, scores):
-            for i, constraint in constrained:
-                scores[i] = constraint(input_ids[i, prompt_len:].tolist(), scores[i])
-            return scores
-
-    return RowsConstraints() if constrained else None
-
-
 def is_peft(model) -> bool:
     return hasattr(model, "peft_config") and bool(getattr(model, "peft_config", None))
-
-
-def generate_rows(loaded, rows: list[RowHandle], gen: GenerationArgs, stop_token_ids: Iterable[int],
-                  on_step=None) -> list[RowHandle]:
-    """Generate every row in ONE ``model.generate`` call (blocking); results land in the handles."""
-    import torch
-    from transformers import LogitsProcessorList, StoppingCriteriaList
-
-    tokenizer, model = loaded.tokenizer, loaded.model
-    stop_ids = list(dict.fromkeys(int(t) for t in stop_token_ids))
-    try:
-        if not rows:
-            return rows
-        adapters = [r.spec.adapter if r.spec.adapter not in (None, BASE) else None for r in rows]
-        if any(adapters) and not is_peft(model):
-            raise WorkbenchError(f"no adapters are attached, so {next(a for a in adapters if a)!r} cannot answer")
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
-        width = max(len(r.spec.prompt_ids) for r in rows)
-        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):  # left padding: every row's next token is at the same position
-            n = len(r.spec.prompt_ids)
-            input_ids[i, width - n:] = torch.tensor(r.spec.prompt_ids, dtype=torch.long)
-            attention[i, width - n:] = 1
-        limits = [r.spec.max_new_tokens or gen.max_new_tokens for r in rows]
-        streamer = _RowsStreamer(tokenizer, rows, stop_ids, limits, on_step)
-        kwargs = gen.generate_kwargs()
-        kwargs["max_new_tokens"] = max(limits)
-        extra = {}
-        if is_peft(model):
-            # Always name the adapter of every row: without adapter_names PEFT applies its active adapter.
-            extra["adapter_names"] = [a or _PEFT_BASE for a in adapters]
-        constraints = _make_constraints(rows, width)
-        if constraints is not None:
-            extra["logits_processor"] = LogitsProcessorList([constraints])
-        if gen.seed is not None:
-            torch.manual_seed(gen.seed)
-        if model.training:
-            model.eval()  # PEFT refuses adapter_names in training mode; generation never wants dropout
-        device = next(model.parameters()).device
-        with torch.inference_mode():
-            model.generate(
-                input_ids=input_ids.to(device), attention_mask=attention.to(device), streamer=streamer,
-                stopping_criteria=StoppingCriteriaList([_make_criteria(streamer, width)]),
-                eos_token_id=stop_ids, pad_token_id=pad_id, **kwargs, **extra,
-            )
-        streamer.end()
-    except BaseException as exc:  # every waiting reader must hear about it
-        for r in rows:
-            r._finish(error=exc)
-        if on_step:
-            on_step()
-        if not isinstance(exc, Exception):
-            raise
-    return rows
 
 
 # -- replies -----------------------------------------------------------------------------------------
@@ -406,17 +238,16 @@ class Reply:
 class ChatEngine:
     """Chat over a :class:`~workbench.models.loader.LoadedModel` whose adapters are attached unmerged.
 
-    ``lock`` serialises generations (a ModelManager passes its own, so a load or unload waits for the
-    answer being generated).
+    Every engine over the same loaded model shares its scheduler (:func:`~workbench.infer.scheduler.scheduler_for`),
+    so answers for different callers are batched together; a ModelManager closes it on unload.
     """
 
-    def __init__(self, loaded, template: str | None = "auto", *, lock: threading.RLock | None = None):
+    def __init__(self, loaded, template: str | None = "auto"):
         from workbench.data.templates import resolve_template
 
         self.loaded = loaded
         self.template_choice = template or "auto"
         self.template = resolve_template(template, loaded.label)  # the base model's
-        self.lock = lock or threading.RLock()
 
     # -- what can answer -------------------------------------------------------------------------
     @property
@@ -516,21 +347,41 @@ class ChatEngine:
         return ids, max_new_tokens
 
     # -- generation ------------------------------------------------------------------------------
-    def run(self, rows: list[RowHandle], gen: GenerationArgs, on_step=None) -> list[RowHandle]:
-        """Generate the rows in the calling thread, holding the lock (never interleaved with another batch)."""
-        with self.lock:
-            return generate_rows(self.loaded, rows, gen, self.stop_token_ids(), on_step=on_step)
+    @property
+    def scheduler(self):
+        from workbench.infer.scheduler import scheduler_for
+
+        return scheduler_for(self.loaded)
+
+    def submit(self, spec: RowSpec, gen: GenerationArgs) -> RowHandle:
+        """Queue one row; it joins the running batch at the next step. Iterate the handle for text deltas."""
+        self.check_variant(spec.adapter)
+        if spec.max_new_tokens is None:
+            spec.max_new_tokens = gen.max_new_tokens
+        return self.scheduler.submit(RowHandle(spec), gen, self.stop_token_ids())
+
+    def run(self, rows: list[RowHandle], gen: GenerationArgs) -> list[RowHandle]:
+        """Generate the rows (blocking) and return them finished."""
+        stop_ids = self.stop_token_ids()
+        for row in rows:
+            self.check_variant(row.spec.adapter)
+            self.scheduler.submit(row, gen, stop_ids)
+        for row in rows:
+            row.wait()
+        return rows
 
     def start(self, specs: list[RowSpec], gen: GenerationArgs) -> Batch:
-        """Generate the rows in a background thread; read ``batch.rows`` (or iterate a row) as they stream."""
+        """Start the rows side by side; read ``batch.rows`` (or iterate a row) as they stream."""
         for spec in specs:
             self.check_variant(spec.adapter)
         batch = Batch([RowHandle(spec, i) for i, spec in enumerate(specs)])
-        batch.thread = threading.Thread(target=self.run, args=(batch.rows, gen, batch._tick), daemon=True,
-                                        name="workbench-generate")
-        for row in batch.rows:
-            row._thread = batch.thread
-        batch.thread.start()
+        stop_ids = self.stop_token_ids()
+        try:
+            for row in batch.rows:
+                self.scheduler.submit(row, gen, stop_ids)
+        except BaseException:
+            batch.cancel()
+            raise
         return batch
 
     def spec(self, messages: list[dict], gen: GenerationArgs, *, variant: str | None = None,
@@ -572,96 +423,3 @@ class ChatEngine:
             seconds=(row.finished_at or row.created_at) - row.created_at,
             ttft=None if row.first_token_at is None else row.first_token_at - row.created_at,
         )
-
-
-# -- a queue that batches concurrent requests (the API) ----------------------------------------------
-
-class BatchScheduler:
-    """Requests wait in a queue; one worker runs them, taking every waiting request with the same
-    sampling settings into ONE batch (up to ``max_batch`` rows). Batches run one after another under
-    the engine's lock, so two requests are never interleaved into one another's generation."""
-
-    def __init__(self, engine: ChatEngine, max_batch: int = 8):
-        if max_batch < 1:
-            raise WorkbenchError(f"max_batch must be at least 1, got {max_batch}")
-        self.engine = engine
-        self.max_batch = max_batch
-        self._pending: list[tuple[RowHandle, GenerationArgs]] = []
-        self._cond = threading.Condition()
-        self._closed = False
-        self.batches = 0
-        self.rows = 0
-        self.largest_batch = 0
-        self.cancelled = 0
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="workbench-batcher")
-        self._thread.start()
-
-    @staticmethod
-    def _key(gen: GenerationArgs, handle: RowHandle):
-        if gen.seed is not None:
-            return ("seeded", id(handle))  # a seed reproduces an answer only when it runs alone
-        if not gen.do_sample:
-            return ("greedy", gen.repetition_penalty)
-        return ("sample", gen.temperature, gen.top_p, gen.top_k, gen.repetition_penalty)
-
-    def submit(self, spec: RowSpec, gen: GenerationArgs) -> RowHandle:
-        self.engine.check_variant(spec.adapter)
-        if spec.max_new_tokens is None:
-            spec.max_new_tokens = gen.max_new_tokens
-        handle = RowHandle(spec)
-        with self._cond:
-            if self._closed:
-                raise WorkbenchError("the server is shutting down")
-            self._pending.append((handle, gen))
-            self._cond.notify()
-        return handle
-
-    def _take(self) -> tuple[list[RowHandle], GenerationArgs] | None:
-        with self._cond:
-            while not self._pending and not self._closed:
-                self._cond.wait()
-            if self._closed:
-                return None
-            first, gen = self._pending[0]
-            key = self._key(gen, first)
-            group = [(h, g) for h, g in self._pending if self._key(g, h) == key][: self.max_batch]
-            taken = {id(h) for h, _ in group}
-            self._pending = [(h, g) for h, g in self._pending if id(h) not in taken]
-        rows = []
-        for handle, _ in group:
-            if handle.cancelled:  # the client left while waiting
-                handle._finish("cancelled")
-                self.cancelled += 1
-            else:
-                rows.append(handle)
-        return rows, gen
-
-    def _loop(self) -> None:
-        while True:
-            taken = self._take()
-            if taken is None:
-                return
-            rows, gen = taken
-            if not rows:
-                continue
-            for i, row in enumerate(rows):
-                row.index = i
-            self.batches += 1
-            self.rows += len(rows)
-            self.largest_batch = max(self.largest_batch, len(rows))
-            self.engine.run(rows, gen)
-            self.cancelled += sum(r.finish_reason == "cancelled" for r in rows)
-
-    def stats(self) -> dict:
-        with self._cond:
-            waiting = len(self._pending)
-        return {"batches": self.batches, "rows": self.rows, "largest_batch": self.largest_batch,
-                "cancelled": self.cancelled, "waiting": waiting, "max_batch": self.max_batch}
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            pending, self._pending = self._pending, []
-            self._cond.notify_all()
-        for handle, _ in pending:
-            handle._finish(error=WorkbenchError("the server is shutting down"))

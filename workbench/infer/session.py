@@ -12,6 +12,7 @@ from pathlib import Path
 from workbench.config.base import WorkbenchError
 from workbench.config.model import ModelArgs, parse_adapter_specs
 from workbench.infer.engine import ChatEngine
+from workbench.infer.scheduler import close_scheduler, paused
 from workbench.models.adapters import check_adapter_finite, check_adapter_fits
 from workbench.models.identity import adapter_trained_on, other_base
 from workbench.models.loader import LoadedModel, attach_adapters, load_model
@@ -104,20 +105,23 @@ class ModelManager:
 
     @property
     def lock(self) -> threading.RLock:
-        """Held while generating, so a load or unload never pulls the model from under a request."""
+        """Held while loading, unloading or changing adapters (generation runs in the model's scheduler, which
+        these pause or close first)."""
         return self._lock
 
     def load(self, args: ModelArgs, adapters: dict[str, str] | None = None) -> LoadedModel:
         with self._lock:
-            self.unload()
+            self.unload(f"another model is being loaded ({args.model_name_or_path})")
             self.loaded = load_for_chat(args, adapters)
             self.args = args
             return self.loaded
 
-    def unload(self) -> None:
+    def unload(self, reason: str = "the model was unloaded") -> None:
+        """Answers still waiting or running end with ``reason`` (after the current decode step)."""
         with self._lock:
             if self.loaded is None:
                 return
+            close_scheduler(self.loaded, reason)
             self.loaded = None
             self.args = None
             free_memory()
@@ -137,11 +141,15 @@ class ModelManager:
 
     def attach(self, name: str, path: str | Path) -> None:
         with self._lock:
-            attach_adapter(self.require(), name, path)
+            loaded = self.require()
+            with paused(loaded):
+                attach_adapter(loaded, name, path)
 
     def detach(self, name: str) -> None:
         with self._lock:
-            detach_adapter(self.require(), name)
+            loaded = self.require()
+            with paused(loaded):
+                detach_adapter(loaded, name)
             free_memory()
 
     def set_adapters(self, wanted: dict[str, str]) -> tuple[list[str], list[str]]:
@@ -158,17 +166,18 @@ class ModelManager:
             for name, path in to_attach.items():
                 parse_adapter_specs([f"{name}={path}"])
                 check_adapter_base(loaded, name, path)
-            for name in to_detach:
-                detach_adapter(loaded, name)
-            for name, path in to_attach.items():
-                attach_adapter(loaded, name, path)
+            with paused(loaded):
+                for name in to_detach:
+                    detach_adapter(loaded, name)
+                for name, path in to_attach.items():
+                    attach_adapter(loaded, name, path)
             if to_detach:
                 free_memory()
             return list(to_attach), to_detach
 
     def engine(self, template: str | None = "auto"):
-        """A chat engine over the loaded model that shares this manager's lock."""
-        return ChatEngine(self.require(), template, lock=self._lock)
+        """A chat engine over the loaded model (every engine shares the model's scheduler)."""
+        return ChatEngine(self.require(), template)
 
     def status(self) -> str:
         loaded = self.loaded

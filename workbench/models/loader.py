@@ -144,6 +144,7 @@ class LoadedModel:
     quantization_bit: int | None
     adapters: dict[str, str] = field(default_factory=dict)
     load_seconds: float = 0.0
+    scheduler: Any = field(default=None, repr=False, compare=False)  # infer.scheduler, started on first answer
 
     @property
     def template(self) -> str:

@@ -1,0 +1,133 @@
+"""Many LoRA adapters in one batch at the cost of one: the base projection once for every row, then each row's
+own low-rank delta (S-LoRA / Punica style, here with batched matmuls over per-row gathered A/B matrices).
+
+For every LoRA-wrapped linear layer the adapters' ``A`` (r×in) and ``B·scaling`` (out×r) are stacked once, padded
+to the largest rank, with a zero entry 0 for the base model. For a batch whose rows use adapters ``idx`` the stacks
+are gathered once per batch *composition* (not per step), so a decode step costs, per layer, one slice and two
+small ``bmm`` on the rows that use an adapter, and nothing for base rows. PEFT's own forward is switched off
+for those calls (``_disable_adapters``), so PEFT only holds the weights: the adapters keep PEFT's format.
+
+Adapters this cannot express exactly (DoRA and other LoRA variants, a LoRA bias, LoRA on embeddings or
+convolutions) make :func:`MultiLora.build` return None, and the scheduler uses PEFT's mixed-batch forward instead.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+
+class MultiLora:
+    """The attached adapters of a PEFT model as stacked per-layer tables; :meth:`select` a batch's rows, then call
+    the base model inside :meth:`active`."""
+
+    def __init__(self, layers: list, names: list[str], tables: list[tuple]):
+        self.layers = layers          # the LoRA-wrapped modules, in model order
+        self.names = names            # adapter names; table index = position + 1 (0: the base)
+        self._tables = tables         # per layer: (A [n+1, r, in], B [n+1, out, r])
+        self._rows: list | None = None  # per layer: (start, A_rows^T [k, in, r], B_rows^T [k, r, out]) or None
+        self._start = 0
+        self._hooks: list = []
+        self._active = False
+        self._gathered: dict[tuple, list] = {}
+
+    @classmethod
+    def build(cls, model) -> "MultiLora | None":
+        """Tables for every adapter of ``model`` (a PeftModel), or None when some adapter needs PEFT's own path."""
+        import torch
+        from peft.tuners.lora import LoraLayer
+
+        names = list(getattr(model, "peft_config", {}) or {})
+        if not names:
+            return None
+        layers, tables = [], []
+        for module in model.modules():
+            if not isinstance(module, LoraLayer):
+                continue
+            if getattr(module, "lora_embedding_A", None) and len(module.lora_embedding_A):
+                return None
+            weight = getattr(module.get_base_layer(), "weight", None)
+            if weight is None or getattr(module, "fan_in_fan_out", False):
+                return None
+            present = [n for n in names if n in module.lora_A]
+            if any(n in getattr(module, "lora_variant", {}) for n in present):
+                return None  # DoRA & co. rescale the whole output, not a delta
+            a_list, b_list = [], []
+            for n in present:
+                lin_a, lin_b = module.lora_A[n], module.lora_B[n]
+                if not isinstance(lin_a, torch.nn.Linear) or lin_b.bias is not None:
+                    return None
+                a_list.append(lin_a.weight)
+                b_list.append(lin_b.weight * module.scaling[n])
+            if not present:
+                continue
+            rank = max(a.shape[0] for a in a_list)
+            in_f, out_f = a_list[0].shape[1], b_list[0].shape[0]
+            dtype, device = a_list[0].dtype, a_list[0].device
+            a_stack = torch.zeros(len(names) + 1, rank, in_f, dtype=dtype, device=device)
+            b_stack = torch.zeros(len(names) + 1, out_f, rank, dtype=dtype, device=device)
+            for n, a, b in zip(present, a_list, b_list):
+                i = names.index(n) + 1
+                a_stack[i, : a.shape[0]] = a.detach()
+                b_stack[i, :, : b.shape[1]] = b.detach()
+            layers.append(module)
+            tables.append((a_stack, b_stack))
+        return cls(layers, names, tables) if layers else None
+
+    def index(self, adapter: str | None) -> int:
+        return 0 if adapter is None else self.names.index(adapter) + 1
+
+    def select(self, adapters: Sequence[str | None]) -> None:
+        """Gather the tables for a batch whose row ``i`` uses ``adapters[i]``. Rows must be ordered base rows
+        first (the scheduler keeps them so): the delta is computed for the contiguous tail of adapter rows."""
+        import torch
+
+        idx = tuple(self.index(a) for a in adapters)
+        first = next((i for i, v in enumerate(idx) if v), len(idx))
+        if any(v == 0 for v in idx[first:]):
+            raise ValueError("rows with adapters must follow the base rows")
+        self._start = first
+        if first == len(idx):
+            self._rows = None
+            return
+        key = idx[first:]
+        if key not in self._gathered:
+            if len(self._gathered) >= 4:  # a prefill row and the running batch alternate: keep a few
+                self._gathered.pop(next(iter(self._gathered)))
+            gather = torch.tensor(key, dtype=torch.long, device=self._tables[0][0].device)
+            self._gathered[key] = [(a.index_select(0, gather).transpose(1, 2).contiguous(),
+                                    b.index_select(0, gather).transpose(1, 2).contiguous()) for a, b in self._tables]
+        self._rows = self._gathered[key]
+
+    def _hook(self, position: int):
+        import torch
+
+        def add_delta(module, args, output):
+            if not self._active or self._rows is None:
+                return None
+            a_t, b_t = self._rows[position]
+            x = args[0][self._start:]
+            if x.dtype != a_t.dtype:
+                x = x.to(a_t.dtype)
+            output[self._start:] += torch.bmm(torch.bmm(x, a_t), b_t).to(output.dtype)
+            return output
+
+        return add_delta
+
+    def __enter__(self) -> "MultiLora":
+        if not self._hooks:
+            self._hooks = [layer.register_forward_hook(self._hook(i)) for i, layer in enumerate(self.layers)]
+        for layer in self.layers:
+            layer._disable_adapters = True  # PEFT computes only the base projection; the hooks add the deltas
+        self._active = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._active = False
+        for layer in self.layers:
+            layer._disable_adapters = False
+
+    def close(self) -> None:
+        """Remove the hooks (the adapters changed, or the model is going away)."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
