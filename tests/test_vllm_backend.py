@@ -352,3 +352,56 @@ def test_close_stops_the_server_and_a_dead_server_is_reported(start, fake):
     backend.process.wait(30)
     with pytest.raises(WorkbenchError, match=r"the vllm server exited with code -9 earlier; last lines of its log"):
         backend.submit(RowSpec([1]), greedy())
+
+
+# -- the wiring: ModelManager / ChatEngine / evaluation rows with engine vllm ---------------------------------
+
+def test_manager_refuses_vllm_on_this_machine_and_keeps_the_loaded_model(tiny_model_dir):
+    """The top bar's and the CLI's path: on a machine without CUDA, loading with engine vllm is refused with the
+    reason, and the model already loaded stays loaded."""
+    import torch
+
+    from workbench.config.model import ModelArgs
+    from workbench.infer.session import ModelManager
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    manager = ModelManager()
+    manager.load(ModelArgs(model_name_or_path=str(tiny_model_dir)))
+    with pytest.raises(WorkbenchError, match="needs a CUDA GPU|CUDA GPUs only"):
+        manager.load(ModelArgs(model_name_or_path=str(tiny_model_dir), engine="vllm"))
+    assert manager.current() is not None and manager.current().label == str(tiny_model_dir)
+
+
+def test_chat_engine_streams_and_compares_through_the_vllm_server(tiny_model_dir, adapters, fake, monkeypatch):
+    """load_for_chat(engine=vllm) → ChatEngine: a chat answer and a base-vs-adapter compare stream from the
+    (fake) server; adapters cannot be attached at run time. torch.cuda.is_available is patched (no GPU here)."""
+    import torch
+
+    from workbench.config.model import ModelArgs
+    from workbench.infer.batch import generate_batch_output
+    from workbench.infer.engine import ChatEngine
+    from workbench.infer.session import ModelManager, load_for_chat
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    loaded = load_for_chat(ModelArgs(model_name_or_path=str(tiny_model_dir), engine="vllm"), adapters)
+    try:
+        assert loaded.model is None and loaded.backend is not None and "vllm engine" in loaded.describe()
+        engine = ChatEngine(loaded, "smollm2")
+        assert engine.adapter_names == ["a", "b"] and engine.stats()["engine"] == "vllm"
+        reply = engine.chat([{"role": "user", "content": "Hello"}], GenerationArgs(max_new_tokens=8), variant="a")
+        assert reply.text and reply.finish_reason in ("stop", "length")
+        batch = engine.compare([{"role": "user", "content": "Hi"}], GenerationArgs(max_new_tokens=6))
+        assert [r.label for r in batch.wait()] == ["base", "a", "b"] and all(r.text for r in batch.rows)
+        sent = [e["body"]["model"] for e in events(fake, "request")]
+        assert {"a", "b"} <= set(sent)
+        out = generate_batch_output(loaded, [[1, 2, 3], [4, 5]], [None, "b"], GenerationArgs(max_new_tokens=4), [2])
+        assert len(out.texts) == 2
+        manager = ModelManager()
+        manager.loaded = loaded
+        with pytest.raises(WorkbenchError, match="serves the adapters it was started with"):
+            manager.detach("a")
+    finally:
+        engine_close = ChatEngine(loaded, "smollm2")
+        engine_close.close("test over")

@@ -38,6 +38,7 @@ from workbench.evaluate import metrics as M
 from workbench.evaluate.tasks import Example, Task, build_tasks
 from workbench.infer.batch import collect, submit_rows
 from workbench.infer.scheduler import close_scheduler
+from workbench.infer.session import load_for_vllm
 from workbench.infer.session import check_adapters_base
 from workbench.models import loader  # loader.load_model looked up at each call: tests replace it
 from workbench.config.model import parse_adapter_specs
@@ -345,7 +346,13 @@ class _Evaluation:
                 self.say(f"warning: {note}")
             templates[name] = get_template(chosen)
         self.say(f"loading {label}" + (f" with adapters {', '.join(group_adapters)}" if group_adapters else ""))
-        loaded = loader.load_model(group_args, adapters=group_adapters, padding_side="left")
+        if group_args.engine == "vllm":
+            stops = list(dict.fromkeys(i for t in templates.values()
+                                       for i in t.stop_token_ids(loader.load_tokenizer(
+                                           loader.resolve_model_path(group_args.model_name_or_path)))))
+            loaded = load_for_vllm(group_args, group_adapters, stop_token_ids=stops)
+        else:
+            loaded = loader.load_model(group_args, adapters=group_adapters, padding_side="left")
         self.load_seconds += loaded.load_seconds
         used = ", ".join(f"{n}: {t.name}" for n, t in templates.items())
         self.say(f"loaded {loaded.describe()} in {loaded.load_seconds:.1f}s; templates {used}")

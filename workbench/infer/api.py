@@ -1092,8 +1092,7 @@ class ApiServer:
     def __init__(self, engine, *, api_key: str | None, max_batch: int, default_max_tokens: int, feedback: bool,
                  dataset_dir: str | None, feedback_dataset: str | None, feedback_keep: int):
         self.engine, self.api_key, self.default_max_tokens = engine, api_key, default_max_tokens
-        self.scheduler = engine.scheduler
-        self.scheduler.max_rows = max_batch
+        engine.set_max_rows(max_batch)
         self.base_name = engine.loaded.label
         self.base_names = {self.base_name, "base"}
         self.created = int(time.time())
@@ -1104,7 +1103,7 @@ class ApiServer:
     @contextlib.asynccontextmanager
     async def lifespan(self, app):
         yield
-        self.scheduler.close("the server is shutting down")
+        self.engine.close("the server is shutting down")
 
     # -- who may call --------------------------------------------------------------------------------
 
@@ -1145,7 +1144,7 @@ class ApiServer:
     async def health(self, request: Request):
         # Liveness and batch counters for anyone; which model and adapters are served only with the key.
         names = {"model": self.base_name, "adapters": self.engine.adapter_names} if self.authorized(request) else {}
-        return {"status": "ok", **names, **self.scheduler.stats()}
+        return {"status": "ok", **names, **self.engine.stats()}
 
     # -- chat completions ----------------------------------------------------------------------------
 
@@ -1296,7 +1295,6 @@ def create_app(engine, *, api_key: str | None = None, max_batch: int = 8, defaul
                        feedback=feedback, dataset_dir=dataset_dir, feedback_dataset=feedback_dataset,
                        feedback_keep=feedback_keep)
     app = FastAPI(title="Workbench API", docs_url=None, redoc_url=None, openapi_url=None, lifespan=server.lifespan)
-    app.state.scheduler = server.scheduler
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)

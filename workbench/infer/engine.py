@@ -256,8 +256,15 @@ class ChatEngine:
 
     @property
     def adapter_names(self) -> list[str]:
+        if self.backend is not None:
+            return list(self.loaded.adapters)
         model = self.loaded.model
         return list(model.peft_config) if is_peft(model) else []
+
+    @property
+    def backend(self):
+        """The vllm engine's server when the model was loaded with ``engine vllm``, else None (ours)."""
+        return getattr(self.loaded, "backend", None)
 
     def check_variant(self, name: str | None) -> str | None:
         """"base"/None → None; an attached adapter's name → itself; anything else is an error."""
@@ -269,6 +276,8 @@ class ChatEngine:
 
     @property
     def context_length(self) -> int | None:
+        if self.backend is not None:
+            return getattr(self.backend, "context_length", None)
         model = self.loaded.model
         config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
         return getattr(config, "max_position_embeddings", None)
@@ -358,31 +367,43 @@ class ChatEngine:
         self.check_variant(spec.adapter)
         if spec.max_new_tokens is None:
             spec.max_new_tokens = gen.max_new_tokens
+        if self.backend is not None:
+            return self.backend.submit(spec, gen)
         return self.scheduler.submit(RowHandle(spec), gen, self.stop_token_ids())
-
-    def run(self, rows: list[RowHandle], gen: GenerationArgs) -> list[RowHandle]:
-        """Generate the rows (blocking) and return them finished."""
-        stop_ids = self.stop_token_ids()
-        for row in rows:
-            self.check_variant(row.spec.adapter)
-            self.scheduler.submit(row, gen, stop_ids)
-        for row in rows:
-            row.wait()
-        return rows
 
     def start(self, specs: list[RowSpec], gen: GenerationArgs) -> Batch:
         """Start the rows side by side; read ``batch.rows`` (or iterate a row) as they stream."""
         for spec in specs:
             self.check_variant(spec.adapter)
-        batch = Batch([RowHandle(spec, i) for i, spec in enumerate(specs)])
-        stop_ids = self.stop_token_ids()
+        rows: list[RowHandle] = []
         try:
-            for row in batch.rows:
-                self.scheduler.submit(row, gen, stop_ids)
+            for spec in specs:
+                rows.append(self.submit(spec, gen))
         except BaseException:
-            batch.cancel()
+            for row in rows:
+                row.cancel()
             raise
-        return batch
+        for i, row in enumerate(rows):
+            row.index = i
+        return Batch(rows)
+
+    def stats(self) -> dict:
+        """What the engine is doing (the API's /health)."""
+        if self.backend is not None:
+            return {"engine": "vllm"}
+        return {"engine": "transformers", **self.scheduler.stats()}
+
+    def set_max_rows(self, rows: int) -> None:
+        if rows < 1:
+            raise WorkbenchError(f"max rows must be at least 1, got {rows}")
+        if self.backend is None:
+            self.scheduler.max_rows = rows
+
+    def close(self, reason: str) -> None:
+        """Stop generating: waiting and running answers end with ``reason``."""
+        from workbench.infer.scheduler import close_scheduler
+
+        close_scheduler(self.loaded, reason)
 
     def spec(self, messages: list[dict], gen: GenerationArgs, *, variant: str | None = None,
              tools: list[dict] | None = None, stop: Iterable[str] = ()) -> RowSpec:

@@ -593,10 +593,15 @@ def scheduler_for(loaded) -> Scheduler:
 
 
 def close_scheduler(loaded, message: str = "the model was unloaded") -> None:
-    """End the loaded model's scheduler, if it has one: waiting and running rows get ``message``."""
-    scheduler = getattr(loaded, "scheduler", None) if loaded is not None else None
+    """End the loaded model's scheduler (or vLLM server), if it has one: waiting and running rows get ``message``."""
+    if loaded is None:
+        return
+    scheduler = getattr(loaded, "scheduler", None)
     if scheduler is not None:
         scheduler.close(message)
+    backend = getattr(loaded, "backend", None)
+    if backend is not None:
+        backend.close()
 
 
 @contextmanager

@@ -5,17 +5,23 @@ their tensor shapes) before they are attached, unmerged."""
 from __future__ import annotations
 
 import gc
+import json
 import os
 import threading
+import time
 from pathlib import Path
 
 from workbench.config.base import WorkbenchError
 from workbench.config.model import ModelArgs, parse_adapter_specs
+from workbench.data.templates import resolve_template
 from workbench.infer.engine import ChatEngine
 from workbench.infer.scheduler import close_scheduler, paused
+from workbench.infer.vllm_backend import VllmBackend, select_engine_problem
 from workbench.models.adapters import check_adapter_finite, check_adapter_fits
 from workbench.models.identity import adapter_trained_on, other_base
-from workbench.models.loader import LoadedModel, attach_adapters, load_model
+from workbench.models.loader import (
+    LoadedModel, attach_adapters, load_model, load_tokenizer, pick_device, resolve_model_path,
+)
 
 
 def check_adapters_base(model: str, adapters: dict[str, str]) -> None:
@@ -75,15 +81,47 @@ def detach_adapter(loaded: LoadedModel, name: str) -> None:
 
 
 def load_for_chat(args: ModelArgs, adapters: dict[str, str] | None = None) -> LoadedModel:
-    """The base model, then each adapter attached after its base check (CLI and API use this)."""
+    """The base model, then each adapter attached after its base check (CLI and API use this); with
+    ``args.engine == "vllm"`` a vLLM server serving both instead (:func:`load_for_vllm`)."""
     adapters = dict(adapters if adapters is not None else args.adapter_map())
     for name, path in adapters.items():
         adapter_trained_on(path)  # a missing or broken adapter fails before the model loads
         check_adapter_finite(path, name)
+    if args.engine == "vllm":
+        return load_for_vllm(args, adapters)
     loaded = load_model(args, adapters={})
     for name, path in adapters.items():
         attach_adapter(loaded, name, path)
     return loaded
+
+
+def load_for_vllm(args: ModelArgs, adapters: dict[str, str], *, stop_token_ids=None) -> LoadedModel:
+    """The tokenizer here and vLLM's server (its own environment) serving the base and ``adapters``: a LoadedModel
+    whose ``backend`` generates (``model`` is None). Refused with the exact reason where vLLM cannot run."""
+    problem = select_engine_problem(args.engine, args.device, quantization_bit=args.quantization_bit)
+    if problem:
+        raise WorkbenchError(problem)
+    started = time.perf_counter()
+    model_path = resolve_model_path(args.model_name_or_path)
+    for name, path in adapters.items():
+        base = other_base(path, args.model_name_or_path, model_path)
+        if base is not None:
+            raise WorkbenchError(f"adapter {name} ({path}) was trained on {base}, but the model is "
+                                 f"{args.model_name_or_path}; load {base} to use it")
+    tokenizer = load_tokenizer(model_path, padding_side="left", trust_remote_code=args.trust_remote_code)
+    if stop_token_ids is None:
+        stop_token_ids = resolve_template("auto", args.model_name_or_path).stop_token_ids(tokenizer)
+    backend = VllmBackend.start(model_path, adapters, dtype=args.infer_dtype, tokenizer=tokenizer,
+                                stop_token_ids=stop_token_ids, device=args.device,
+                                trust_remote_code=args.trust_remote_code)
+    try:
+        config = json.loads((Path(model_path) / "config.json").read_text())
+        backend.context_length = config.get("max_position_embeddings")
+    except (OSError, ValueError):
+        backend.context_length = None
+    return LoadedModel(model=None, tokenizer=tokenizer, model_path=model_path, label=args.model_name_or_path,
+                       device=pick_device(args.device), dtype=args.infer_dtype, quantization_bit=None,
+                       adapters=dict(adapters), load_seconds=time.perf_counter() - started, backend=backend)
 
 
 def free_memory() -> None:
@@ -95,6 +133,12 @@ def free_memory() -> None:
             torch.cuda.empty_cache()
     except ImportError:
         pass
+
+
+def refuse_adapter_change(loaded: LoadedModel) -> None:
+    if loaded.backend is not None:
+        raise WorkbenchError("the vllm engine serves the adapters it was started with; choose the adapters, then "
+                             "load the model again")
 
 
 class ModelManager:
@@ -110,6 +154,9 @@ class ModelManager:
         return self._lock
 
     def load(self, args: ModelArgs, adapters: dict[str, str] | None = None) -> LoadedModel:
+        problem = select_engine_problem(args.engine, args.device, quantization_bit=args.quantization_bit)
+        if problem:  # refused before the loaded model is let go
+            raise WorkbenchError(problem)
         with self._lock:
             self.unload(f"another model is being loaded ({args.model_name_or_path})")
             self.loaded = load_for_chat(args, adapters)
@@ -142,12 +189,14 @@ class ModelManager:
     def attach(self, name: str, path: str | Path) -> None:
         with self._lock:
             loaded = self.require()
+            refuse_adapter_change(loaded)
             with paused(loaded):
                 attach_adapter(loaded, name, path)
 
     def detach(self, name: str) -> None:
         with self._lock:
             loaded = self.require()
+            refuse_adapter_change(loaded)
             with paused(loaded):
                 detach_adapter(loaded, name)
             free_memory()
@@ -163,6 +212,8 @@ class ModelManager:
             to_detach = [n for n, p in current.items() if n not in wanted or os.path.realpath(
                 os.path.expanduser(wanted[n])) != os.path.realpath(os.path.expanduser(p))]
             to_attach = {n: p for n, p in wanted.items() if n not in current or n in to_detach}
+            if to_attach or to_detach:
+                refuse_adapter_change(loaded)
             for name, path in to_attach.items():
                 parse_adapter_specs([f"{name}={path}"])
                 check_adapter_base(loaded, name, path)

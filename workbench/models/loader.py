@@ -145,6 +145,7 @@ class LoadedModel:
     adapters: dict[str, str] = field(default_factory=dict)
     load_seconds: float = 0.0
     scheduler: Any = field(default=None, repr=False, compare=False)  # infer.scheduler, started on first answer
+    backend: Any = field(default=None, repr=False, compare=False)    # the vllm engine's server (model is None)
 
     @property
     def template(self) -> str:
@@ -153,7 +154,8 @@ class LoadedModel:
     def describe(self) -> str:
         quant = f", {self.quantization_bit}-bit" if self.quantization_bit else ""
         names = f", adapters: {', '.join(self.adapters)}" if self.adapters else ""
-        return f"{self.label} on {self.device} ({str(self.dtype).replace('torch.', '')}{quant}{names})"
+        engine = ", vllm engine" if self.backend is not None else ""
+        return f"{self.label} on {self.device} ({str(self.dtype).replace('torch.', '')}{quant}{engine}{names})"
 
 
 def load_model(
