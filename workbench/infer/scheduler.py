@@ -136,6 +136,18 @@ def merge_caches(batch, batch_valid, new, new_length: int):
     return merged, valid
 
 
+def slice_cache(cache, start: int, end: int):
+    """Rows ``start:end`` of ``cache`` as a cache of their own that writes into the same buffers (capacity for the
+    step must be reserved first)."""
+    layer_class = _cache_layer_class()
+    out = new_cache()
+    for layer in cache.layers:
+        sub = layer_class()
+        sub.set(layer.k_buf[start:end], layer.v_buf[start:end], layer.length)
+        out.layers.append(sub)
+    return out
+
+
 def select_rows(cache, valid, keep: list[int]):
     """Only the rows ``keep`` (in that order), with leading columns that are padding for all of them dropped."""
     import torch
@@ -390,23 +402,47 @@ class Scheduler:
                     f"adapter {row.adapter!r} was detached while it was answering; the answer was stopped"))
 
     def _forward(self, input_ids, position_ids, mask, cache, adapters: list[str | None]):
-        model = self._forward_model
-        kwargs = {}
+        """Next-token logits for every row (float32), each row with its adapter."""
         if self._multilora is not None:
             self._multilora.select(adapters)
-            context = self._multilora
-        else:
-            from contextlib import nullcontext
-
-            context = nullcontext()
-            if self._peft:
-                kwargs["adapter_names"] = [a or PEFT_BASE for a in adapters]
-            elif any(adapters):
+            with self._multilora:
+                return self._call(self._forward_model, input_ids, position_ids, mask, cache)
+        if not self._peft:
+            if any(adapters):
                 raise WorkbenchError(f"no adapters are attached, so {next(a for a in adapters if a)!r} cannot answer")
-        with context:
-            out = model(input_ids=input_ids, position_ids=position_ids, attention_mask=mask, cache=cache,
-                        use_cache=True, logits_to_keep=1, **kwargs)
+            return self._call(self._forward_model, input_ids, position_ids, mask, cache)
+        # PEFT's own forward, one adapter group at a time: DoRA and other LoRA variants cannot be mixed in one
+        # batch. Rows are grouped by adapter, so each group is a contiguous slice of the batch and of its cache.
+        import torch
+
+        groups = [(i, adapters[i]) for i in range(len(adapters)) if i == 0 or adapters[i] != adapters[i - 1]]
+        bounds = [start for start, _ in groups[1:]] + [len(adapters)]
+        if len(groups) == 1:
+            return self._peft_call(adapters[0], input_ids, position_ids, mask, cache)
+        logits = []
+        for (start, adapter), end in zip(groups, bounds):
+            sub = slice_cache(cache, start, end)
+            logits.append(self._peft_call(adapter, input_ids[start:end], position_ids[start:end],
+                                          None if mask is None else mask[start:end], sub))
+        added = input_ids.shape[1]
+        for layer in cache.layers:
+            layer.set(layer.k_buf, layer.v_buf, layer.length + added)
+        return torch.cat(logits)
+
+    @staticmethod
+    def _call(model, input_ids, position_ids, mask, cache):
+        out = model(input_ids=input_ids, position_ids=position_ids, attention_mask=mask, cache=cache, use_cache=True,
+                    logits_to_keep=1)
         return out.logits[:, -1, :].float()
+
+    def _peft_call(self, adapter: str | None, input_ids, position_ids, mask, cache):
+        model = self._forward_model
+        if adapter is None:
+            with model.disable_adapter():
+                return self._call(model, input_ids, position_ids, mask, cache)
+        if model.active_adapters != [adapter]:
+            model.set_adapter(adapter)
+        return self._call(model, input_ids, position_ids, mask, cache)
 
     @property
     def _device(self):
