@@ -1,16 +1,18 @@
-"""Chat latency on the bundled SmolLM2-135M-Instruct (CPU by default): time to first token, decode speed,
-and base + adapters answering in ONE batch compared with one answer alone.
+"""Chat latency on the bundled SmolLM2-135M-Instruct (CPU by default), through the engine chat, compare, the API
+and evaluation use (the continuous-batching scheduler), in float32 and in bfloat16:
 
-* TTFT — from the engine call (template, tokenise, start generating) to the first streamed text, short
-  prompt, greedy; median of several runs (base, and an adapter row);
-* decode tokens/s — one answer, after its first token;
-* compare — base + 1 adapter and base + 3 adapters in one ``generate`` (PEFT mixed adapter batch), each
-  row a fixed 64 new tokens (the end-of-turn token does not stop them, so every run does the same work),
-  as a ratio to ONE answer alone; and the baseline the peers use, base then adapter in two passes.
+* TTFT — from submitting a short greedy prompt to its first token (median of --repeats), base and an adapter row;
+* decode tokens/s — one answer of 64 tokens, after its first token;
+* the memory-bandwidth bound for that dtype, measured in the same run: bytes of weights read per token (every
+  parameter once, tied embeddings once) ÷ the measured copy bandwidth (a 512 MiB tensor copied, read + write
+  bytes counted as STREAM does) → ``share_of_bound``;
+* compare — base + 1 adapter and base + 3 adapters side by side, every row a fixed 64 new tokens (only the pad
+  token stops a row, and the model does not write it), as a ratio to ONE answer alone.
 
-Adapters: random LoRA (rank 8 on all linear layers, like the quick start) made here in a temp directory.
-Aims (issue 6): TTFT <= 300 ms for a short prompt, base + 1 adapter <= 1.3x one answer.
-Usage: python bench/chat_latency.py [--device cpu|cuda] [--repeats N]. Last line: one JSON object.
+Adapters: random LoRA (rank 8 on all 7 linear layers, like the quick start) made here in a temp directory.
+Aims (issue 15): decode >= 60% of the bandwidth bound, TTFT <= 300 ms, base + 1 <= 1.3x, base + 3 <= 1.6x.
+Usage: python bench/chat_latency.py [--device cpu|cuda] [--repeats N] [--dtypes float32,bfloat16].
+Last line: one JSON object (the headline keys are for the bfloat16 run where it ran, else float32).
 """
 
 from __future__ import annotations
@@ -51,88 +53,132 @@ def make_adapters(model_dir: Path, root: Path, n: int) -> dict[str, str]:
     return out
 
 
+def copy_bandwidth(device: str) -> float:
+    """Bytes per second of a large tensor copy (read + write), best of 5."""
+    import torch
+
+    src = torch.empty(512 * 2**20 // 4, dtype=torch.float32, device=device).fill_(1.0)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.numel() * src.element_size() / best
+
+
+def weight_bytes(model) -> int:
+    seen, total = set(), 0
+    for p in model.parameters():
+        if p.data_ptr() not in seen:
+            seen.add(p.data_ptr())
+            total += p.numel() * p.element_size()
+    return total
+
+
+def measure(dtype: str, device: str, adapters: dict[str, str], repeats: int, bandwidth: float) -> dict:
+    from workbench.config.generation import GenerationArgs
+    from workbench.config.model import ModelArgs
+    from workbench.infer.engine import ChatEngine, RowHandle, RowSpec
+    from workbench.infer.session import load_for_chat
+
+    started = time.perf_counter()
+    loaded = load_for_chat(ModelArgs(model_name_or_path="smollm2-135m-instruct", device=device, infer_dtype=dtype),
+                           adapters)
+    load_seconds = time.perf_counter() - started
+    engine = ChatEngine(loaded)
+    names = list(adapters)
+    short = GenerationArgs(max_new_tokens=8)
+    engine.chat(PROMPT, short)  # warm-up (first calls allocate)
+    engine.chat(PROMPT, short, variant=names[0])
+
+    def ttft(variant):
+        times = []
+        for _ in range(repeats):
+            row = engine.stream(PROMPT, short, variant=variant)
+            next(iter(row))
+            times.append(row.first_token_at - row.created_at)
+            row.wait()
+        return statistics.median(times)
+
+    ttft_base, ttft_adapter = ttft(None), ttft(names[0])
+    ids = engine.spec(PROMPT, short).prompt_ids
+    gen = GenerationArgs(max_new_tokens=NEW_TOKENS)
+    no_stop = [loaded.tokenizer.pad_token_id]  # every row runs its 64 steps
+    scheduler = engine.scheduler
+
+    def timed(variants):
+        rows = [RowHandle(RowSpec(ids, v, NEW_TOKENS)) for v in variants]
+        t0 = time.perf_counter()
+        for row in rows:
+            scheduler.submit(row, gen, no_stop)
+        for row in rows:
+            row.wait()
+        assert all(len(r.token_ids) == NEW_TOKENS for r in rows), [len(r.token_ids) for r in rows]
+        return time.perf_counter() - t0, rows
+
+    timed([None])
+    # Interleaved, so every side sees the same machine load; medians of the repeats.
+    sides = {"one": [None], "plus1": [None, names[0]], "plus3": [None, *names]}
+    times = {k: [] for k in sides}
+    decode = []
+    for _ in range(repeats):
+        for key, variants in sides.items():
+            seconds, rows = timed(variants)
+            times[key].append(seconds)
+            if key == "one":
+                decode.append((NEW_TOKENS - 1) / (rows[0].finished_at - rows[0].first_token_at))
+    one, plus1, plus3 = (statistics.median(times[k]) for k in ("one", "plus1", "plus3"))
+    tokens_per_s = statistics.median(decode)
+    bound = bandwidth / weight_bytes(loaded.model)
+    engine.close("benchmark over")
+    return {
+        "dtype": str(loaded.dtype).replace("torch.", ""), "load_seconds_base_plus_3": round(load_seconds, 2),
+        "prompt_tokens": len(ids), "ttft_ms_base": round(ttft_base * 1000, 1),
+        "ttft_ms_adapter": round(ttft_adapter * 1000, 1), "decode_tokens_per_s": round(tokens_per_s, 1),
+        "weight_mib": round(weight_bytes(loaded.model) / 2**20, 1),
+        "bound_tokens_per_s": round(bound, 1), "share_of_bound": round(tokens_per_s / bound, 3),
+        "one_answer_s": round(one, 3), "base_plus_1_batch_s": round(plus1, 3), "base_plus_1_ratio": round(plus1 / one, 2),
+        "base_plus_3_batch_s": round(plus3, 3), "base_plus_3_ratio": round(plus3 / one, 2),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--dtypes", default="float32,bfloat16")
     args = parser.parse_args()
 
     import torch
 
-    from workbench.config.generation import GenerationArgs
-    from workbench.config.model import ModelArgs
-    from workbench.infer.engine import ChatEngine, RowHandle, RowSpec, generate_rows
-    from workbench.infer.session import load_for_chat
     from workbench.models.bundled import ensure_converted
 
     model_dir = Path(ensure_converted())
     tmp_dir = tempfile.TemporaryDirectory(prefix="wb-bench-chat-")  # removed when the script ends
     adapters = make_adapters(model_dir, Path(tmp_dir.name), 3)
-    started = time.perf_counter()
-    loaded = load_for_chat(ModelArgs(model_name_or_path="smollm2-135m-instruct", device=args.device), adapters)
-    load_seconds = time.perf_counter() - started
-    engine = ChatEngine(loaded)
-    names = list(adapters)
-
-    # -- TTFT and decode speed through the streaming path the UI, CLI and API use ------------------
-    short = GenerationArgs(max_new_tokens=8)
-    engine.chat(PROMPT, short)  # warm-up (first call allocates)
-    engine.chat(PROMPT, short, variant=names[0])
-
-    def ttft(variant):
-        times = []
-        for _ in range(args.repeats):
-            row = engine.stream(PROMPT, short, variant=variant)
-            next(iter(row))  # the first text delta
-            times.append(time.perf_counter() - row.created_at)
-            row.wait()
-        return statistics.median(times)
-
-    ttft_base = ttft(None)
-    ttft_adapter = ttft(names[0])
-    prompt_tokens = len(engine.spec(PROMPT, short).prompt_ids)
-
-    # -- fixed-length batches: the same 64 new tokens for every row ---------------------------------
-    ids = engine.spec(PROMPT, short).prompt_ids
-    gen = GenerationArgs(max_new_tokens=NEW_TOKENS)
-    # Only the pad token stops a row (and the model does not write it here), so every row runs 64 steps.
-    no_stop = [loaded.tokenizer.pad_token_id]
-
-    def timed(variants: list[str | None]) -> tuple[float, list[RowHandle]]:
-        rows = [RowHandle(RowSpec(ids, v, NEW_TOKENS)) for v in variants]
-        t0 = time.perf_counter()
-        with engine.lock:
-            generate_rows(loaded, rows, gen, no_stop)
-        return time.perf_counter() - t0, rows
-
-    def median_time(variants):
-        runs = [timed(variants) for _ in range(args.repeats)]
-        for _, rows in runs:
-            assert all(len(r.token_ids) == NEW_TOKENS for r in rows), [len(r.token_ids) for r in rows]
-        return statistics.median(t for t, _ in runs), runs[-1][1]
-
-    timed([None])  # warm-up
-    one, rows = median_time([None])
-    decode = (NEW_TOKENS - 1) / (rows[0].finished_at - rows[0].first_token_at)
-    one_adapter, _ = median_time([names[0]])
-    plus1, _ = median_time([None, names[0]])
-    plus3, _ = median_time([None, *names])
-    sequential = statistics.median(timed([None])[0] + timed([names[0]])[0] for _ in range(args.repeats))
-
+    bandwidth = copy_bandwidth(args.device)
+    runs = {}
+    for dtype in args.dtypes.split(","):
+        runs[dtype] = measure(dtype, args.device, adapters, args.repeats, bandwidth)
+        print(dtype, json.dumps(runs[dtype]), flush=True)
+    head = runs.get("bfloat16") or next(iter(runs.values()))
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?") \
+        if os.path.exists("/proc/cpuinfo") else "?"
     result = {
-        "device": loaded.device, "torch_threads": torch.get_num_threads(),
-        "load_avg_1min": round(os.getloadavg()[0], 2), "model": "smollm2-135m-instruct (float32)",
-        "adapters": "random LoRA r=8 on all 7 linear layers", "load_seconds_base_plus_3": round(load_seconds, 2),
-        "prompt_tokens": prompt_tokens, "ttft_ms_base": round(ttft_base * 1000, 1),
-        "ttft_ms_adapter": round(ttft_adapter * 1000, 1), "decode_tokens_per_s": round(decode, 1),
-        "new_tokens_per_row": NEW_TOKENS,
-        "one_answer_s": round(one, 3), "one_adapter_answer_s": round(one_adapter, 3),
-        "base_plus_1_batch_s": round(plus1, 3), "base_plus_1_ratio": round(plus1 / one, 2),
-        "base_plus_3_batch_s": round(plus3, 3), "base_plus_3_ratio": round(plus3 / one, 2),
-        "base_then_adapter_two_passes_s": round(sequential, 3),
-        "batched_vs_two_passes_speedup": round(sequential / plus1, 2),
-        "aim_ttft_le_300ms": ttft_base <= 0.300, "aim_base_plus_1_le_1_3x": plus1 / one <= 1.3,
-        "repeats": args.repeats,
+        "device": args.device, "cpu": cpu, "torch_threads": torch.get_num_threads(),
+        "load_avg_1min": round(os.getloadavg()[0], 2), "model": "smollm2-135m-instruct",
+        "adapters": "random LoRA r=8 on all 7 linear layers", "new_tokens_per_row": NEW_TOKENS,
+        "copy_bandwidth_gb_s": round(bandwidth / 1e9, 2), "repeats": args.repeats,
+        **{k: v for k, v in head.items()},
+        **{f"{k}_{d}": v for d, r in runs.items() for k, v in r.items()
+           if k in ("decode_tokens_per_s", "bound_tokens_per_s", "share_of_bound", "ttft_ms_base",
+                    "base_plus_1_ratio", "base_plus_3_ratio")},
+        "aim_share_of_bound_ge_60pct": head["share_of_bound"] >= 0.6, "aim_ttft_le_300ms": head["ttft_ms_base"] <= 300,
+        "aim_base_plus_1_le_1_3x": head["base_plus_1_ratio"] <= 1.3,
+        "aim_base_plus_3_le_1_6x": head["base_plus_3_ratio"] <= 1.6,
     }
     print(json.dumps(result))
     return 0

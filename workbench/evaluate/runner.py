@@ -352,7 +352,7 @@ class _Evaluation:
                                            loader.resolve_model_path(group_args.model_name_or_path)))))
             loaded = load_for_vllm(group_args, group_adapters, stop_token_ids=stops)
         else:
-            loaded = loader.load_model(group_args, adapters=group_adapters, padding_side="left")
+            loaded = loader.load_model(group_args, adapters=group_adapters, padding_side="left", generation=True)
         self.load_seconds += loaded.load_seconds
         used = ", ".join(f"{n}: {t.name}" for n, t in templates.items())
         self.say(f"loaded {loaded.describe()} in {loaded.load_seconds:.1f}s; templates {used}")

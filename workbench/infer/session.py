@@ -89,7 +89,7 @@ def load_for_chat(args: ModelArgs, adapters: dict[str, str] | None = None) -> Lo
         check_adapter_finite(path, name)
     if args.engine == "vllm":
         return load_for_vllm(args, adapters)
-    loaded = load_model(args, adapters={})
+    loaded = load_model(args, adapters={}, generation=True)
     for name, path in adapters.items():
         attach_adapter(loaded, name, path)
     return loaded

@@ -91,12 +91,27 @@ def pick_device(requested: str = "auto") -> str:
     return "cpu"
 
 
-def pick_dtype(requested: str, device: str):
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX-BF16 (Linux /proc/cpuinfo flags): bf16 matmuls run natively, not emulated."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+
+
+def pick_dtype(requested: str, device: str, *, inference: bool = False):
+    """``auto``: bf16 (else fp16) on CUDA; on a CPU, bf16 for inference where the CPU has native bf16 (decoding
+    reads every weight per token, so half the bytes is nearly twice the speed, and batched rows cost ~nothing
+    more), else float32 (training, merging and exporting on a CPU: float32)."""
     import torch
 
     if requested == "auto":
         if device.startswith("cuda"):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if inference and device == "cpu" and cpu_has_native_bf16():
+            return torch.bfloat16
         return torch.float32
     return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[requested]
 
@@ -164,15 +179,17 @@ def load_model(
     adapters: dict[str, str] | None = None,
     padding_side: str = "left",
     for_training: bool = False,
+    generation: bool = False,
 ) -> LoadedModel:
-    """Load base model + tokenizer (+ quantization, + adapters attached unmerged and named)."""
+    """Load base model + tokenizer (+ quantization, + adapters attached unmerged and named). ``generation``: for
+    chat, the API or evaluation (``auto`` may then pick bf16 on a CPU, see :func:`pick_dtype`)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     started = time.perf_counter()
     model_path = resolve_model_path(args.model_name_or_path)
     device = pick_device(args.device)
-    dtype = pick_dtype(args.infer_dtype, device)
+    dtype = pick_dtype(args.infer_dtype, device, inference=generation)
     quant = quantization_config(args, dtype)
     tokenizer = load_tokenizer(model_path, padding_side=padding_side, trust_remote_code=args.trust_remote_code)
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": args.trust_remote_code}
