@@ -50,8 +50,10 @@ $(TEST_STAMP): $(STAMP) requirements-test.txt scripts/install_chromium.sh
 run: $(STAMP) $(EXTRA_STAMPS)
 	$(PY) webui.py $(ARGS)
 
+# One worker per core (test files stay whole on one worker: their module fixtures and servers are shared).
+TEST_WORKERS ?= auto
 test: $(TEST_STAMP)
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 # The README tour's images: the end-to-end browser journey, saving its screenshots into docs/images.
 screenshots: $(TEST_STAMP)
