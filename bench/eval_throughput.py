@@ -11,11 +11,12 @@ The machine is shared, so its load moves during a run: the two sides of each com
 *interleaved* — chunk by chunk, alternating which side goes first — and both see the same load.
 
 * sequential — the plain baseline: ``model.generate`` on one unpadded prompt at a time.
-* batched — ``workbench.infer.batch.generate_batch_output``, what the runner calls: left-padded batches.
+* batched — ``workbench.infer.batch.generate_batch_output``, what the runner calls: rows of the scheduler
+  (continuous batching, up to 16 rows side by side).
   The whole runner (``workbench.evaluate.runner.evaluate``, as ``python -m workbench eval`` runs it) is
   run once more on the same examples for its wall time and to compare its predictions.
 * together — base + 3 LoRA adapters (random, small: they nudge the answers like a trained adapter), each
-  batch of 16 rows = 4 prompts under all four models (PEFT ``adapter_names``).
+  batch of 16 rows = 4 prompts under all four models (one base projection + each row's LoRA delta).
 * separately — each model on its own, batches of 16 prompts, the same 64 rows in all. Evaluating one
   checkpoint after another also loads the model four times instead of once; the load time is measured
   and added in the "with loading" figures.
