@@ -402,7 +402,8 @@ def test_no_feedback_turns_the_endpoint_off():
 
     from workbench.infer.api import create_app
 
-    engine = SimpleNamespace(loaded=SimpleNamespace(label="m"), adapter_names=[])
+    engine = SimpleNamespace(loaded=SimpleNamespace(label="m"), adapter_names=[], set_max_rows=lambda rows: None,
+                             stats=dict, close=lambda reason: None)
     with TestClient(create_app(engine, feedback=False), raise_server_exceptions=False) as client:
         r = client.post("/v1/feedback", json={"chosen_id": "a", "rejected_id": "b"})
     assert r.status_code == 404 and r.json()["error"]["code"] == "feedback_off"

@@ -248,6 +248,15 @@ class FakeEngine:
     def check_variant(self, variant):
         pass
 
+    def set_max_rows(self, rows):
+        pass
+
+    def stats(self):
+        return {"engine": "fake", "rows": 0, "running": 0}
+
+    def close(self, reason):
+        pass
+
 
 def api_client(api_key=None):
     from starlette.testclient import TestClient
