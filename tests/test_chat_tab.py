@@ -9,6 +9,7 @@ quick-start adapter and comparing it in this tab is the journey test's job: test
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -33,6 +34,7 @@ def identity_run(app_server, bundled_model_dir) -> str:
 
 def load_bundled(page) -> None:
     status = page.locator("#wb-status")
+    expect(status).to_contain_text(re.compile("Loaded|No model loaded"))  # the page load has read the server's state
     if "Loaded smollm2-135m-instruct" not in status.inner_text():
         page.locator("#wb-load").click()
         expect(status).to_contain_text("Loaded smollm2-135m-instruct", timeout=ANSWER_TIMEOUT)

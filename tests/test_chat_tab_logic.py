@@ -1,13 +1,17 @@
 """The Chat tab's pure helpers without a browser: conversation → chat bubbles (tool calls and tool
 results shown structured), what Regenerate answers again, which compare columns answer a tool result or a
-regenerate, adapter picker entries → {name: dir}."""
+regenerate, adapter picker entries → {name: dir}; what a page load shows, the marks on models that need a download,
+and one answer at a time per browser session (Regenerate then Send on the tiny model, in-process)."""
 
 from __future__ import annotations
 
 import pytest
 
 from workbench.config.base import WorkbenchError
+from workbench.infer.engine import BASE
+from workbench.ui.chat_compare import MAX_COLUMNS, base_name, claim_session, release_session
 from workbench.ui.chat_tab import bubbles, compare_turns, drop_answer, wanted_adapters
+from workbench.ui.context import model_args_from, model_choices
 
 CONV = [
     {"role": "user", "content": "Weather in Paris?"},
@@ -63,3 +67,142 @@ def test_compare_regenerate_skips_columns_added_mid_conversation():
     assert answering == ["base", "a"]  # "added" has no question yet: drop_answer([]) would be an empty batch row
     assert out == {"base": CONV[:3], "a": CONV[:3], "added": []}
     assert compare_turns({}, ["added"], regenerate=True)[1] == []
+
+
+# -- what the app remembers, and one answer at a time (issue 18) ----------------------------------------------
+
+STATUS, HISTORY = 2 + MAX_COLUMNS + 2, 2 + MAX_COLUMNS  # indexes in the send/regenerate handlers' outputs
+
+
+def test_a_session_generates_one_answer_at_a_time():
+    from workbench.infer.engine import RowHandle, RowSpec
+
+    active: dict = {}
+    first = claim_session(active, "tab-1")
+    assert first is not None
+    assert claim_session(active, "tab-1") is None  # a second Send or Regenerate of the same tab is refused
+    assert claim_session(active, "tab-2") is not None  # another tab is not held up
+    first.cancel()  # Stop pressed before the answer started...
+    row = RowHandle(RowSpec([1, 2]))
+    first.run(row)
+    assert row.cancelled  # ...stops it as soon as it starts
+    release_session(active, "tab-1", first)
+    assert claim_session(active, "tab-1") is not None
+
+
+def test_models_that_need_a_download_are_marked_and_keep_their_alias(tmp_path, monkeypatch):
+    """A real (tiny) Hugging Face cache layout: a snapshot with config.json is what the loader finds offline."""
+    import huggingface_hub.constants
+
+    from workbench.models import registry
+
+    snapshot = tmp_path / "models--Qwen--Qwen2.5-0.5B-Instruct" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    choices = dict((value, label) for label, value in model_choices())
+    assert set(registry.MODELS) <= set(choices)
+    assert choices["smollm2-135m-instruct"] == "smollm2-135m-instruct"  # bundled: always on disk
+    assert choices["qwen2.5-0.5b-instruct"] == "qwen2.5-0.5b-instruct"  # in the cache
+    assert choices["qwen2.5-3b-instruct"] == "qwen2.5-3b-instruct (not downloaded)"
+
+
+def test_the_engine_reaches_the_model_options():
+    assert model_args_from("smollm2-135m-instruct", "float32", "none", "vllm").engine == "vllm"
+    args = model_args_from("smollm2-135m-instruct", "auto", "4")
+    assert args.engine == "transformers" and args.quantization_bit == 4
+
+
+def test_a_merged_model_answers_under_its_own_name(tmp_path):
+    from workbench.models.loader import LoadedModel
+
+    merged = tmp_path / "my-merged"
+    merged.mkdir()
+    (merged / "workbench_export.json").write_text('{"kind": "merged_model"}')
+    loaded = LoadedModel(None, None, str(merged), str(merged) + "/", "cpu", "float32", None)
+    assert base_name(loaded) == "my-merged"
+    plain = LoadedModel(None, None, str(tmp_path), "smollm2-135m-instruct", "cpu", "float32", None)
+    assert base_name(plain) == BASE and base_name(None) == BASE
+
+
+@pytest.fixture(scope="module")
+def loaded_manager(tiny_model_dir):
+    """The tiny model loaded as the app loads it (float32 on CPU), with one adapter attached."""
+    from chat_helpers import make_adapter
+    from workbench.infer.session import ModelManager
+
+    manager = ModelManager()
+    manager.load(model_args_from(str(tiny_model_dir), "float32", "none"))
+    adapter = make_adapter(tiny_model_dir, tiny_model_dir.parent / "logic-adapter", seed=5)
+    manager.set_adapters({"mine": str(adapter)})
+    yield manager
+    manager.unload()
+
+
+def test_a_page_load_shows_what_the_server_has_loaded(loaded_manager, tiny_model_dir):
+    from workbench.infer.session import ModelManager
+    from workbench.ui.app import top_bar_state
+    from workbench.ui.chat_tab import page_state
+    from workbench.ui.context import AppContext
+
+    ctx = AppContext(manager=loaded_manager, chosen_template="chatml")
+    model, dtype, quant, engine, template, status = top_bar_state(ctx)
+    assert model["value"] == str(tiny_model_dir) and dtype == "float32" and quant == "none"
+    assert engine == "transformers" and template == "chatml" and status == loaded_manager.status()
+    variant, compare, summary, picker = page_state(loaded_manager)
+    assert [value for _, value in variant["choices"]] == [BASE, "mine"] and "**mine**" in summary
+    assert picker["value"] == [f"mine={loaded_manager.adapters['mine']}"]  # Attach again keeps it attached
+    # Nothing loaded: the form is left as the user has it, and the status says so.
+    empty = top_bar_state(AppContext(manager=ModelManager()))
+    assert "value" not in empty[0] and empty[-1] == "No model loaded."
+    # A page opened while a Load runs (the manager holds nothing in between) says so.
+    assert top_bar_state(AppContext(manager=ModelManager(), loading="qwen2.5-0.5b-instruct"))[-1] == \
+        "⏳ Loading qwen2.5-0.5b-instruct…"
+
+
+def chat_view(manager):
+    """The Chat tab's handlers' view, with names standing in for the components (the handlers read one
+    {component: value} dict)."""
+    from workbench.ui.chat_tab import GEN_FIELDS, ChatView
+    from workbench.ui.context import AppContext
+
+    ctx = AppContext(manager=manager, template="template")
+    return ChatView(ctx, "mode", "message", "variant", "compare", "history", "histories", "observation", "system",
+                    "tools", {name: name for name in GEN_FIELDS})
+
+
+def form(view, message="", history=None, max_new_tokens=8) -> dict:
+    from dataclasses import asdict
+
+    from workbench.config.generation import GenerationArgs
+
+    gen = {name: value for name, value in asdict(GenerationArgs(max_new_tokens=max_new_tokens)).items()
+           if name in view.gen_inputs}
+    return {"mode": "chat", "message": message, "variant": BASE, "compare": [BASE], "history": history or [],
+            "histories": {}, "observation": "", "template": "auto", "system": "", "tools": "", **gen}
+
+
+def test_send_while_regenerating_is_refused_and_no_answer_is_lost(loaded_manager):
+    import gradio as gr
+
+    from workbench.ui.chat_tab import BUSY, on_regenerate, on_send
+
+    view = chat_view(loaded_manager)
+    request = gr.Request(session_hash="tab-1")
+    history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "old answer"}]
+    regenerating = on_regenerate(view, form(view, "And then?", history), request)
+    first = next(regenerating)
+    assert all(b == gr.update(interactive=False) for b in first[-3:])  # Send, Regenerate, tool result disabled
+    refused = list(on_send(view, form(view, "And then?", history), request))
+    assert len(refused) == 1 and refused[0][STATUS] == BUSY
+    assert refused[0][0] == gr.update() and refused[0][-3:] == (gr.update(),) * 3  # message kept, still disabled
+    rest = list(regenerating)
+    assert rest[-1][-3:] == (gr.update(interactive=True),) * 3
+    regenerated = [out[HISTORY] for out in rest if isinstance(out[HISTORY], list)][-1]
+    assert len(regenerated) == 2 and regenerated[0] == history[0]
+    sent = list(on_send(view, form(view, "And then?", regenerated), request))
+    answered = [out[HISTORY] for out in sent if isinstance(out[HISTORY], list)][-1]
+    assert answered[:2] == regenerated and answered[2] == {"role": "user", "content": "And then?"}
+    assert sent[1][0] == gr.update(value="") and not view.active  # the box emptied, the session free again

@@ -142,9 +142,9 @@ def test_demo_registry_loads_and_sizes():
     info = json.loads((DEMO / "dataset_info.json").read_text())
     assert {"identity", "demo_translation_zh_en", "demo_summarization", "demo_qa"} <= set(info)
     for name in info:
-        records = load_records(DataArgs(dataset=name))  # the default dataset_dir is the project's data/
+        records = load_records(DataArgs(dataset=name, dataset_dir=str(DEMO)))
         assert 20 <= len(records) <= 100, name
-    identity = load_records(DataArgs(dataset="identity"))
+    identity = load_records(DataArgs(dataset="identity"))  # the default folder (the home's) starts with the demos
     who = next(r for r in identity if r.messages[0]["content"] == "Who are you?")
     assert who.messages[1]["content"].startswith("I am {{name}}, an AI assistant developed by {{author}}.")
     assert all("{{name}}" in r.messages[1]["content"] or "{{author}}" in r.messages[1]["content"] for r in identity)

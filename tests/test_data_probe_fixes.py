@@ -325,7 +325,8 @@ def test_data_tab_fills_role_tags_and_explains_a_failed_open(page, alpaca_rows, 
     page.locator("#wb-data-name textarea, #wb-data-name input").first.fill("chat")
     page.locator("#wb-data-save").click()
     save_status = page.locator("#wb-data-save-status")
-    expect(save_status).to_contain_text("Saved chat", timeout=30_000)
+    expect(save_status).to_contain_text("wherever datasets are picked (the previous dataset_info.json is kept as "
+                                         "dataset_info.json.bak): chat", timeout=30_000)
     assert json.loads((folder / "dataset_info.json").read_text())["chat"]["tags"]["role_tag"] == "speaker"
 
     # A file that cannot be opened: Save says which and why, not "open a file first".

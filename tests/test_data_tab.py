@@ -63,6 +63,7 @@ def test_registered_dataset_preview_highlights_trained_tokens(page, tmp_path):
     expect(page.locator("#wb-data-hist")).to_contain_text("cutoff_len = 1024")
 
 
+@pytest.mark.expect_timeout(60_000)  # 2 shared cores: an upload's first answer can take more than 5 s
 def test_upload_detect_map_preview_save(page, tmp_path):
     folder = tmp_path / "registry"
     folder.mkdir()
@@ -86,7 +87,8 @@ def test_upload_detect_map_preview_save(page, tmp_path):
     name_box.fill("my_qa")
     page.locator("#wb-data-save").click()
     save_status = page.locator("#wb-data-save-status")
-    expect(save_status).to_contain_text("Saved my_qa", timeout=30_000)
+    expect(save_status).to_contain_text("Saved and listed wherever datasets are picked (the previous "
+                                        "dataset_info.json is kept as dataset_info.json.bak): my_qa", timeout=30_000)
     info = json.loads((folder / "dataset_info.json").read_text())
     assert info["old"] == {"file_name": "old.json"}
     assert info["my_qa"] == {"file_name": "my_qa.csv", "columns": {"prompt": "question", "response": "answer"}}
@@ -101,6 +103,7 @@ def test_upload_detect_map_preview_save(page, tmp_path):
     assert (folder / "dataset_info.json").read_bytes() == before
 
 
+@pytest.mark.expect_timeout(60_000)
 def test_bad_uploads_are_clear_messages(page, tmp_path):
     open_data_tab(page)
     status = page.locator("#wb-data-status")

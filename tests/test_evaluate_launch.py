@@ -86,11 +86,12 @@ def test_list_evaluations_and_example_rows(tmp_path):
 def test_tab_helpers(tmp_path):
     from workbench.ui.eval_tab import bar_figure, definitions_text, matrix_styler, task_list
 
-    assert task_list(["translation", "qa"], "qa=../x.json\n\nmine=y.json") == "translation,qa=../x.json,mine=y.json"
-    with pytest.raises(WorkbenchError, match="task data line 1: write TASK=DATASET"):
-        task_list(["qa"], "just-a-file.json")
+    own = [{"task": "qa", "data": "../x.json", "metric": "f1", "shown": "x.json"},
+           {"task": "mine", "data": "y.json", "metric": "rougeL", "shown": "y.json"}]
+    assert task_list(["translation", "qa"], own) == ("translation,qa=../x.json,mine=y.json", "qa=f1,mine=rougeL")
+    assert task_list(["qa"], []) == ("qa", None)
     with pytest.raises(WorkbenchError, match="choose at least one task"):
-        task_list([], "")
+        task_list([], [])
     results = json.loads((_fake_run(tmp_path, "e") / "results.json").read_text())
     html = matrix_styler(results).to_html()
     style = html[html.index("<style"):html.index("</style>")]

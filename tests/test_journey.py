@@ -93,7 +93,7 @@ def test_new_user_journey(journey):
     page.locator("#wb-data-hist .js-plotly-plot").wait_for()
     fill(page, "wb-data-name", "my_assistant")
     page.locator("#wb-data-save").click()
-    expect(page.locator("#wb-data-save-status")).to_contain_text("Saved my_assistant")
+    expect(page.locator("#wb-data-save-status")).to_contain_text("datasets are picked: my_assistant")
     assert json.loads((folder / "dataset_info.json").read_text())["my_assistant"]["columns"] == {
         "prompt": "question", "response": "answer"}
     shoot(j, "1-data")

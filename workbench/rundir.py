@@ -12,10 +12,13 @@ export) names these files through this module, so the contract lives in one plac
     workbench_run.json   the record of a finished training run (base model, template, stage, ...); also written
                          into a merged-adapter directory so adapter pickers list it
     workbench_export.json  the record of a merged model (written next to its weights)
+    phase.json           what a training run is doing right now (tokenising, loading the model, step 1 and its time,
+                         evaluating, saving): the sign of life before the first progress line
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -31,6 +34,7 @@ PROGRESS_FILE = "progress.jsonl"
 RUN_RECORD = "workbench_run.json"
 EXPORT_RECORD = "workbench_export.json"
 ADAPTER_CONFIG = "adapter_config.json"
+PHASE_FILE = "phase.json"
 
 
 def timestamped(prefix: str) -> str:
@@ -125,3 +129,24 @@ def format_duration(seconds: float | None, missing: str = "") -> str:
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def write_phase(directory: Path | str, phase: str, text: str, **extra: Any) -> None:
+    """Replace ``phase.json`` with what the run does now (``phase``: a short key such as "tokenising",
+    "loading", "training", "evaluating", "saving"; ``text``: one line for a person). Written whole and renamed into
+    place, so a reader sees the old or the new phase, never half of one. Kept out of progress.jsonl, whose lines are
+    all metric lines of one shape."""
+    directory = Path(directory)
+    entry = {"phase": phase, "text": text, "time": time.time(), **extra}
+    tmp = directory / f".{PHASE_FILE}.{os.getpid()}.tmp"
+    try:
+        tmp.write_text(json.dumps(entry), encoding="utf-8")
+        os.replace(tmp, directory / PHASE_FILE)
+    except OSError:  # a sign of life is never worth failing a run over
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def read_phase(directory: Path | str) -> dict[str, Any] | None:
+    """``phase.json`` of a run (None when the run has not written one)."""
+    return read_json(Path(directory) / PHASE_FILE)

@@ -2,8 +2,8 @@
 are generated from them.
 
 A field is declared with :func:`option`: its default, a one-line help text, and optionally choices,
-a numeric range, a group (where the UI places it) and a Chinese label. Cross-field rules live in the
-dataclass's ``__post_init__`` and raise :class:`OptionError`, which names the option.
+a numeric range, a group (where the UI places it) and the form's labels (English and Chinese). Cross-field
+rules live in the dataclass's ``__post_init__`` and raise :class:`OptionError`, which names the option.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ def option(
     min: float | None = None,
     max: float | None = None,
     group: str = "basic",
+    label: str | None = None,
     label_zh: str | None = None,
     help_zh: str | None = None,
     ui: bool = True,
@@ -52,8 +53,9 @@ def option(
 ) -> Any:
     """Declare an option field with its documentation and constraints in one place.
 
-    ``extra`` keys go into the field's metadata as they are (e.g. ``cli_group``: the ``--help`` section
-    the flag is listed in, when it is not the class's own).
+    ``label``/``label_zh``: what the form calls the option, written as a person would (not derived from the
+    name). ``extra`` keys go into the field's metadata as they are (e.g. ``cli_group``: the ``--help`` section
+    the flag is listed in, when it is not the class's own; ``step``: the number box's step).
     """
     metadata = {
         "help": help,
@@ -61,6 +63,7 @@ def option(
         "min": min,
         "max": max,
         "group": group,
+        "label": label,
         "label_zh": label_zh,
         "help_zh": help_zh,
         "ui": ui,

@@ -46,19 +46,19 @@ class OutputOptions(Options):
         None,
         "Output directory, or the .gguf file for format gguf (default: new under the Workbench home: exports/ for "
         "models and GGUF files, runs/ for adapters)",
-        label_zh="输出目录",
+        label="Output folder (or .gguf file)", label_zh="输出目录",
         help_zh="输出目录；format 为 gguf 时为 .gguf 文件（默认：在 Workbench 主目录下新建，模型和 GGUF 文件放在 exports/，"
                 "适配器放在 runs/）",
     )
     overwrite: bool = option(
         False, "Replace an earlier export in the output directory (a directory holding other files is never replaced)",
-        label_zh="覆盖已有输出",
+        label="Replace an earlier export", label_zh="覆盖已有输出",
         help_zh="替换输出目录中之前导出的结果（含有其他文件的目录绝不会被替换）",
     )
     check_base: bool = option(
         True,
         "Refuse adapters whose recorded base model is not this model (turn off if the base model moved to another directory)",
-        group="advanced", label_zh="检查基座模型",
+        group="advanced", label="Check the base model", label_zh="检查基座模型",
         help_zh="适配器记录的基座模型不是当前模型时拒绝加载（基座模型移到了别的目录时请关闭此项）",
     )
 
@@ -73,7 +73,7 @@ class ExportArgs(OutputOptions):
         "safetensors: a model directory (transformers, vLLM, Workbench's model picker); gguf: one .gguf file for "
         "llama.cpp, Ollama and LM Studio (Llama, Mistral and Qwen2 models)",
         choices=EXPORT_FORMATS,
-        label_zh="格式",
+        label="Format", label_zh="格式",
         help_zh="safetensors：模型目录（transformers、vLLM、Workbench 的模型选择）；gguf：单个 .gguf 文件，"
                 "供 llama.cpp、Ollama 和 LM Studio 使用（Llama、Mistral 和 Qwen2 模型）",
     )
@@ -82,14 +82,14 @@ class ExportArgs(OutputOptions):
         "GGUF only: type of the weights: f16, bf16, q8_0 (8-bit, about half the size of f16) or f32 "
         "(norms stay f32)",
         choices=GGUF_QUANTS,
-        label_zh="GGUF 量化",
+        label="GGUF weight type", label_zh="GGUF 量化",
         help_zh="仅 GGUF：权重的类型：f16、bf16、q8_0（8 位，约为 f16 的一半大小）或 f32（归一化层保持 f32）",
     )
     adapter_only: bool = option(
         False,
         "GGUF only: write the adapter alone as a GGUF LoRA adapter (llama.cpp --lora, Ollama ADAPTER) to use with "
         "the base model's GGUF, instead of merging it into the model",
-        label_zh="仅导出适配器",
+        label="Adapter only", label_zh="仅导出适配器",
         help_zh="仅 GGUF：只把适配器写成 GGUF LoRA 适配器（llama.cpp --lora、Ollama ADAPTER），与基座模型的 GGUF "
                 "一起使用，而不是合并进模型",
     )
@@ -98,13 +98,13 @@ class ExportArgs(OutputOptions):
         "Dtype of the merged weights: auto keeps the base model's own dtype; bf16/fp16/fp32 are accepted too "
         "(a GGUF is then written as quant says)",
         choices=EXPORT_DTYPES + tuple(DTYPE_ALIASES),
-        label_zh="保存精度",
+        label="Merged weights precision", label_zh="保存精度",
         help_zh="合并后权重的数据类型：auto 沿用基座模型自身的类型；也可填 bf16/fp16/fp32（GGUF 随后按 quant 写出）",
     )
     shard_size: str = option(
         DEFAULT_SHARD_SIZE,
         "Largest safetensors shard, e.g. 2GB, 500MB or 1GiB (a tensor larger than this gets its own shard)",
-        label_zh="分片大小",
+        label="Shard size", label_zh="分片大小",
         help_zh="safetensors 单个分片的最大大小，如 2GB、500MB 或 1GiB（超过此大小的张量单独成一个分片）",
     )
 
@@ -150,24 +150,25 @@ class MergeAdaptersArgs(OutputOptions):
         "svd_rank, any ranks), linear / ties / dare_linear / dare_ties (combine A and B separately: approximate, "
         "equal ranks needed; ties/dare prune to density first)",
         choices=MERGE_METHODS,
-        label_zh="合并方法",
+        label="Combination method", label_zh="合并方法",
         help_zh="合并方式：cat（精确加权求和，秩为各秩之和，秩可不同）；svd（加权求和后压缩到 svd_rank，秩可不同）；"
                 "linear / ties / dare_linear / dare_ties（分别合并 A 和 B 矩阵，结果为近似，要求秩相同；"
                 "ties/dare 先按 density 剪枝）",
     )
     weights: str | None = option(
-        None, "Comma-separated weight per adapter, in the order given (default: 1 for each)", label_zh="权重",
+        None, "Comma-separated weight per adapter, in the order given (default: 1 for each)",
+        label="Weights", label_zh="权重",
         help_zh="每个适配器的权重，逗号分隔，顺序与给出的适配器一致（默认：均为 1）",
     )
     density: float | None = option(
         None,
         f"Fraction of values kept per adapter by ties, dare_linear and dare_ties, in (0, 1] (default {DEFAULT_DENSITY})",
-        min=0.0, max=1.0, label_zh="密度",
+        min=0.0, max=1.0, label="Density", label_zh="密度",
         help_zh=f"ties、dare_linear 和 dare_ties 中每个适配器保留的数值比例，取值范围 (0, 1]（默认 {DEFAULT_DENSITY}）",
     )
     svd_rank: int | None = option(
         None, "Rank of the svd result (default: the largest input rank)", min=1, group="advanced",
-        label_zh="SVD 秩",
+        label="SVD rank", label_zh="SVD 秩",
         help_zh="svd 合并结果的秩（默认：输入适配器中最大的秩）",
     )
 

@@ -163,64 +163,68 @@ class FinetuningArgs(Options):
 
     stage: str = option(
         "sft", "Training stage: pt (pre-training on text), sft (supervised, prompts masked), rm (reward model "
-        "on preference pairs), dpo (direct preference optimisation)", choices=STAGES, label_zh="训练阶段",
+        "on preference pairs), dpo (direct preference optimisation)", choices=STAGES,
+        label="Training stage", label_zh="训练阶段",
         help_zh="训练阶段：pt（在纯文本上预训练）、sft（监督微调，提示词不计损失）、rm（在偏好对上训练奖励模型）、"
                 "dpo（直接偏好优化）",
     )
     finetuning_type: str = option(
         "lora", "Method: lora (adapters; with quantization_bit this is QLoRA), freeze (train the last layers), "
-        "full (every weight)", choices=FINETUNING_TYPES, label_zh="微调方法",
+        "full (every weight)", choices=FINETUNING_TYPES, label="Fine-tuning method", label_zh="微调方法",
         help_zh="微调方法：lora（训练适配器；设置 quantization_bit 时即为 QLoRA）、freeze（只训练最后几层）、"
                 "full（训练全部权重）",
     )
-    lora_rank: int = option(8, "LoRA rank r", min=1, max=4096, group="lora", label_zh="LoRA 秩", help_zh="LoRA 的秩 r")
+    lora_rank: int = option(8, "LoRA rank r", min=1, max=4096, group="lora",
+                            label="LoRA rank", label_zh="LoRA 秩", help_zh="LoRA 的秩 r")
     lora_alpha: int | None = option(
-        None, "LoRA scaling alpha (empty: 2 × lora_rank)", min=1, group="lora", label_zh="LoRA 缩放系数",
+        None, "LoRA scaling alpha (empty: 2 × lora_rank)", min=1, group="lora",
+        label="LoRA alpha", label_zh="LoRA 缩放系数",
         help_zh="LoRA 缩放系数 alpha（留空：2 × lora_rank）",
     )
     lora_dropout: float = option(0.0, "Dropout on the LoRA input", min=0.0, max=0.99, group="lora",
-                                 label_zh="LoRA 丢弃率", help_zh="LoRA 输入上的 dropout 比例")
+                                 label="LoRA dropout", label_zh="LoRA 丢弃率", help_zh="LoRA 输入上的 dropout 比例")
     lora_target: str = option(
         "all", "Comma-separated module names to adapt (q_proj,v_proj, ...), or all for every linear layer except "
-        "the output head", group="lora", label_zh="LoRA 作用模块",
+        "the output head", group="lora", label="LoRA target modules", label_zh="LoRA 作用模块",
         help_zh="要加 LoRA 的模块名，逗号分隔（如 q_proj,v_proj），或填 all 表示除输出层外的所有线性层",
     )
     additional_target: str | None = option(
         None, "Comma-separated modules trained in full and saved with the adapter (e.g. embed_tokens,lm_head)",
-        group="lora", label_zh="附加训练模块",
+        group="lora", label="Extra modules trained in full", label_zh="附加训练模块",
         help_zh="全量训练并随适配器一起保存的模块，逗号分隔（如 embed_tokens,lm_head）",
     )
-    use_dora: bool = option(False, "Weight-decomposed LoRA (DoRA)", group="lora", label_zh="使用 DoRA",
+    use_dora: bool = option(False, "Weight-decomposed LoRA (DoRA)", group="lora", label="Use DoRA", label_zh="使用 DoRA",
                             help_zh="权重分解的 LoRA（DoRA）")
     use_rslora: bool = option(False, "Rank-stabilised LoRA scaling (alpha / sqrt(r))", group="lora",
-                              label_zh="使用 rsLoRA", help_zh="秩稳定的 LoRA 缩放（alpha / sqrt(r)）")
+                              label="Use rsLoRA", label_zh="使用 rsLoRA", help_zh="秩稳定的 LoRA 缩放（alpha / sqrt(r)）")
     freeze_trainable_layers: int = option(
         2, "freeze: train the last N layers (a negative N trains the first N)", group="freeze",
-        label_zh="可训练层数",
+        label="Trainable layers", label_zh="可训练层数",
         help_zh="freeze：训练最后 N 层（N 为负数时训练最前面的 |N| 层）",
     )
     freeze_trainable_modules: str = option(
         "all", "freeze: modules trained inside those layers (all, or names such as mlp,self_attn)", group="freeze",
-        label_zh="可训练模块",
+        label="Trainable modules", label_zh="可训练模块",
         help_zh="freeze：这些层中要训练的模块（all，或 mlp,self_attn 这样的模块名）",
     )
     freeze_extra_modules: str | None = option(
         None, "freeze: modules outside the layers to train too (e.g. embed_tokens,norm)", group="freeze",
-        label_zh="额外可训练模块",
+        label="Extra trainable modules", label_zh="额外可训练模块",
         help_zh="freeze：这些层之外也要训练的模块（如 embed_tokens,norm）",
     )
     pref_beta: float = option(0.1, "DPO beta: higher stays closer to the reference model", min=0.0,
-                              group="rlhf", label_zh="偏好 beta", help_zh="DPO 的 beta：越大越贴近参考模型")
+                              group="rlhf", label="DPO beta", label_zh="偏好 beta", help_zh="DPO 的 beta：越大越贴近参考模型")
     pref_loss: str = option("sigmoid", "DPO loss type (TRL)", choices=PREF_LOSSES, group="rlhf",
-                            label_zh="偏好损失", help_zh="DPO 损失类型（TRL）")
+                            label="DPO loss", label_zh="偏好损失", help_zh="DPO 损失类型（TRL）")
     pref_ftx: float = option(0.0, "DPO: weight of an added SFT loss on the chosen answers (0 = none)", min=0.0,
-                             group="rlhf", label_zh="SFT 损失系数",
+                             group="rlhf", label="SFT loss weight", label_zh="SFT 损失系数",
                              help_zh="DPO：在优选回答上额外加入的 SFT 损失的权重（0 表示不加）")
     dpo_label_smoothing: float = option(0.0, "DPO label smoothing (robust / exo_pair losses)", min=0.0, max=0.5,
-                                        group="rlhf", label_zh="标签平滑",
+                                        group="rlhf", label="DPO label smoothing", label_zh="标签平滑",
                                         help_zh="DPO 标签平滑（用于 robust / exo_pair 损失）")
     plot_loss: bool = option(True, "Save loss.png (training and eval loss) in output_dir", group="output",
-                             label_zh="绘制损失曲线", help_zh="在 output_dir 中保存 loss.png（训练和验证损失曲线）")
+                             label="Save a loss plot", label_zh="绘制损失曲线",
+                             help_zh="在 output_dir 中保存 loss.png（训练和验证损失曲线）")
 
     def validate(self) -> None:
         if self.freeze_trainable_layers == 0:
@@ -249,135 +253,159 @@ class TrainArgs(Options):
 
     output_dir: str | None = option(
         None, "Where the adapter, checkpoints, progress.jsonl and config.yaml go (empty: a new directory under "
-        "the runs directory)", group="output", label_zh="输出目录",
+        "the runs directory)", group="output", label="Output folder", label_zh="输出目录",
         help_zh="适配器、检查点、progress.jsonl 和 config.yaml 的保存位置（留空：在 runs 目录下新建一个目录）",
     )
     overwrite_output_dir: bool = option(
         False, "Start over in an output_dir that holds another run (its checkpoints and results are removed)",
-        group="output", label_zh="覆盖输出目录",
+        group="output", label="Overwrite the output folder", label_zh="覆盖输出目录",
         help_zh="在已有其他运行的 output_dir 中重新开始（会删除其中的检查点和结果）",
     )
     do_train: bool = option(True, "Train (always true here; evaluation is `python -m workbench eval`)", ui=False,
-                            label_zh="执行训练",
+                            label="Train", label_zh="执行训练",
                             help_zh="执行训练（此处始终为 true；评测请用 `python -m workbench eval`）")
-    per_device_train_batch_size: int = option(4, "Examples per device per step", min=1, label_zh="批大小",
+    per_device_train_batch_size: int = option(4, "Examples per device per step", min=1,
+                                              label="Batch size (per device)", label_zh="批大小",
                                               help_zh="每个设备每步的样本数")
     per_device_eval_batch_size: int = option(4, "Examples per device per eval step", min=1, group="eval",
-                                             label_zh="验证批大小", help_zh="验证时每个设备每步的样本数")
+                                             label="Eval batch size (per device)", label_zh="验证批大小",
+                                             help_zh="验证时每个设备每步的样本数")
     gradient_accumulation_steps: int = option(1, "Steps whose gradients are summed before each update", min=1,
-                                              label_zh="梯度累积", help_zh="每次参数更新前累积梯度的步数")
-    learning_rate: float = option(5e-5, "Peak learning rate", min=0.0, label_zh="学习率", help_zh="峰值学习率")
+                                              label="Gradient accumulation steps", label_zh="梯度累积",
+                                              help_zh="每次参数更新前累积梯度的步数")
+    learning_rate: float = option(5e-5, "Peak learning rate", min=0.0, step=1e-5,
+                                  label="Learning rate", label_zh="学习率", help_zh="峰值学习率")
     num_train_epochs: float = option(3.0, "Passes over the training set (ignored when max_steps > 0)", min=0.0,
-                                     label_zh="训练轮数", help_zh="遍历训练集的轮数（max_steps > 0 时忽略）")
+                                     label="Epochs", label_zh="训练轮数", help_zh="遍历训练集的轮数（max_steps > 0 时忽略）")
     max_steps: int = option(-1, "Stop after this many optimiser steps (-1: use num_train_epochs)", min=-1,
-                            label_zh="最大步数", help_zh="达到此优化步数后停止（-1：按 num_train_epochs 训练）")
+                            label="Max steps", label_zh="最大步数", help_zh="达到此优化步数后停止（-1：按 num_train_epochs 训练）")
     lr_scheduler_type: str = option("cosine", "Learning-rate schedule", choices=SCHEDULERS,
-                                    label_zh="学习率调度", help_zh="学习率调度策略")
-    warmup_steps: float = option(0, "Linear warm-up steps (a value below 1 is a fraction of all steps)", min=0,
-                                 label_zh="预热步数", help_zh="线性预热步数（小于 1 时表示占总步数的比例）")
+                                    label="Learning-rate schedule", label_zh="学习率调度", help_zh="学习率调度策略")
+    warmup_steps: float = option(0, "Linear warm-up steps (a value below 1 is a fraction of all steps)", min=0, step=1,
+                                 label="Warm-up steps", label_zh="预热步数", help_zh="线性预热步数（小于 1 时表示占总步数的比例）")
     warmup_ratio: float = option(0.0, "Warm-up as a fraction of all steps (used when warmup_steps is 0)",
-                                 min=0.0, max=1.0, label_zh="预热比例",
+                                 min=0.0, max=1.0, label="Warm-up ratio", label_zh="预热比例",
                                  help_zh="预热步数占总步数的比例（warmup_steps 为 0 时使用）")
-    weight_decay: float = option(0.0, "AdamW weight decay", min=0.0, label_zh="权重衰减", help_zh="AdamW 的权重衰减")
-    max_grad_norm: float = option(1.0, "Gradient clipping norm (0 = off)", min=0.0, label_zh="梯度裁剪",
+    weight_decay: float = option(0.0, "AdamW weight decay", min=0.0,
+                                 label="Weight decay", label_zh="权重衰减", help_zh="AdamW 的权重衰减")
+    max_grad_norm: float = option(1.0, "Gradient clipping norm (0 = off)", min=0.0,
+                                  label="Gradient clipping (max norm)", label_zh="梯度裁剪",
                                   help_zh="梯度裁剪的范数阈值（0 表示不裁剪）")
-    optim: str = option("adamw_torch", "Optimiser", choices=OPTIMIZERS, group="advanced", label_zh="优化器",
+    optim: str = option("adamw_torch", "Optimiser", choices=OPTIMIZERS, group="advanced",
+                        label="Optimiser", label_zh="优化器",
                         help_zh="优化器")
     bf16: bool = option(
         False, "bfloat16 mixed precision (GPUs that support it; CPUs with AVX512-BF16/AMX run it as autocast)",
-        label_zh="bf16 混合精度",
+        label="bf16 mixed precision", label_zh="bf16 混合精度",
         help_zh="bfloat16 混合精度（需 GPU 支持；支持 AVX512-BF16/AMX 的 CPU 以 autocast 方式运行）",
     )
-    fp16: bool = option(False, "float16 mixed precision (CUDA GPUs only)", label_zh="fp16 混合精度",
+    fp16: bool = option(False, "float16 mixed precision (CUDA GPUs only)",
+                        label="fp16 mixed precision", label_zh="fp16 混合精度",
                         help_zh="float16 混合精度（仅限 CUDA GPU）")
     gradient_checkpointing: bool = option(
         False, "Recompute activations in the backward pass: less memory, about 30% slower", group="advanced",
-        label_zh="梯度检查点",
+        label="Gradient checkpointing", label_zh="梯度检查点",
         help_zh="反向传播时重新计算激活值：更省显存/内存，速度约慢 30%",
     )
     padding_free: bool = option(
         True, "Concatenate each batch into one row (position ids restart per example, no padding) and compute "
-        "the output layer only where there is a label (pt/sft)", group="advanced", label_zh="无填充批处理",
+        "the output layer only where there is a label (pt/sft)", group="advanced",
+        label="Padding-free batches", label_zh="无填充批处理",
         help_zh="把每个批次拼成一行（每个样本的 position id 重新计数，无填充），且只在有标签的位置计算输出层（pt/sft）",
     )
     group_by_length: bool = option(
         False, "Batch examples of similar length together (less padding when padding_free is off)",
-        group="advanced", label_zh="按长度分组",
+        group="advanced", label="Group by length", label_zh="按长度分组",
         help_zh="把长度相近的样本放进同一批（关闭 padding_free 时可减少填充）",
     )
     logging_steps: int = option(5, "Write a progress line every N steps", min=1, group="output",
-                                label_zh="日志间隔", help_zh="每 N 步记录一行进度")
+                                label="Log every N steps", label_zh="日志间隔", help_zh="每 N 步记录一行进度")
     save_strategy: str = option("steps", "When to save checkpoints", choices=("steps", "epoch", "no"),
-                                group="output", label_zh="保存策略", help_zh="何时保存检查点")
-    save_steps: int = option(100, "Save a checkpoint every N steps", min=1, group="output", label_zh="保存间隔",
+                                group="output", label="When to save checkpoints", label_zh="保存策略", help_zh="何时保存检查点")
+    save_steps: int = option(100, "Save a checkpoint every N steps", min=1, group="output",
+                             label="Save every N steps", label_zh="保存间隔",
                              help_zh="每 N 步保存一个检查点")
     save_total_limit: int | None = option(
         None, "Keep at most this many checkpoints (oldest removed first; empty: keep all)", min=1, group="output",
-        label_zh="最多保留检查点",
+        label="Checkpoints to keep", label_zh="最多保留检查点",
         help_zh="最多保留的检查点数（先删除最旧的；留空：全部保留）",
     )
     eval_strategy: str | None = option(
         None, "When to evaluate: steps, epoch or no (empty: every eval_steps when there is an eval set)",
-        choices=("no", "steps", "epoch"), group="eval", label_zh="验证策略",
+        choices=("no", "steps", "epoch"), group="eval", label="When to evaluate", label_zh="验证策略",
         help_zh="何时验证：steps、epoch 或 no（留空：有验证集时每 eval_steps 步验证一次）",
     )
     eval_steps: int | None = option(None, "Evaluate every N steps (empty: every save_steps)", min=1, group="eval",
-                                    label_zh="验证间隔", help_zh="每 N 步验证一次（留空：与 save_steps 相同）")
+                                    label="Evaluate every N steps", label_zh="验证间隔",
+                                    help_zh="每 N 步验证一次（留空：与 save_steps 相同）")
+    load_best_model_at_end: bool = option(
+        False, "At the end, keep the checkpoint with the lowest eval loss instead of the last one (needs an eval set "
+        "and a checkpoint saved at each evaluation)", group="eval", label="Keep the best checkpoint",
+        label_zh="保留最佳检查点",
+        help_zh="训练结束时保留验证损失最低的检查点，而不是最后一个（需要验证集，并在每次验证时保存检查点）",
+    )
+    early_stopping_patience: int | None = option(
+        None, "Stop when the eval loss has not improved for this many evaluations in a row (empty: never)", min=1,
+        group="eval", label="Early stopping patience", label_zh="早停耐心值",
+        help_zh="验证损失连续这么多次验证没有下降时停止训练（留空：不早停）",
+    )
     seed: int = option(42, "Random seed (same seed, data and config → same loss curve on CPU)", group="advanced",
-                       label_zh="随机种子", help_zh="随机种子（在 CPU 上，种子、数据和配置相同 → 损失曲线相同）")
+                       label="Seed", label_zh="随机种子", help_zh="随机种子（在 CPU 上，种子、数据和配置相同 → 损失曲线相同）")
     full_determinism: bool = option(False, "Deterministic kernels too (slower; for exact GPU reproducibility)",
-                                    group="advanced", label_zh="完全确定性",
+                                    group="advanced", label="Full determinism", label_zh="完全确定性",
                                     help_zh="同时启用确定性算子（更慢；用于在 GPU 上精确复现）")
     resume_from_checkpoint: str | None = option(
         None, "Resume from a checkpoint directory, or true for the latest checkpoint in output_dir",
-        group="output", label_zh="从检查点恢复",
+        group="output", label="Resume from checkpoint", label_zh="从检查点恢复",
         help_zh="从检查点目录恢复训练；填 true 则从 output_dir 中最新的检查点恢复",
     )
     deepspeed: str | None = option(
         None, "DeepSpeed JSON config (a path, or z2, z3, z2_offload, z3_offload for presets/deepspeed/)",
-        group="distributed", label_zh="DeepSpeed 配置",
+        group="distributed", label="DeepSpeed config", label_zh="DeepSpeed 配置",
         help_zh="DeepSpeed JSON 配置（文件路径，或 z2、z3、z2_offload、z3_offload 以使用 presets/deepspeed/ 中的预设）",
     )
     ddp_timeout: int = option(1800, "Seconds a process waits for the others (raise for slow multi-node starts)",
                               min=1, group="distributed", ui=False,
-                              label_zh="DDP 超时", help_zh="进程等待其他进程的秒数（多机启动较慢时调大）")
+                              label="DDP timeout (seconds)", label_zh="DDP 超时", help_zh="进程等待其他进程的秒数（多机启动较慢时调大）")
     save_only_model: bool = option(
         False, "Checkpoints without optimizer/scheduler state (smaller, but such a run cannot resume)",
         group="output", ui=False,
-        label_zh="仅保存模型", help_zh="检查点不保存优化器/调度器状态（体积更小，但无法据此恢复训练）",
+        label="Save the model only", label_zh="仅保存模型", help_zh="检查点不保存优化器/调度器状态（体积更小，但无法据此恢复训练）",
     )
     dataloader_num_workers: int = option(0, "Worker processes collating batches (0: the main process)", min=0,
                                          group="advanced", ui=False,
-                                         label_zh="数据加载进程数", help_zh="整理批次的工作进程数（0：在主进程中完成）")
+                                         label="Data loader workers", label_zh="数据加载进程数",
+                                         help_zh="整理批次的工作进程数（0：在主进程中完成）")
     torch_threads: int | None = option(
         None, "CPU threads per training process (empty: the cores this process may use ÷ the processes on this "
               "machine, so ranks do not fight over cores)", min=1, group="advanced", ui=False,
-        label_zh="CPU 线程数", help_zh="每个训练进程的 CPU 线程数（留空：本进程可用的核数 ÷ 本机的进程数，避免进程争抢核心）",
+        label="CPU threads", label_zh="CPU 线程数", help_zh="每个训练进程的 CPU 线程数（留空：本进程可用的核数 ÷ 本机的进程数，避免进程争抢核心）",
     )
     ddp_find_unused_parameters: bool | None = option(
         None, "DDP: look for parameters without gradients (empty: off, as every trained parameter gets one; "
               "on costs a graph walk per step)", group="distributed", ui=False,
-        label_zh="查找未使用参数", help_zh="DDP：查找没有梯度的参数（留空：自动）",
+        label="Find unused parameters (DDP)", label_zh="查找未使用参数", help_zh="DDP：查找没有梯度的参数（留空：自动）",
     )
     report_to: str = option(
         "none", "Also log to: none, tensorboard, wandb, mlflow (comma-separated)", group="output",
-        label_zh="日志后端",
+        label="Also log to", label_zh="日志后端",
         help_zh="同时记录到：none、tensorboard、wandb、mlflow（逗号分隔）",
     )
     run_name: str | None = option(None, "Run name for tensorboard/wandb/mlflow (empty: the output_dir name)",
-                                  group="output", label_zh="运行名称",
+                                  group="output", label="Run name (loggers)", label_zh="运行名称",
                                   help_zh="在 tensorboard/wandb/mlflow 中显示的运行名称（留空：output_dir 的名称）")
     enable_liger_kernel: bool = option(
         False, f"Liger's Triton kernels for RMSNorm, RoPE and SwiGLU (less GPU memory, faster steps; CUDA GPUs only; "
-        f"install them with: {LIGER_INSTALL})", group="advanced", label_zh="Liger 内核",
+        f"install them with: {LIGER_INSTALL})", group="advanced", label="Liger kernels", label_zh="Liger 内核",
         help_zh=f"使用 Liger 的 Triton 内核（RMSNorm、RoPE、SwiGLU）：更省显存、每步更快；仅限 CUDA GPU；"
                 f"安装命令：{LIGER_INSTALL}",
     )
     torch_compile: bool = option(False, "Compile the model with torch.compile (slow start, faster steps on GPU)",
-                                 group="advanced", label_zh="torch.compile",
+                                 group="advanced", label="torch.compile", label_zh="torch.compile",
                                  help_zh="用 torch.compile 编译模型（启动较慢，GPU 上每步更快）")
     disable_tqdm: bool = option(True, "Hide the progress bar (progress lines are printed instead)",
-                                group="output", ui=False, label_zh="隐藏进度条", help_zh="隐藏进度条（改为打印进度行）")
+                                group="output", ui=False,
+                                label="Hide the progress bar", label_zh="隐藏进度条", help_zh="隐藏进度条（改为打印进度行）")
 
     def validate(self) -> None:
         if self.learning_rate <= 0:
@@ -451,25 +479,27 @@ class LaunchArgs(Options):
     """How many processes run the training (``--launch`` wraps it in ``accelerate launch``)."""
 
     launch: bool = option(False, "Run under accelerate launch (several processes, DeepSpeed, several machines)",
-                          group="distributed", label_zh="使用 accelerate 启动",
+                          group="distributed", label="Launch with accelerate", label_zh="使用 accelerate 启动",
                           help_zh="通过 accelerate launch 运行（多进程、DeepSpeed、多机）")
     num_processes: int = option(1, "Processes in total, over all machines (one per GPU; on a CPU, data-parallel gloo ranks)",
-                                min=1, group="distributed", label_zh="进程数",
+                                min=1, group="distributed", label="Processes", label_zh="进程数",
                                 help_zh="所有机器上的进程总数（每个 GPU 一个；在 CPU 上为 gloo 数据并行的进程）")
     multi_gpu: bool = option(False, "Data parallel over several processes (implied by num_processes > 1)",
-                             group="distributed", label_zh="多进程数据并行",
+                             group="distributed", label="Data parallel (several processes)", label_zh="多进程数据并行",
                              help_zh="多进程数据并行（num_processes > 1 时自动开启）")
     num_machines: int = option(1, "Machines taking part (multi-node)", min=1, group="distributed",
-                               label_zh="机器数", help_zh="参与训练的机器数（多机）")
+                               label="Machines", label_zh="机器数", help_zh="参与训练的机器数（多机）")
     machine_rank: int = option(0, "This machine's rank (0 = the main machine)", min=0, group="distributed",
-                               label_zh="机器编号", help_zh="本机编号（0 为主节点）")
+                               label="This machine's rank", label_zh="机器编号", help_zh="本机编号（0 为主节点）")
     main_process_ip: str | None = option(None, "Address of machine 0 (multi-node)", group="distributed",
-                                         label_zh="主节点地址", help_zh="0 号机器的地址（多机）")
+                                         label="Main machine's address", label_zh="主节点地址", help_zh="0 号机器的地址（多机）")
     main_process_port: int | None = option(None, "Port on machine 0 (multi-node; empty: accelerate's default)",
-                                           min=1, max=65535, group="distributed", label_zh="主节点端口",
+                                           min=1, max=65535, group="distributed",
+                                           label="Main machine's port", label_zh="主节点端口",
                                            help_zh="0 号机器上的端口（多机；留空：accelerate 的默认端口）")
     accelerate_config: str | None = option(None, "An accelerate config file (from `accelerate config`)",
-                                           group="distributed", label_zh="accelerate 配置文件",
+                                           group="distributed",
+                                           label="accelerate config file", label_zh="accelerate 配置文件",
                                            help_zh="accelerate 配置文件（由 `accelerate config` 生成）")
 
     def validate(self) -> None:
@@ -557,6 +587,7 @@ def check_combination(cfg: TrainConfig) -> None:
     has_eval = bool(data.val_size) or bool(data.eval_dataset_names())
     if tr.eval_strategy in ("steps", "epoch") and not has_eval:
         raise OptionError("eval_strategy", f"{tr.eval_strategy} needs an eval set: set val_size or eval_dataset")
+    check_best_model_options(tr, has_eval)
     if tr.deepspeed:
         resolve_deepspeed_config(tr.deepspeed)
     if tr.enable_liger_kernel:
@@ -565,6 +596,29 @@ def check_combination(cfg: TrainConfig) -> None:
         if backend in ("wandb", "mlflow"):
             if importlib.util.find_spec(backend) is None:
                 raise OptionError("report_to", f"{backend} is not installed (pip install {backend})")
+
+
+def check_best_model_options(tr: TrainArgs, has_eval: bool) -> None:
+    """load_best_model_at_end and early stopping: an eval set, evaluations, and (to pick a best checkpoint) a
+    checkpoint at every evaluation — transformers' rules, named before a run starts."""
+    for name in ("load_best_model_at_end", "early_stopping_patience"):
+        if getattr(tr, name):
+            if not has_eval:
+                raise OptionError(name, "needs an eval set: set val_size or eval_dataset")
+            if tr.eval_strategy == "no":
+                raise OptionError(name, "needs evaluations, and eval_strategy is no")
+    if not tr.load_best_model_at_end:
+        return
+    evaluate = tr.eval_strategy or "steps"
+    if tr.save_strategy == "no":
+        raise OptionError("save_strategy", "load_best_model_at_end needs checkpoints to choose from: use steps or "
+                                           "epoch")
+    if tr.save_strategy != evaluate:
+        raise OptionError("save_strategy", f"load_best_model_at_end needs a checkpoint at each evaluation: "
+                                           f"save_strategy {tr.save_strategy} differs from eval_strategy {evaluate}")
+    if evaluate == "steps" and tr.eval_steps and tr.save_steps % tr.eval_steps:
+        raise OptionError("eval_steps", f"load_best_model_at_end needs a checkpoint at each evaluation: save_steps "
+                                        f"({tr.save_steps}) must be a multiple of eval_steps ({tr.eval_steps})")
 
 
 def resolve_deepspeed_config(value: str) -> Path:

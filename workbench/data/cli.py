@@ -16,7 +16,7 @@ from workbench.data.loader import load_spec
 from workbench.data.registry import get_spec, hub_cached, read_info
 from workbench.data.stats import marked_pieces, marked_text, token_lengths
 from workbench.data.templates import resolve_template
-from workbench.paths import project_data_dir
+from workbench.paths import default_dataset_dir
 
 
 def configure_data(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +25,8 @@ def configure_data(parser: argparse.ArgumentParser) -> None:
     check = sub.add_parser("check", help="load and validate datasets; print name, format, rows, columns, problems",
                            allow_abbrev=False)
     check.add_argument("names", nargs="*", metavar="NAME", help="datasets to check (default: every entry)")
-    check.add_argument("--dataset-dir", default=None, help="folder with dataset_info.json (default: the project's data/)")
+    check.add_argument("--dataset-dir", default=None,
+                       help="folder with dataset_info.json (default: data/ in the Workbench home)")
     check.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     preview = sub.add_parser("preview", help="print rendered examples with the trained tokens marked, and token "
@@ -51,7 +52,8 @@ def configure_data(parser: argparse.ArgumentParser) -> None:
                       help="alpaca .json or .jsonl to write (with --register: default NAME.json in the dataset folder)")
     conv.add_argument("--register", metavar="NAME", default=None,
                       help="also register the output (and NAME_test for --test-output) in dataset_info.json")
-    conv.add_argument("--dataset-dir", default=None, help="with --register: the dataset folder (default: data/)")
+    conv.add_argument("--dataset-dir", default=None,
+                      help="with --register: the dataset folder (default: data/ in the Workbench home)")
     conv.add_argument("--direction", default="zh-en", choices=("zh-en", "en-zh"), help="wmt19 direction")
     conv.add_argument("--max-samples", type=int, default=None, help="a uniform random sample of this many rows")
     conv.add_argument("--seed", type=int, default=42)
@@ -74,7 +76,7 @@ def run_data(args) -> int:
 
 
 def _dataset_dir(value: str | None) -> Path:
-    return Path(value).expanduser() if value else project_data_dir()
+    return Path(value).expanduser() if value else default_dataset_dir()
 
 
 def check_rows(dataset_dir: Path, names: list[str]) -> list[dict]:

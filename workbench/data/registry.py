@@ -23,6 +23,7 @@ from workbench.data.formats import detect_spec
 from workbench.data.spec import DatasetSpec, env_true, spec_from_entry
 
 INFO_FILE = "dataset_info.json"
+BACKUP_FILE = INFO_FILE + ".bak"  # the registry as it was before the last save (only when there was one)
 
 
 def info_path(dataset_dir: str | Path) -> Path:
@@ -105,8 +106,8 @@ def check_sha1(spec: DatasetSpec, notes: list[str] | None = None) -> None:
 def save_entry(dataset_dir: str | Path, name: str, entry: dict[str, Any], *, overwrite: bool = False) -> Path:
     """Add (or with ``overwrite`` replace) one entry, keeping every other entry and their order.
 
-    The old file is copied to ``dataset_info.json.bak`` first and the new one is written to a temporary
-    file and renamed into place, so a crash never leaves a half-written registry.
+    The old file, when there is one, is copied to ``dataset_info.json.bak`` first and the new one is written to
+    a temporary file and renamed into place, so a crash never leaves a half-written registry.
     """
     name = (name or "").strip()
     if not name:
@@ -123,7 +124,7 @@ def save_entry(dataset_dir: str | Path, name: str, entry: dict[str, Any], *, ove
     info[name] = entry
     dataset_dir.mkdir(parents=True, exist_ok=True)
     if path.is_file():
-        shutil.copy2(path, path.with_name(INFO_FILE + ".bak"))
+        shutil.copy2(path, path.with_name(BACKUP_FILE))
     atomic_write_text(path, json.dumps(info, ensure_ascii=False, indent=2) + "\n")
     return path
 

@@ -264,9 +264,9 @@ def _records_examples(name: str, dataset_dir: str | None, max_samples: int | Non
     from workbench.data.files import peek_rows
     from workbench.data.loader import load_spec
     from workbench.data.registry import get_spec
-    from workbench.paths import project_data_dir
+    from workbench.paths import default_dataset_dir
 
-    spec = get_spec(name, Path(dataset_dir).expanduser() if dataset_dir else project_data_dir())
+    spec = get_spec(name, Path(dataset_dir).expanduser() if dataset_dir else default_dataset_dir())
     if spec.load_from == "file" and spec.formatting == "alpaca" and spec.path.is_file():
         columns, _ = peek_rows(spec.path, 5)
         response = spec.columns.get("response", "output")
@@ -360,13 +360,26 @@ def load_examples(name: str, dataset: str, *, dataset_dir: str | None = None, ma
     return _records_examples(dataset, dataset_dir, max_samples)
 
 
+def demo_folder(demo: str, dataset_dir: str | None) -> str | None:
+    """Where a built-in task's demo set is read: the dataset folder when it registers it (the user's copy),
+    else the project's ``data/`` (a folder of the user's own, or one whose demo entries were removed)."""
+    from workbench.data.registry import dataset_names
+    from workbench.paths import default_dataset_dir, project_data_dir
+
+    folder = Path(dataset_dir).expanduser() if dataset_dir else default_dataset_dir()
+    return str(folder) if demo in dataset_names(folder) else str(project_data_dir())
+
+
 def build_tasks(tasks: str | list[str], metrics: str | None = None, *, dataset_dir: str | None = None,
                 max_samples: int | None = None, max_new_tokens: int | None = None) -> list[Task]:
     out = []
     for name, metric, dataset in parse_task_specs(tasks, metrics):
         builtin = BUILTIN.get(name)
-        dataset = dataset or builtin.default_dataset  # type: ignore[union-attr]
-        examples, warnings = load_examples(name, dataset, dataset_dir=dataset_dir, max_samples=max_samples)
+        folder = dataset_dir
+        if not dataset:
+            dataset = builtin.default_dataset  # type: ignore[union-attr]
+            folder = demo_folder(dataset, dataset_dir)
+        examples, warnings = load_examples(name, dataset, dataset_dir=folder, max_samples=max_samples)
         if not examples:
             raise WorkbenchError(f"task {name}: {dataset} holds no examples")
         if METRICS[metric][0] != "squad":

@@ -4,7 +4,9 @@ A finished training run is a directory with ``workbench_run.json`` and ``adapter
 (written by the trainer at the end); :func:`list_adapters` is what the Chat, Evaluate and Export
 pickers call, so a run appears there as soon as it has finished. :func:`list_runs` summarises
 every run for the runs table (jobs started from the UI and runs trained on the command line
-alike), :func:`config_diff` compares the configs of several runs.
+alike), :func:`config_diff` compares the configs of several runs, :func:`read_config` is what "load this
+run's config into the form" reads, and :func:`comparable_pace` finds the measured speed of an earlier run like a
+planned one (the Train tab's time estimate).
 """
 
 from __future__ import annotations
@@ -100,7 +102,9 @@ def last_progress(path: Path) -> dict[str, Any] | None:
     return None
 
 
-def _config(path: Path) -> dict[str, Any]:
+def read_config(path: Path | str) -> dict[str, Any]:
+    """A run's config.yaml as a mapping ({} when it is missing or not a mapping)."""
+    path = Path(path)
     try:
         data = yaml.safe_load((path / CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
@@ -115,7 +119,7 @@ def summarize(path: Path) -> RunSummary | None:
     record = read_json(path / RUN_RECORD)
     if status is None and record is None and not (path / PROGRESS_FILE).is_file():
         return None
-    config = _config(path)
+    config = read_config(path)
     record = record or {}
     if status is not None:
         kind, state = str(status.get("kind", "job")), str(status.get("state"))
@@ -181,7 +185,7 @@ def config_diff(paths: list[Path | str]) -> tuple[list[str], list[list[Any]]]:
     """(header, rows): one row per option whose value differs between the runs, as
     [option, value in run 1, value in run 2, ...]; '—' where a run does not set it."""
     paths = [Path(p) for p in paths]
-    configs = [full_config(_config(p)) for p in paths]
+    configs = [full_config(read_config(p)) for p in paths]
     keys: list[str] = []
     for config in configs:
         keys += [k for k in config if k not in keys]
@@ -193,6 +197,63 @@ def config_diff(paths: list[Path | str]) -> tuple[list[str], list[list[Any]]]:
         if any(v != values[0] for v in values[1:]):
             rows.append([key, *["none" if v is None else v for v in values]])
     return ["option", *[p.name for p in paths]], rows
+
+
+# ---- the pace of earlier runs ---------------------------------------------------------------------------------
+
+# Options that change how fast a step of the same size runs; runs that agree on all of them are comparable.
+PACE_KEYS = ("model_name_or_path", "stage", "finetuning_type", "use_dora", "quantization_bit", "infer_dtype", "bf16",
+             "fp16", "gradient_checkpointing", "padding_free", "device", "num_processes", "torch_compile")
+
+
+@dataclass
+class Pace:
+    """How fast a run trained, from its progress.jsonl."""
+    run: str
+    seconds_per_step: float
+    tokens_per_second: float | None  # input tokens over the whole logged span (None when the trainer logs none)
+    steps: int                       # the steps it was measured over
+
+
+def measured_pace(path: Path | str) -> Pace | None:
+    """The pace of a run over its logged training steps (evaluations and checkpoints included, as they cost time
+    in a run too); None before a training line was logged. A single line is measured from the start of training;
+    a resumed run's restart (elapsed counts from 0 again) is left out."""
+    path = Path(path)
+    train = [e for e in read_curve(path) if e.get("kind", "train") == "train" and e.get("step") is not None
+             and e.get("elapsed") is not None]
+    spans = list(zip(train, train[1:])) if len(train) > 1 else [({"step": 0, "elapsed": 0.0}, e) for e in train]
+    steps = seconds = tokens = 0.0
+    counted = True
+    for before, after in spans:
+        dt, dstep = after["elapsed"] - before["elapsed"], after["step"] - before["step"]
+        if dt <= 0 or dstep <= 0:
+            continue
+        steps, seconds = steps + dstep, seconds + dt
+        if after.get("tokens_per_second") is None:
+            counted = False
+        else:
+            tokens += after["tokens_per_second"] * dt
+    if steps <= 0:
+        return None
+    return Pace(path.name, seconds / steps, tokens / seconds if counted and tokens > 0 else None, int(steps))
+
+
+def comparable_pace(values: dict[str, Any], root: Path | str | None = None, exclude: str | None = None
+                    ) -> Pace | None:
+    """The measured pace of the newest run (finished, aborted, or running for a while) whose :data:`PACE_KEYS`
+    match the planned option mapping ``values``."""
+    wanted = full_config(values)
+    for summary in list_runs(root):
+        if summary.name == exclude or summary.state not in ("finished", "running", "aborted"):
+            continue
+        config = full_config(read_config(summary.path))
+        if any(config.get(k) != wanted.get(k) for k in PACE_KEYS):
+            continue
+        pace = measured_pace(summary.path)
+        if pace is not None:
+            return pace
+    return None
 
 
 def delete_run(path: Path | str, force: bool = False) -> None:

@@ -4,6 +4,9 @@ Every line has the same keys — step, total_steps, epoch, loss, eval_loss, lr, 
 tokens_per_second, elapsed, eta — (null where a value does not apply), plus ``kind`` ("train" or
 "eval") and, for rm/dpo, ``reward_accuracy`` / ``reward_margin`` and TRL's own reward metrics under
 their TRL names. Lines are flushed as they are written so the UI can tail the file.
+
+Before the first of those lines the callback keeps ``phase.json`` current (step 1 running, how long it took,
+evaluating), see :func:`workbench.rundir.write_phase`.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any, TextIO
 from transformers import TrainerCallback
 
 from workbench.config.base import WorkbenchError
-from workbench.rundir import append_progress, format_duration, read_progress
+from workbench.rundir import append_progress, format_duration, read_progress, write_phase
 
 BASE_KEYS = ("step", "total_steps", "epoch", "loss", "eval_loss", "lr", "grad_norm", "tokens_per_second",
              "elapsed", "eta")
@@ -27,6 +30,26 @@ _SKIP = {"epoch", "learning_rate", "num_input_tokens_seen", "total_flos", "step"
 # Reward accuracy / margin under one name whichever trainer produced them.
 _ACCURACY = ("accuracy", "rewards/accuracies")
 _MARGIN = ("margin", "rewards/margins")
+# This many rises of the eval loss in a row (each evaluation above the one before) is pointed out as overfitting.
+EVAL_RISES_WARN = 3
+
+
+def eval_loss_rises(entries: list[dict[str, Any]]) -> tuple[int, list[float]]:
+    """How many evaluations in a row, counted back from the last, had a higher eval loss than the one before, and
+    the eval losses of that stretch (the lowest first)."""
+    losses = [e["eval_loss"] for e in entries if e.get("kind") == "eval" and e.get("eval_loss") is not None]
+    rises = 0
+    while rises + 1 < len(losses) and losses[-1 - rises] > losses[-2 - rises]:
+        rises += 1
+    return rises, losses[len(losses) - rises - 1:] if rises else []
+
+
+def eval_rise_advice(rises: int, losses: list[float]) -> str:
+    """One line about a rising eval loss, naming the options that act on it."""
+    path = " → ".join(f"{v:.4f}" for v in losses)
+    return (f"the eval loss rose {rises} evaluations in a row ({path}): the model may be overfitting. "
+            "load_best_model_at_end keeps the checkpoint with the lowest eval loss, early_stopping_patience stops "
+            "such a run; fewer epochs or a lower learning_rate also help")
 
 
 def _num(value: Any) -> float | None:
@@ -114,6 +137,12 @@ class ProgressCallback(TrainerCallback):
         self.last_logged_step = 0
         self.diverged: str | None = None  # why training was stopped: one line for the user
         self.diverged_step: int | None = None
+        self.evaluating = False
+        self.eval_entries: list[dict[str, Any]] = []
+
+    def _phase(self, state, phase: str, text: str, **extra: Any) -> None:
+        if state.is_world_process_zero:
+            write_phase(self.path.parent, phase, text, step=state.global_step, total_steps=state.max_steps, **extra)
 
     # -- non-finite loss / weights (every process runs these, on identical values, so all stop together) --------
     def _stop(self, args, state, control, what: list[str], model, span: str | None = None) -> None:
@@ -164,6 +193,19 @@ class ProgressCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         self._check_before_save(args, state, control, model)
+        if state.global_step == self.start_step + 1:  # the sign of life before the first progress line
+            seconds = time.time() - self.started
+            self._phase(state, "training", f"step {state.global_step} of {state.max_steps} took {seconds:.1f} s",
+                        first_step_seconds=round(seconds, 3))
+
+    def on_prediction_step(self, args, state, control, **kwargs):
+        if not self.evaluating:
+            self.evaluating = True
+            self._phase(state, "evaluating", f"evaluating at step {state.global_step} of {state.max_steps}")
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.evaluating = False
+        self._phase(state, "training", f"training: step {state.global_step} of {state.max_steps}")
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
         self._check_before_save(args, state, control, model)
@@ -185,6 +227,7 @@ class ProgressCallback(TrainerCallback):
         self.started = self.last_time = time.time()
         self.start_step = self.last_logged_step = state.global_step  # > 0 when resumed
         self.last_tokens = state.num_input_tokens_seen
+        self._phase(state, "training", f"step {state.global_step + 1} of {state.max_steps} running")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs:
@@ -238,6 +281,12 @@ class ProgressCallback(TrainerCallback):
         if self.echo is not None:
             self.echo.write(self._line(entry) + "\n")
             self.echo.flush()
+        if is_eval:
+            self.eval_entries.append(entry)
+            rises, losses = eval_loss_rises(self.eval_entries)
+            if rises == EVAL_RISES_WARN and self.echo is not None:  # said once, when it first reaches the count
+                self.echo.write(f"[eval] warning: {eval_rise_advice(rises, losses)}\n")
+                self.echo.flush()
 
     @staticmethod
     def _line(e: dict[str, Any]) -> str:

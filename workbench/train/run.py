@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from workbench.config.base import OptionError, WorkbenchError
 from workbench.config.train import TrainConfig, check_deepspeed_installed, resolve_deepspeed_config
-from workbench.rundir import CONFIG_FILE, PROGRESS_FILE, RUN_RECORD
+from workbench.rundir import CONFIG_FILE, PROGRESS_FILE, RUN_RECORD, write_phase
 from workbench.train import outputs as out
 
 LAUNCHED_ENV = "WORKBENCH_LAUNCHED"  # set by --launch: the parent already prepared output_dir
@@ -117,6 +117,9 @@ def training_arguments(cfg: TrainConfig, output_dir: Path, device: str, has_eval
         eval_strategy=eval_strategy,
         eval_steps=(tr.eval_steps or tr.save_steps) if eval_strategy == "steps" else None,
         prediction_loss_only=True,
+        load_best_model_at_end=tr.load_best_model_at_end,
+        # early stopping compares evaluations by a metric; the eval loss unless metric_for_best_model says otherwise
+        metric_for_best_model="loss" if tr.early_stopping_patience else None,
         seed=tr.seed,
         data_seed=tr.seed,
         full_determinism=tr.full_determinism,
@@ -223,10 +226,14 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = _log) -> dict
         for warning in cfg.warnings:
             log(f"warning: {warning}")
     run = _check_before_loading(cfg, log)
+    _phase(run, "tokenising", f"reading and tokenising {cfg.data.dataset}")
     _load_data(run)
     from transformers import set_seed
 
     set_seed(cfg.train.seed)  # the LoRA / score-head initialisation is part of the reproducible run
+    rows = len(run.train_set) if hasattr(run.train_set, "__len__") else None
+    _phase(run, "loading", f"loading {cfg.model.model_name_or_path} and building the trainer"
+           + (f" ({rows} training examples ready)" if rows is not None else ""), train_examples=rows)
     trainer = STAGE_RECIPES[cfg.finetuning.stage](run)
     _finish_trainer(run, trainer)
     return _train_and_save(run, trainer, started)
@@ -261,6 +268,12 @@ def _check_before_loading(cfg: TrainConfig, log: Callable[[str], None]) -> _Run:
 
     plan = preflight(model_path, ft, trust_remote_code=margs.trust_remote_code)
     return _Run(cfg, log, main, output_dir, resume, device, model_path, plan)
+
+
+def _phase(run: _Run, phase: str, text: str, **extra: Any) -> None:
+    """phase.json: what the UI shows of a run before its first progress line (the trainer's callback goes on)."""
+    if run.main:
+        write_phase(run.output_dir, phase, text, **extra)
 
 
 # ---- 2. data (the tokenizer only) ------------------------------------------------------------------
@@ -428,6 +441,10 @@ def _finish_trainer(run: _Run, trainer) -> None:
     ft, tr, margs = run.cfg.finetuning, run.cfg.train, run.cfg.model
     quantized = bool(margs.quantization_bit)
     trainer.remove_callback(PrinterCallback)
+    if tr.early_stopping_patience:
+        from transformers import EarlyStoppingCallback
+
+        trainer.add_callback(EarlyStoppingCallback(early_stopping_patience=tr.early_stopping_patience))
     if ft.finetuning_type == "lora" and not quantized and not tr.deepspeed and (tr.bf16 or tr.fp16):
         from workbench.train.methods import cast_frozen_linears
 
@@ -459,6 +476,7 @@ def _train_and_save(run: _Run, trainer, started: float) -> dict[str, Any]:
     resume = run.resume
     result = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     run.progress.raise_if_diverged(trainer)  # NaN/inf loss or weights: the run fails here, nothing is saved as done
+    _phase(run, "saving", "saving the trained weights and the run's files")
     metrics = dict(result.metrics)
     metrics["num_input_tokens_seen"] = trainer.state.num_input_tokens_seen
     trainer.save_model(str(run.output_dir))

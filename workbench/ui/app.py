@@ -15,7 +15,7 @@ from pathlib import Path
 import gradio as gr
 
 from workbench.config.base import WorkbenchError
-from workbench.config.model import DTYPES
+from workbench.config.model import DTYPES, ENGINES
 from workbench.data.templates import TEMPLATES
 from workbench.infer.api import check_exposure
 from workbench.infer.session import ModelManager
@@ -58,32 +58,75 @@ def build_top_bar(ctx: AppContext) -> None:
         ctx.quantization = gr.Dropdown(choices=[NONE_CHOICE, "4", "8"], value=NONE_CHOICE,
                                        label=T("Quantization (bits)", "量化（比特）"), scale=1,
                                        elem_id="wb-quantization")
+        ctx.engine = gr.Dropdown(choices=list(ENGINES), value=ENGINES[0], label=T("Engine", "生成引擎"), scale=1,
+                                 elem_id="wb-engine")
         with gr.Column(scale=1, min_width=120):
             ctx.load_button = gr.Button(T("Load model", "加载模型"), variant="primary", elem_id="wb-load")
             ctx.unload_button = gr.Button(T("Unload", "卸载"), elem_id="wb-unload")
-    ctx.status = gr.Markdown(ctx.manager.status(), elem_id="wb-status")
+    ctx.status = gr.Markdown(elem_id="wb-status")
 
-    ctx.model.change(on_model_change, inputs=ctx.model, outputs=ctx.template)
+    # Every page load (a reload, a second tab) shows what the server has loaded, not the defaults.
+    gr.on(None, bind(top_bar_state, ctx), outputs=[*ctx.model_inputs(), ctx.template, ctx.status], queue=False,
+          show_progress="hidden")
+    ctx.model.change(bind(on_model_change, ctx), inputs=ctx.model, outputs=ctx.template)
+    ctx.template.change(bind(remember_template, ctx), inputs=[ctx.template, ctx.model], queue=False,
+                        show_progress="hidden")
     ctx.load_button.click(loading_note, outputs=ctx.status).then(
-        bind(on_load, ctx.manager), inputs=ctx.model_inputs(), outputs=ctx.status
+        bind(on_load, ctx), inputs=[*ctx.model_inputs(), ctx.template], outputs=ctx.status
     )
     ctx.unload_button.click(bind(on_unload, ctx.manager), outputs=ctx.status)
 
 
-def on_model_change(model: str):
-    """A known model's own chat template."""
-    return gr.update(value=registry.default_template(model or "")) if registry.lookup(model or "") else gr.update()
+def top_bar_state(ctx: AppContext):
+    """(model, dtype, quantization, engine, template, status) as the server has them: the loaded model's options,
+    or the form left as it is when nothing is loaded; the model list is read again (new exports, downloads)."""
+    manager, args = ctx.manager, ctx.manager.args
+    choices = model_choices()
+    status = f"⏳ Loading {ctx.loading}…" if ctx.loading else manager.status()
+    if manager.current() is None or args is None:
+        return gr.update(choices=choices), gr.update(), gr.update(), gr.update(), gr.update(), status
+    quant = str(args.quantization_bit) if args.quantization_bit else NONE_CHOICE
+    return (gr.update(choices=choices, value=args.model_name_or_path), args.infer_dtype, quant, args.engine,
+            ctx.chosen_template, status)
+
+
+def is_loaded(ctx: AppContext, model: str | None) -> bool:
+    """Whether the top bar's ``model`` is the one the server has loaded."""
+    args = ctx.manager.args
+    return args is not None and ctx.manager.current() is not None and (model or "").strip() == args.model_name_or_path
+
+
+def remember_template(ctx: AppContext, template: str, model: str) -> None:
+    """The template chosen for the loaded model (a top bar showing another model does not change it)."""
+    if is_loaded(ctx, model):
+        ctx.chosen_template = template or "auto"
+
+
+def on_model_change(ctx: AppContext, model: str):
+    """A known or merged model's own chat template; for the loaded model (a page load restoring it) the template
+    chosen for it."""
+    if is_loaded(ctx, model):
+        return gr.update(value=ctx.chosen_template)
+    model = model or ""
+    known = registry.lookup(model) or registry.exported_template(model)
+    return gr.update(value=registry.default_template(model)) if known else gr.update()
 
 
 def loading_note():
     return "⏳ Loading…"
 
 
-def on_load(manager: ModelManager, model: str, dtype: str, quantization: str):
+def on_load(ctx: AppContext, model: str, dtype: str, quantization: str, engine: str, template: str):
+    manager = ctx.manager
+    ctx.loading = (model or "").strip() or "the model"  # what a page opened meanwhile says
     try:
-        manager.load(model_args_from(model, dtype, quantization))
+        manager.load(model_args_from(model, dtype, quantization, engine))
     except Exception as exc:  # shown to the user; error_text logs the traceback of a bug
-        return f"❌ **Could not load the model.** {error_text(exc, mark=False)}"
+        # What is loaded now (the model as it was, or nothing), so the line never claims more than the server has.
+        return f"❌ **Could not load the model.** {error_text(exc, mark=False)}\n\n{manager.status()}"
+    finally:
+        ctx.loading = None
+    ctx.chosen_template = template or "auto"
     return "✅ " + manager.status()
 
 
@@ -103,15 +146,17 @@ def create_app(manager: ModelManager | None = None) -> gr.Blocks:
                 module = importlib.import_module(module_name)
                 with gr.Tab(T(title_en, title_zh), id=module_name.rsplit(".", 1)[-1]):
                     module.build(ctx)
-        clear_unset_numbers(app)
+        clear_unset_numbers(app, skip=ctx.restored_on_load)
     app.workbench_context = ctx  # type: ignore[attr-defined]
     return app
 
 
-def clear_unset_numbers(app: gr.Blocks) -> None:
+def clear_unset_numbers(app: gr.Blocks, skip: list | tuple = ()) -> None:
     """An optional number (max_samples, eval_steps, ...) whose value is None is drawn as 0 by the browser, and
-    that 0 is what an untouched form would send: blank those fields when the page loads."""
-    unset = [block for block in app.blocks.values() if isinstance(block, gr.Number) and block.value is None]
+    that 0 is what an untouched form would send: blank those fields when the page loads (except those in ``skip``,
+    which a tab restores itself)."""
+    unset = [block for block in app.blocks.values() if isinstance(block, gr.Number) and block.value is None
+             and not any(block is other for other in skip)]
     if unset:
         app.load(bind(blanks, len(unset)), outputs=unset, show_progress="hidden", queue=False)
 

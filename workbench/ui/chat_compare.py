@@ -6,6 +6,7 @@ judgement as ranking data for rm / dpo.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -13,7 +14,8 @@ import gradio as gr
 from workbench.config.base import WorkbenchError
 from workbench.data import preferences
 from workbench.infer.engine import BASE
-from workbench.paths import project_data_dir
+from workbench.paths import default_dataset_dir
+from workbench.rundir import read_export_record
 from workbench.ui.binding import bind
 from workbench.ui.context import DATASETS_VERSION, AppContext, error_text
 from workbench.ui.i18n import T
@@ -26,6 +28,55 @@ MAX_JUDGED = 200  # fingerprints of judged turns remembered per session (a turn 
 def session_key(request: gr.Request | None) -> str:
     """The browser session's key in the tab's map of what is generating now."""
     return request.session_hash if request else "-"
+
+
+class Claim:
+    """A browser session's turn at generating, taken before anything starts: a second Send, Regenerate or tool
+    result of the session (a fast second click, Enter in the message box) is refused with a note instead of racing
+    the first and overwriting its history. Stop cancels what the claim runs, even before it started."""
+
+    def __init__(self) -> None:
+        self.target = None  # the answer (RowHandle) or batch (Batch) generating
+        self.cancelled = False
+
+    def run(self, target) -> None:
+        self.target = target
+        if self.cancelled:
+            target.cancel()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.target is not None:
+            self.target.cancel()
+
+
+def claim_session(active: dict, key: str) -> Claim | None:
+    """The session's claim, or None while it is generating already (``setdefault`` is atomic: two handlers of one
+    session never both get it)."""
+    claim = Claim()
+    return claim if active.setdefault(key, claim) is claim else None
+
+
+def release_session(active: dict, key: str, claim: Claim) -> None:
+    if active.get(key) is claim:
+        del active[key]
+
+
+def base_name(loaded) -> str:
+    """What the loaded model itself answers as: "base", or a merged model's own name (an export directory loaded
+    as the model is no plain base: its adapters are merged in)."""
+    if loaded is not None and read_export_record(loaded.model_path) is not None:
+        return Path(str(loaded.label).rstrip("/")).name or BASE
+    return BASE
+
+
+def variant_labels(manager) -> dict[str, str]:
+    """{variant: what the Chat tab calls it}: the loaded model under :func:`base_name`, adapters by their names."""
+    return {BASE: base_name(manager.current())}
+
+
+def label_of(labels: dict[str, str], name: str) -> str:
+    return labels.get(name, name)
 
 
 def compare_answers(convs: dict[str, list[dict]], shown: list[str], column: str | None = None
@@ -112,7 +163,7 @@ def wire_judging(judging: Judging, ctx: AppContext, active: dict, compare_pick, 
     datasets_version = ctx.version(DATASETS_VERSION)  # bumped when a dataset is registered (Train tab picker)
     folder_input = ctx.extras.get("data_dir")  # the Data tab's folder box: judgements go where datasets are
     if folder_input is None:
-        folder_input = gr.State(str(project_data_dir()))
+        folder_input = gr.State(str(default_dataset_dir()))
     inputs = [compare_pick, histories, judging.dataset_name, folder_input, judged, datasets_version]
     outputs = [judging.status, judged, datasets_version, judging.edit_box, pending]
     for i in range(MAX_COLUMNS):
@@ -123,18 +174,19 @@ def wire_judging(judging: Judging, ctx: AppContext, active: dict, compare_pick, 
     judging.cancel_button.click(cancel_edit, None, [judging.edit_box, pending, judging.status])
     judging.both_bad_button.click(bind(on_both_bad, ctx, active), inputs[:-1],
                                   [judging.status, judged, judging.edit_box, pending])
-    compare_pick.change(judge_columns, compare_pick, [*judging.columns, *judging.prefer_buttons])
+    compare_pick.change(bind(judge_columns, ctx.manager), compare_pick, [*judging.columns, *judging.prefer_buttons])
     clear_button.click(reset_judging, None, [judged, pending, judging.edit_box, judging.status])
 
 
 # -- handlers ---------------------------------------------------------------------------------------
 
-def judge_columns(shown):
+def judge_columns(manager, columns):
     """One column of judging buttons under each compare column, named after it."""
-    shown = list(shown or [])[:MAX_COLUMNS]
-    cols = [gr.update(visible=i < len(shown)) for i in range(MAX_COLUMNS)]
-    labels = [gr.update(value=f"👍 {shown[i]}") if i < len(shown) else gr.update() for i in range(MAX_COLUMNS)]
-    return (*cols, *labels)
+    columns, labels = list(columns or [])[:MAX_COLUMNS], variant_labels(manager)
+    cols = [gr.update(visible=i < len(columns)) for i in range(MAX_COLUMNS)]
+    buttons = [gr.update(value=f"👍 {label_of(labels, columns[i])}") if i < len(columns) else gr.update()
+               for i in range(MAX_COLUMNS)]
+    return (*cols, *buttons)
 
 
 def shown_column(shown, index: int) -> str:
@@ -160,15 +212,16 @@ def turn_to_judge(active: dict, shown, convs, column: str | None, judged_fps, re
 
 def keep(ctx: AppContext, folder, name, answers, column, edited=None):
     loaded = ctx.manager.current()
-    folder = str(folder or "").strip() or str(project_data_dir())
+    folder = str(folder or "").strip() or str(default_dataset_dir())
     return preferences.record(folder, name, answers, column, edited=edited,
                               base_model=loaded.label if loaded else None)
 
 
-def kept(answers, column, saved, judged_fps, version, edited=False):
+def kept(ctx: AppContext, answers, column, saved, judged_fps, version, edited=False):
     """(status, judged, datasets version, edit box, pending) once a judgement is kept."""
-    others = ", ".join(f"**{a.model}**" for a in answers if a.model != column)
-    verdict = f"👍 **{column}**{' (edited)' if edited else ''} over {others}"
+    labels = variant_labels(ctx.manager)
+    others = ", ".join(f"**{label_of(labels, a.model)}**" for a in answers if a.model != column)
+    verdict = f"👍 **{label_of(labels, column)}**{' (edited)' if edited else ''} over {others}"
     fps = [*(judged_fps or []), preferences.fingerprint(answers)][-MAX_JUDGED:]
     return (f"✅ {verdict}. {preferences.describe(saved)}", fps, version + 1 if saved.registered else gr.skip(),
             gr.update(visible=False), None)
@@ -182,7 +235,7 @@ def on_prefer(ctx: AppContext, active: dict, index: int, shown, convs, name, fol
         saved = keep(ctx, folder, name, answers, column)
     except Exception as exc:
         return error_text(exc), gr.skip(), gr.skip(), gr.update(), gr.skip()
-    return kept(answers, column, saved, judged_fps, version)
+    return kept(ctx, answers, column, saved, judged_fps, version)
 
 
 def on_edit(active: dict, index: int, shown, convs, judged_fps, request: gr.Request):
@@ -216,7 +269,7 @@ def on_keep(ctx: AppContext, active: dict, text, edit, shown, convs, name, folde
     except Exception as exc:
         return error_text(exc), gr.skip(), gr.skip(), gr.update(), gr.skip()
     original = next(a for a in answers if a.model == column).message.get("content") or ""
-    return kept(answers, column, saved, judged_fps, version, edited=text.strip() != original.strip())
+    return kept(ctx, answers, column, saved, judged_fps, version, edited=text.strip() != original.strip())
 
 
 def cancel_edit():

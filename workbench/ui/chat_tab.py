@@ -24,7 +24,8 @@ from workbench.infer.engine import BASE, parse_tools, strip_tool_calls
 from workbench.jobs.runs import list_adapters
 from workbench.config.model import adapter_name_for, parse_adapter_specs
 from workbench.ui.binding import bind
-from workbench.ui.chat_compare import GENERATED, MAX_COLUMNS, build_judging, session_key, wire_judging
+from workbench.ui.chat_compare import (GENERATED, MAX_COLUMNS, Claim, base_name, build_judging, claim_session,
+                                       label_of, release_session, session_key, variant_labels, wire_judging)
 from workbench.ui.context import ADAPTERS_VERSION, RUNS_VERSION, AppContext, error_text
 from workbench.ui.forms import collect, option_components
 from workbench.ui.i18n import T
@@ -130,14 +131,16 @@ def compare_turns(convs: dict[str, list[dict]], chosen: list[str], turn: dict | 
     return out, answering
 
 
-def column_updates(chosen: list[str], convs: dict[str, list[dict]], partial: dict[str, str] | None = None):
-    """The compare columns: one per chosen variant (its conversation, and its answer so far), the rest hidden."""
+def column_updates(chosen: list[str], convs: dict[str, list[dict]], partial: dict[str, str] | None = None,
+                   labels: dict[str, str] | None = None):
+    """The compare columns: one per chosen variant (its conversation, and its answer so far), the rest hidden;
+    each titled with its name in ``labels`` (see :func:`variant_labels`)."""
     chosen = list(chosen or [])[:MAX_COLUMNS]
     out = []
     for i in range(MAX_COLUMNS):
         if i < len(chosen):
             name = chosen[i]
-            out.append(gr.update(visible=True, label=name,
+            out.append(gr.update(visible=True, label=label_of(labels or {}, name),
                                  value=bubbles(convs.get(name, []), (partial or {}).get(name))))
         else:
             out.append(gr.update(visible=False, value=[]))
@@ -161,7 +164,7 @@ class ChatView:
     system: Any
     tools_box: Any
     gen_inputs: dict[str, Any]
-    active: dict[str, Any] = field(default_factory=dict)  # session → the answer or batch generating now (Stop)
+    active: dict[str, Claim] = field(default_factory=dict)  # session → its claim on generating now (Stop)
 
     def inputs(self) -> set:
         """Event inputs as a set: the handler gets one {component: value} dict (and the request)."""
@@ -216,8 +219,10 @@ def build(ctx: AppContext) -> None:
                 columns = [gr.Chatbot(height=460, label=BASE, visible=(i == 0), elem_id=f"chat-col-{i}",
                                       buttons=["copy"]) for i in range(MAX_COLUMNS)]
             judging = build_judging()
-            message = gr.Textbox(placeholder=T("Type a message and press Enter", "输入消息后按回车"), show_label=False,
-                                 lines=2, elem_id="chat-input")
+            # One line that grows: Enter sends (a taller box would take Enter as a new line), Shift+Enter breaks a line.
+            message = gr.Textbox(placeholder=T("Type a message: Enter sends, Shift+Enter starts a new line",
+                                               "输入消息：回车发送，Shift+回车换行"), show_label=False,
+                                 lines=1, max_lines=8, elem_id="chat-input")
             with gr.Row():
                 send_btn = gr.Button(T("Send", "发送"), variant="primary", elem_id="chat-send")
                 stop_btn = gr.Button(T("Stop", "停止"), variant="stop", elem_id="chat-stop")
@@ -237,14 +242,20 @@ def build(ctx: AppContext) -> None:
         trigger(refresh_adapter_choices, None, adapter_pick)
     ctx.status.change(bind(refresh_variants, ctx.manager), [variant, compare_pick],
                       [variant, compare_pick, adapter_status])
-    mode.change(on_mode, [mode, compare_pick], [variant, compare_pick, chatbot, compare_row, *columns])
-    compare_pick.change(column_updates, [compare_pick, histories], columns)
+    # Every page load (a reload, a second tab) shows the adapters the server has attached.
+    gr.on(None, bind(page_state, ctx.manager), outputs=[variant, compare_pick, adapter_status, adapter_pick],
+          queue=False, show_progress="hidden")
+    mode.change(bind(on_mode, ctx.manager), [mode, compare_pick],
+                [variant, compare_pick, chatbot, compare_row, *columns])
+    compare_pick.change(bind(show_columns, ctx.manager), [compare_pick, histories], columns)
 
     inputs = view.inputs()
-    outputs = [message, chatbot, *columns, history, histories, status]
+    # Send, Regenerate and Send tool result are disabled while the session generates (see dispatch).
+    outputs = [message, chatbot, *columns, history, histories, status, send_btn, regen_btn, observe_btn]
     send = bind(on_send, view)
     send_btn.click(send, inputs, outputs)
-    message.submit(send, inputs, outputs)
+    # Enter while an answer streams reaches the server (which says it is busy) instead of being dropped unseen.
+    message.submit(send, inputs, outputs, trigger_mode="multiple")
     regen_btn.click(bind(on_regenerate, view), inputs, outputs)
     observe_btn.click(bind(on_observe, view), inputs, [observation, *outputs[1:]])
     stop_btn.click(bind(on_stop, view.active), None, status, queue=False)
@@ -260,17 +271,32 @@ def adapter_summary(manager) -> str:
     if loaded is None:
         return "No model loaded: load one in the top bar first."
     if not loaded.adapters:
-        return f"Attached adapters: none — {loaded.label} answers as **base**."
+        return f"Attached adapters: none — {loaded.label} answers as **{base_name(loaded)}**."
     return "Attached adapters: " + ", ".join(f"**{n}** (`{p}`)" for n, p in loaded.adapters.items())
+
+
+def variant_choices(manager) -> list[tuple[str, str]]:
+    """(label, variant) for the pickers: the loaded model itself, then each attached adapter."""
+    labels = variant_labels(manager)
+    return [(label_of(labels, name), name) for name in [BASE, *manager.adapters]]
 
 
 def refresh_variants(manager, current_variant, current_compare):
     """(variant picker, compare picker, adapter summary) for the model and adapters loaded now."""
-    loaded = manager.current()
-    names = [BASE, *(loaded.adapters if loaded else {})]
+    choices = variant_choices(manager)
+    names = [name for _, name in choices]
     keep = current_variant if current_variant in names else BASE
     chosen = [v for v in (current_compare or []) if v in names] or [BASE]
-    return gr.update(choices=names, value=keep), gr.update(choices=names, value=chosen), adapter_summary(manager)
+    return gr.update(choices=choices, value=keep), gr.update(choices=choices, value=chosen), adapter_summary(manager)
+
+
+def page_state(manager):
+    """(variant picker, compare picker, adapter summary, adapter picker) on a page load: the adapters attached on the
+    server, in the compare picker as after Attach, and as the adapter picker's selection (so the next Attach keeps
+    them unless the user removes them)."""
+    attached = [f"{name}={path}" for name, path in manager.adapters.items()]
+    every = [BASE, *manager.adapters][:MAX_COLUMNS]
+    return (*refresh_variants(manager, BASE, every), gr.update(choices=adapter_choices(), value=attached))
 
 
 def refresh_adapter_choices():
@@ -285,8 +311,8 @@ def on_attach(manager, selected, current_variant, current_compare):
         v, c, summary = refresh_variants(manager, current_variant, current_compare)
         return v, c, summary + "\n\n" + error_text(exc)
     v, c, summary = refresh_variants(manager, current_variant, current_compare)
-    names = list(manager.adapters)
-    c = gr.update(choices=[BASE, *names], value=[BASE, *names][:MAX_COLUMNS])
+    choices = variant_choices(manager)
+    c = gr.update(choices=choices, value=[name for _, name in choices][:MAX_COLUMNS])
     note = []
     if attached:
         note.append("✅ attached " + ", ".join(attached))
@@ -295,12 +321,17 @@ def on_attach(manager, selected, current_variant, current_compare):
     return v, c, summary + ("\n\n" + "; ".join(note) if note else "")
 
 
-def on_mode(m, chosen):
+def on_mode(manager, m, chosen):
     """(variant picker, compare picker, chatbot, compare row, *columns) for chat or compare mode."""
     compare = m == COMPARE
     updates = [gr.update(visible=not compare), gr.update(visible=compare), gr.update(visible=not compare),
                gr.update(visible=compare)]
-    return (*updates, *column_updates(chosen if compare else [], {}))
+    return (*updates, *column_updates(chosen if compare else [], {}, labels=variant_labels(manager)))
+
+
+def show_columns(manager, chosen, convs):
+    """The compare columns after the choice of variants changed."""
+    return column_updates(chosen, convs, labels=variant_labels(manager))
 
 
 def judging_visible(m):
@@ -308,11 +339,22 @@ def judging_visible(m):
 
 
 # -- generation ---------------------------------------------------------------------------------------
-# The send / regenerate / tool-result handlers yield (message box, chatbot, *columns, history, histories, status).
+# The send / regenerate / tool-result handlers yield (message box, chatbot, *columns, history, histories, status,
+# send button, regenerate button, tool-result button).
+
+BUTTONS = 3  # Send, Regenerate, Send tool result: disabled from a request's start to its end
+BUSY = ("⏳ An answer is still being generated here: nothing was sent, and your message is kept. Send it when the "
+        "answer is complete, or press Stop.")
+
+
+def buttons(interactive: bool | None = None) -> tuple:
+    """The three buttons' updates: enabled, disabled, or (None) left as they are."""
+    return tuple(gr.update() if interactive is None else gr.update(interactive=interactive) for _ in range(BUTTONS))
+
 
 def status_only(text: str) -> tuple:
     """The chat outputs left as they are, with ``text`` as the status."""
-    return (*[gr.update()] * (MAX_COLUMNS + 4), text)
+    return (*[gr.update()] * (MAX_COLUMNS + 4), text, *buttons())
 
 
 def read_settings(view: ChatView, data: dict):
@@ -323,26 +365,24 @@ def read_settings(view: ChatView, data: dict):
     return engine, gen, tools
 
 
-def run_chat(view: ChatView, conv: list[dict], who: str, data: dict, request):
+def run_chat(view: ChatView, conv: list[dict], who: str, data: dict, claim: Claim):
     """Stream one answer to ``conv``; yields (chatbot, history, status)."""
+    name = label_of(variant_labels(view.ctx.manager), who)
     try:
         engine, gen, tools = read_settings(view, data)
         row = engine.stream(conv, gen, variant=who, tools=tools)
     except Exception as exc:
         yield gr.update(), gr.update(), error_text(exc)
         return
-    key = session_key(request)
-    view.active[key] = row
+    claim.run(row)
     try:
-        yield bubbles(conv, ""), gr.update(), f"⏳ {who} is answering…"
+        yield bubbles(conv, ""), gr.update(), f"⏳ {name} is answering…"
         for _ in row:
             yield bubbles(conv, row.text), gr.update(), gr.update()
         reply = engine.reply(row)
     except Exception as exc:
         yield bubbles(conv), conv, error_text(exc)
         return
-    finally:
-        view.active.pop(key, None)
     conv = conv + [reply.message()]
     note = {"stop": "", "length": " (cut at max_new_tokens)", "cancelled": " (stopped)"}.get(
         reply.finish_reason or "", "")
@@ -350,15 +390,16 @@ def run_chat(view: ChatView, conv: list[dict], who: str, data: dict, request):
         if reply.tool_calls else ""
     speed = reply.completion_tokens / reply.seconds if reply.seconds else 0
     yield (bubbles(conv), conv,
-           f"✅ {who}: {reply.completion_tokens} tokens, {speed:.1f} tokens/s{note}{calls}"
+           f"✅ {name}: {reply.completion_tokens} tokens, {speed:.1f} tokens/s{note}{calls}"
            + engine_notes(engine, conv, tools))
 
 
-def run_compare(view: ChatView, convs: dict[str, list[dict]], chosen: list[str], data: dict, request,
+def run_compare(view: ChatView, convs: dict[str, list[dict]], chosen: list[str], data: dict, claim: Claim,
                 answering: list[str] | None = None):
     """Stream the answers of ``answering`` (default: every chosen variant) from one batch, showing every
     chosen column; yields (*columns, histories, status)."""
     answering = list(chosen or []) if answering is None else answering
+    labels = variant_labels(view.ctx.manager)
     try:
         if not chosen:
             raise WorkbenchError("choose at least one model or adapter to compare")
@@ -371,39 +412,54 @@ def run_compare(view: ChatView, convs: dict[str, list[dict]], chosen: list[str],
     except Exception as exc:
         yield (*[gr.update()] * MAX_COLUMNS, gr.update(), error_text(exc))
         return
-    key = session_key(request)
-    view.active[key] = batch
+    claim.run(batch)
     try:
-        yield (*column_updates(chosen, convs, {v: "" for v in answering}), gr.update(),
-               f"⏳ {', '.join(answering)} answering in one batch…")
+        yield (*column_updates(chosen, convs, {v: "" for v in answering}, labels), gr.update(),
+               f"⏳ {', '.join(label_of(labels, v) for v in answering)} answering in one batch…")
         for _ in batch.updates():
             partial = {row.label: row.text for row in batch.rows}
-            yield (*column_updates(chosen, convs, partial), gr.update(), gr.update())
+            yield (*column_updates(chosen, convs, partial, labels), gr.update(), gr.update())
         replies = [engine.reply(row) for row in batch.rows]
     except Exception as exc:
-        yield (*column_updates(chosen, convs), gr.update(), error_text(exc))
+        yield (*column_updates(chosen, convs, labels=labels), gr.update(), error_text(exc))
         return
-    finally:
-        view.active.pop(key, None)
     convs = dict(convs)
     meta = generated_meta(gen, tools, uuid.uuid4().hex)
     for name, reply in zip(answering, replies):
         convs[name] = convs[name] + [{**reply.message(), GENERATED: meta}]
     stopped = " (stopped)" if any(r.finish_reason == "cancelled" for r in replies) else ""
-    summary = ", ".join(f"{r.variant}: {r.completion_tokens} tokens" for r in replies)
-    yield (*column_updates(chosen, convs), convs, f"✅ one batch — {summary}{stopped}"
+    summary = ", ".join(f"{label_of(labels, r.variant)}: {r.completion_tokens} tokens" for r in replies)
+    yield (*column_updates(chosen, convs, labels=labels), convs, f"✅ one batch — {summary}{stopped}"
            + engine_notes(engine, [m for c in convs.values() for m in c], tools))
 
 
 def dispatch(view: ChatView, data: dict, turn: dict | None, request, clear_input=False, regenerate=False):
-    """Run chat or compare; yields (message box, chatbot, *columns, history, histories, status)."""
+    """Run chat or compare under the session's claim (refused with a note while it generates already), with the
+    buttons disabled from start to end; yields the handlers' outputs."""
+    key = session_key(request)
+    claim = claim_session(view.active, key)
+    if claim is None:
+        yield status_only(BUSY)
+        return
+    try:
+        yield (*[gr.update()] * (MAX_COLUMNS + 5), *buttons(False))
+        for out in generate(view, data, turn, claim, clear_input, regenerate):
+            yield (*out, *buttons())
+    finally:
+        release_session(view.active, key, claim)
+    yield (*[gr.update()] * (MAX_COLUMNS + 5), *buttons(True))
+
+
+def generate(view: ChatView, data: dict, turn: dict | None, claim: Claim, clear_input: bool, regenerate: bool):
+    """Chat or compare; yields (message box, chatbot, *columns, history, histories, status). The message box is
+    emptied once the request got going (an error before that keeps what the user typed)."""
     m, who, chosen = data[view.mode], data[view.variant], data[view.compare_pick]
     conv, convs = data[view.history], data[view.histories]
     box = gr.update(value="") if clear_input else gr.update()
     if m == COMPARE:
         base, answering = compare_turns(dict(convs or {}), chosen, turn, regenerate)
         first = True
-        for *cols, new_convs, note in run_compare(view, base, chosen, data, request, answering):
+        for *cols, new_convs, note in run_compare(view, base, chosen, data, claim, answering):
             failed = isinstance(note, str) and note.startswith("❌")
             yield (gr.update() if failed else (box if first else gr.update()), gr.update(), *cols, gr.update(),
                    new_convs, note)
@@ -415,7 +471,7 @@ def dispatch(view: ChatView, data: dict, turn: dict | None, request, clear_input
     if turn is not None:
         conv = conv + [turn]
     first = True
-    for bot, new_conv, note in run_chat(view, conv, who, data, request):
+    for bot, new_conv, note in run_chat(view, conv, who, data, claim):
         failed = isinstance(note, str) and note.startswith("❌")
         yield (gr.update() if failed else (box if first else gr.update()), bot,
                *[gr.update()] * MAX_COLUMNS, new_conv, gr.update(), note)
@@ -442,7 +498,7 @@ def on_regenerate(view: ChatView, data: dict, request: gr.Request):
 
 
 def on_observe(view: ChatView, data: dict, request: gr.Request):
-    """Send a tool's result back; yields (tool result box, chatbot, *columns, history, histories, status)."""
+    """Send a tool's result back; yields (tool result box, chatbot, *columns, history, histories, status, *buttons)."""
     m, chosen, conv, convs = data[view.mode], data[view.compare_pick], data[view.history], data[view.histories]
     text = (data[view.observation] or "").strip()
     if not text:
@@ -457,8 +513,7 @@ def on_observe(view: ChatView, data: dict, request: gr.Request):
     elif not called_tool(conv or []):
         yield status_only("❌ The last answer called no tool; a tool result answers a tool call.")
         return
-    for out in dispatch(view, data, turn, request):
-        yield (gr.update(value="") if not str(out[-1]).startswith("❌") else gr.update(), *out[1:])
+    yield from dispatch(view, data, turn, request, clear_input=True)
 
 
 def on_stop(active: dict, request: gr.Request):

@@ -17,13 +17,13 @@ import pandas as pd
 from workbench.config.base import WorkbenchError
 from workbench.data import inspect as di
 from workbench.data.converters import ConvertOptions, convert_and_register
-from workbench.data.registry import dataset_names
+from workbench.data.registry import dataset_names, info_path
 from workbench.data.spec import DEFAULT_TAGS, FORMATS, TAG_KEYS
 from workbench.data.stats import histogram_figure
 from workbench.data.templates import resolve_template
-from workbench.paths import project_data_dir
-from workbench.ui.context import DATASETS_VERSION, AppContext, error_text
-from workbench.ui.i18n import T
+from workbench.paths import default_dataset_dir
+from workbench.ui.context import DATA_FOLDER, DATA_FOLDER_DATASETS, DATASETS_VERSION, AppContext, error_text
+from workbench.ui.i18n import T, message, say
 
 NONE = "(none)"
 UPLOAD_TYPES = [".json", ".jsonl", ".csv", ".parquet", ".arrow", ".txt"]
@@ -40,6 +40,19 @@ MAX_PREVIEW_ROWS = 2000
 # mappable column, one box per role tag, the tags panel, the first rows, the save name, and the preview's state,
 # rendered example, stats and histogram.
 SOURCE_OUTPUTS = 11 + len(di.MAPPABLE_COLUMNS) + len(TAG_KEYS)
+# The first-rows table before a file is open (real headers, not Gradio's 1 2 3).
+EMPTY_ROWS = pd.DataFrame(columns=["instruction", "input", "output"])
+
+OPENED = message("Opened. Check the column mapping, then press Preview:",
+                 "已打开。请检查列映射，然后点击“预览”：")
+PREVIEWED = message("Preview ready:", "预览完成：")
+SAVED = message("Saved and listed wherever datasets are picked:", "已保存，可在所有选择数据集的地方选用：")
+SAVED_BAK = message("Saved and listed wherever datasets are picked (the previous dataset_info.json is kept as "
+                    "dataset_info.json.bak):",
+                    "已保存，可在所有选择数据集的地方选用（之前的 dataset_info.json 保留为 dataset_info.json.bak）：")
+CONVERTED = message("Converted and registered:", "已转换并注册：")
+NO_DATASETS = message("No dataset_info.json with datasets in this folder yet; upload a file to start one:",
+                      "此目录中还没有登记数据集的 dataset_info.json；上传一个文件即可开始：")
 
 
 def _cell(value: Any, limit: int = 160) -> str:
@@ -69,12 +82,11 @@ def _tag_updates(source: di.Source | None) -> list:
 
 def _summary(source: di.Source, where: str) -> str:
     kind = f"{source.formatting}" + (" · ranking" if source.ranking else "")
-    lines = [f"**{where}** — {len(source.columns)} columns ({', '.join(source.columns) or 'none'}); detected / "
-             f"registered format: **{kind}**. Check the column mapping, then press Preview."]
+    lines = [f"{OPENED} **{where}** · `{', '.join(source.columns) or '-'}` · **{kind}**"]
     if source.formatting != "alpaca" and source.tags:
         lines.append("Role tags: " + ", ".join(f"`{k}` = `{v}`" for k, v in source.tags.items()))
     lines += [f"⚠️ {note}" for note in source.notes]
-    return "\n\n".join(lines)
+    return say("\n\n".join(lines))
 
 
 def _mapping(formatting, ranking, columns: list, tags: list) -> tuple[dict, dict]:
@@ -101,12 +113,19 @@ def build(ctx: AppContext) -> None:
         "save it into `dataset_info.json`.",
         "选择已注册的数据集或上传文件（json、jsonl、csv、parquet、arrow、txt）。系统会自动识别格式并映射列；"
         "检查映射、预览模型实际训练的内容，然后保存到 `dataset_info.json`。"))
+    folder_now = default_dataset_dir()  # made on first use, with the demo sets registered
     with gr.Row(equal_height=True):
-        data_dir = gr.Textbox(value=str(project_data_dir()), label=T("Dataset folder", "数据集目录"), scale=3,
-                              elem_id="wb-data-dir")
-        ctx.extras["data_dir"] = data_dir  # the Train tab follows the folder a dataset was saved into
-        dataset = gr.Dropdown(choices=dataset_names(project_data_dir()), value=None,
+        data_dir = gr.Textbox(
+            value=str(folder_now), label=T("Dataset folder", "数据集目录"), scale=3, elem_id="wb-data-dir",
+            info=T("dataset_info.json lives here, and Save copies an uploaded file here. By default this is data/ in "
+                   "the Workbench home ($WORKBENCH_HOME, or $WORKBENCH_DATA), which starts with the demo sets; the "
+                   "project's own data/ is never written to.",
+                   "dataset_info.json 存放在这里，保存时上传的文件也会复制到这里。默认是 Workbench 主目录（$WORKBENCH_HOME，"
+                   "或 $WORKBENCH_DATA）下的 data/，初始包含示例数据集；项目自带的 data/ 不会被写入。"))
+        dataset = gr.Dropdown(choices=dataset_names(folder_now), value=None,
                               label=T("Registered dataset", "已注册的数据集"), scale=3, elem_id="wb-data-dataset")
+        # The Train tab keeps its dataset folder in step with these (after a reload too).
+        ctx.extras[DATA_FOLDER], ctx.extras[DATA_FOLDER_DATASETS] = data_dir, dataset
         refresh = gr.Button(T("Refresh", "刷新"), scale=1, elem_id="wb-data-refresh")
     upload = gr.File(label=T("…or upload a data file", "……或上传数据文件"), file_types=UPLOAD_TYPES,
                      type="filepath", elem_id="wb-data-upload")
@@ -136,8 +155,8 @@ def build(ctx: AppContext) -> None:
         mask_history = gr.Checkbox(value=False, label=T("Train only the last turn", "仅训练最后一轮"))
         preview_btn = gr.Button(T("Preview", "预览"), variant="primary", elem_id="wb-data-preview")
 
-    rows_table = gr.Dataframe(label=T("First rows", "前几行"), interactive=False, wrap=True, max_height=320,
-                              elem_id="wb-data-rows")
+    rows_table = gr.Dataframe(value=EMPTY_ROWS, label=T("First rows", "前几行"), interactive=False, wrap=True,
+                              max_height=320, elem_id="wb-data-rows")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
             example_no = gr.Number(value=1, precision=0, minimum=1, label=T("Example", "样例序号"),
@@ -195,12 +214,13 @@ def build(ctx: AppContext) -> None:
 
     source_outputs = [source_state, status, formatting, ranking, *column_dds, *tag_boxes, tags_panel, rows_table,
                       save_name, preview_state, rendered, stats_md, histogram]
+    stale = [save_status, conv_status]  # what an open or a preview that worked clears
     template_inputs = [ctx.model, ctx.template] if ctx.model is not None else [
         gr.State("smollm2-135m-instruct"), gr.State("auto")]
     option_inputs = [cutoff, train_on_prompt, mask_history]
 
-    dataset.input(on_open, inputs=[data_dir, dataset], outputs=source_outputs)
-    upload.upload(on_upload, inputs=upload, outputs=[*source_outputs, upload])
+    dataset.input(on_open, inputs=[data_dir, dataset], outputs=[*source_outputs, *stale])
+    upload.upload(on_upload, inputs=upload, outputs=[*source_outputs, upload, *stale])
     refresh.click(on_folder, inputs=data_dir, outputs=[dataset, status])
     data_dir.submit(on_folder, inputs=data_dir, outputs=[dataset, status])
     formatting.input(on_format, inputs=[formatting, source_state], outputs=column_dds)
@@ -208,15 +228,15 @@ def build(ctx: AppContext) -> None:
         on_preview,
         inputs=[source_state, formatting, ranking, *column_dds, *tag_boxes, *template_inputs, *option_inputs,
                 example_no],
-        outputs=[preview_state, status, rendered, stats_md, histogram],
+        outputs=[preview_state, status, rendered, stats_md, histogram, *stale],
     )
     example_no.change(on_example, inputs=[preview_state, example_no, *template_inputs, *option_inputs],
                       outputs=rendered)
     save_btn.click(on_save, inputs=[source_state, data_dir, save_name, formatting, ranking, *column_dds, *tag_boxes,
-                                    version], outputs=[save_status, dataset, version])
+                                    version], outputs=[save_status, dataset, version, conv_status])
     conv_btn.click(on_convert, inputs=[data_dir, conv_task, conv_direction, conv_name, conv_input, conv_source,
                                        conv_target, conv_max, conv_seed, conv_keywords, conv_max_chars, conv_keep,
-                                       version], outputs=[conv_status, dataset, version])
+                                       version], outputs=[conv_status, dataset, version, save_status])
 
 
 # -- opening a file -----------------------------------------------------------------------------------
@@ -230,42 +250,52 @@ def opened(source: di.Source, where: str, name: str) -> list:
             None, None, "", None]
 
 
-def failed(exc: Exception, where: str) -> list:
-    """The source outputs for a file that did not open."""
+def failed(exc: Exception, where: str, upload: str | None = None) -> list:
+    """The source outputs for a file that did not open (an upload named by its own name, not Gradio's path)."""
     # The state keeps why nothing is open, so Preview and Save can say it instead of "open a file first".
-    return [f"{where} could not be opened: {exc}", error_text(exc), gr.update(), gr.update(),
-            *[gr.update() for _ in di.MAPPABLE_COLUMNS], *[gr.update() for _ in TAG_KEYS], gr.update(), None,
+    why = error_text(exc, mark=False, upload=upload)
+    return [f"{where} could not be opened: {why}", say(f"❌ {why}"), gr.update(), gr.update(),
+            *[gr.update() for _ in di.MAPPABLE_COLUMNS], *[gr.update() for _ in TAG_KEYS], gr.update(), EMPTY_ROWS,
             gr.update(), None, None, "", None]
 
 
+def _folder(value: str | None) -> Path:
+    """The folder box's path; an emptied box means the default folder (never the directory the app runs in)."""
+    text = str(value or "").strip()
+    return Path(text).expanduser() if text else default_dataset_dir()
+
+
 def on_open(folder: str, name: str):
+    """The source outputs, then the save and convert messages (cleared once a dataset opened)."""
+    folder = _folder(folder)
     if not name:
-        return [gr.update() for _ in range(SOURCE_OUTPUTS)]
+        return [gr.update() for _ in range(SOURCE_OUTPUTS + 2)]
     try:
         source = di.open_registered(folder, name)
     except Exception as exc:
-        return failed(exc, f"dataset {name}")
-    return opened(source, f"{name} ({source.path.name})", f"{name}_copy")
+        return failed(exc, f"dataset {name}") + [gr.update(), gr.update()]
+    return opened(source, f"{name} ({source.path.name})", f"{name}_copy") + ["", ""]
 
 
 def on_upload(path: str | None):
-    """The source outputs, then the upload box."""
+    """The source outputs, the upload box, then the save and convert messages (cleared once the file opened)."""
     if not path:
-        return [gr.update() for _ in range(SOURCE_OUTPUTS)] + [gr.update()]
+        return [gr.update() for _ in range(SOURCE_OUTPUTS + 3)]
+    where = f"upload {Path(path).name}"
     try:
         source = di.open_upload(path)
-    except Exception as exc:
-        return failed(exc, f"upload {Path(path).name}") + [None]  # clear it so another can be dropped in
-    return opened(source, f"upload {Path(path).name}", di.safe_file_name(Path(path).stem)) + [gr.update()]
+    except Exception as exc:  # the upload box is cleared so another file can be dropped in
+        return failed(exc, where, upload=path) + [None, gr.update(), gr.update()]
+    return opened(source, where, di.safe_file_name(Path(path).stem)) + [gr.update(), "", ""]
 
 
 def on_folder(folder: str):
+    folder = _folder(folder)
     try:
         names = list(di.read_info(folder))
     except Exception as exc:
         return gr.update(choices=[], value=None), error_text(exc)
-    return gr.update(choices=names or [], value=None), "" if names else \
-        f"No dataset_info.json with datasets in {folder} yet; upload a file to start one."
+    return gr.update(choices=names or [], value=None), "" if names else say(f"{NO_DATASETS} `{folder}`")
 
 
 def on_format(fmt: str, source: di.Source | str | None):
@@ -296,7 +326,13 @@ def render(prev: di.Preview | None, index, model, template_name, cut, top, mh):
     return [(text, "trained" if trained else None) for text, trained in pieces]
 
 
+def _upload_of(source) -> str | None:
+    """The path of an uploaded (not registered) file, to name it by its own name in errors."""
+    return str(source.path) if isinstance(source, di.Source) and source.name is None else None
+
+
 def on_preview(source, fmt, rank, *rest):
+    """The preview, then the save and convert messages (cleared when the preview worked)."""
     columns, tags, (model, template_name, cut, top, mh, index) = _split_mapping(rest)
     try:
         spec, _ = current_spec(source, fmt, rank, columns, tags)
@@ -306,15 +342,15 @@ def on_preview(source, fmt, rank, *rest):
                           train_on_prompt=bool(top), mask_history=bool(mh))
         shown = render(prev, index, model, template_name, cut, top, mh)
     except Exception as exc:
-        return None, error_text(exc), None, "", None
+        return None, error_text(exc, upload=_upload_of(source)), None, "", None, gr.update(), gr.update()
     capped = f" (first {MAX_PREVIEW_ROWS} rows)" if prev.rows_read >= MAX_PREVIEW_ROWS else ""
-    lines = [f"✅ **{len(prev.records)} examples** read as **{fmt}/{prev.kind}**{capped}, template "
+    lines = [f"✅ {PREVIEWED} **{len(prev.records)} examples** read as **{fmt}/{prev.kind}**{capped}, template "
              f"**{template.name}**, tokenizer of **{model}**.",
              "Columns used: " + (", ".join(f"`{k}` ← `{v}`" for k, v in prev.used.items()) or "none")]
     lines += [f"⚠️ {w}" for w in prev.warnings]
     lines += [f"⚠️ template {template.name}: {note}" for note in prev.template_notes]
     stats = prev.stats.text()
-    return prev, "\n\n".join(lines), shown, stats, histogram_figure(prev.stats)
+    return prev, say("\n\n".join(lines)), shown, stats, histogram_figure(prev.stats), "", ""
 
 
 def on_example(prev, index, model, template_name, cut, top, mh):
@@ -326,15 +362,18 @@ def on_example(prev, index, model, template_name, cut, top, mh):
 
 
 def on_save(source, folder, name, fmt, rank, *rest):
+    """The save message, the dataset picker, the datasets version, then the convert message (cleared)."""
     columns, tags, (ver,) = _split_mapping(rest)
+    folder = _folder(folder)
     try:
         _, entry = current_spec(source, fmt, rank, columns, tags)
+        had_registry = info_path(folder).is_file()  # only then is the old one kept as .bak
         path = di.register(folder, name, source, entry)
     except Exception as exc:
-        return error_text(exc), gr.update(), ver
+        return error_text(exc, upload=_upload_of(source)), gr.update(), ver, gr.update()
     names = dataset_names(folder)
-    return (f"✅ Saved **{name.strip()}** into `{path}` (previous version kept as `{path.name}.bak`). It is now "
-            "listed wherever datasets are picked.", gr.update(choices=names, value=name.strip()), ver + 1)
+    return (say(f"✅ {SAVED_BAK if had_registry else SAVED} **{name.strip()}** → `{path}`"),
+            gr.update(choices=names, value=name.strip()), ver + 1, "")
 
 
 def _optional_path(value):
@@ -342,6 +381,7 @@ def _optional_path(value):
 
 
 def on_convert(folder, task, direction, name, inp, src, tgt, max_samples, seed, keywords, max_chars, keep, ver):
+    folder = _folder(folder)
     try:
         opts = ConvertOptions(
             task=task, output=Path("unset.json"), input=_optional_path(inp), source=_optional_path(src),
@@ -352,7 +392,7 @@ def on_convert(folder, task, direction, name, inp, src, tgt, max_samples, seed, 
         )
         report = convert_and_register(opts, folder, name)
     except Exception as exc:
-        return error_text(exc), gr.update(), ver
+        return error_text(exc), gr.update(), ver, gr.update()
     names = dataset_names(folder)
-    text = "✅ " + "  \n".join(report.lines())
-    return text, gr.update(choices=names, value=name.strip()), ver + 1
+    text = say(f"✅ {CONVERTED}  \n" + "  \n".join(report.lines()))
+    return text, gr.update(choices=names, value=name.strip()), ver + 1, ""

@@ -32,7 +32,7 @@ from workbench.ui.context import (
     model_choices,
 )
 from workbench.ui.forms import collect, option_components
-from workbench.ui.i18n import T
+from workbench.ui.i18n import T, message, say
 from workbench.ui.runwatch import RunWatcher, Snapshot, abort_watched
 
 EXPORT_FIELDS = ("format", "quant", "adapter_only", "dtype", "shard_size")
@@ -42,6 +42,23 @@ OUTPUT_FIELDS = ("out", "overwrite", "check_base")
 POLL_SECONDS = 1.0
 # Only the job started on this page (its timer runs from Start to the job's end); no re-attach after a reload.
 RUN_WATCHER = RunWatcher("export", log_lines=20, reattach=False)
+
+STARTED = message("Export job started:", "导出任务已启动：")
+QUEUED = message("Queued behind the running job:", "正在排队，等待当前任务结束：")
+EXPORTING = message("Exporting…", "正在导出……")
+FINISHED = message("Finished.", "已完成。")
+FAILED = message("Failed:", "失败：")
+MERGED = message("Merged model saved to the folder below. It is now in the model picker at the top: choose it and "
+                 "press Load model to chat with it.",
+                 "合并后的模型已保存到下面的目录，并已加入上方的模型选择：选中它并点击“加载模型”即可对话。")
+COMBINED = message("Combined adapter saved to the folder below. It is now in the adapter pickers (Chat, Evaluate).",
+                   "合并后的适配器已保存到下面的目录，并已加入适配器选择（对话、评测）。")
+GGUF_LORA = message("GGUF LoRA adapter saved. Use it with a GGUF of its base model (export the base with format gguf "
+                    "and no adapter), in llama.cpp or in an Ollama Modelfile:",
+                    "GGUF LoRA 适配器已保存。请与其基座模型的 GGUF 一起使用（以 gguf 格式、不选适配器导出基座模型），"
+                    "可用于 llama.cpp 或 Ollama 的 Modelfile：")
+GGUF_MODEL = message("GGUF model saved. Run it with llama.cpp, Ollama (FROM in a Modelfile) or LM Studio (import the "
+                     "file):", "GGUF 模型已保存。可用 llama.cpp、Ollama（在 Modelfile 中写 FROM）或 LM Studio（导入文件）运行：")
 
 
 def _base_of(path: str) -> str | None:
@@ -78,16 +95,17 @@ def _progress_text(snap: Snapshot) -> tuple[str, bool, bool]:
     last = snap.entries[-1] if snap.entries else None
     if state == "queued":
         where = status.get("queue_position")
-        return f"⏳ Queued{f' (position {where})' if where else ''}: waiting for the running job to finish.", False, False
+        return say(f"⏳ {QUEUED} `{snap.watch.get('name')}`{f' (#{where})' if where else ''}"), False, False
     if state == "running":
         if last:
-            return (f"⏳ Step {last['step']}/{last['total_steps']}: {last['message']} "
-                    f"({last.get('elapsed', 0):.0f}s)"), False, False
-        return "⏳ Starting…", False, False
+            return (say(f"⏳ {EXPORTING} {last['step']}/{last['total_steps']}: {last['message']} "
+                        f"({last.get('elapsed', 0):.0f}s)"), False, False)
+        return say(f"⏳ {EXPORTING}"), False, False
     if state == "finished":
-        return "✅ Finished.", True, True
+        return say(f"✅ {FINISHED}"), True, True
     error = status.get("error") or "see the log"
-    return f"❌ {str(state).capitalize()}: {error}", True, False
+    lead = FAILED if state == "failed" else f"{str(state).capitalize()}:"
+    return say(f"❌ {lead} {error}"), True, False
 
 
 def _finished_text(watch: dict[str, Any]) -> str:
@@ -95,19 +113,15 @@ def _finished_text(watch: dict[str, Any]) -> str:
     if watch.get("kind") in ("gguf", "gguf_lora"):
         return finished_text(watch["kind"], out)
     if watch["command"] == EXPORT:
-        return (f"✅ Merged model saved to `{out}`. It is now in the model picker at the top: choose it and "
-                "press Load model to chat with it.")
-    return f"✅ Combined adapter saved to `{out}`. It is now in the adapter pickers (Chat, Evaluate)."
+        return say(f"✅ {MERGED}\n\n`{out}`")
+    return say(f"✅ {COMBINED}\n\n`{out}`")
 
 
 def finished_text(kind: str, out: str) -> str:
     """What a finished GGUF export says (it is not added to the model pickers: Workbench loads safetensors)."""
     if kind == "gguf_lora":
-        return (f"✅ GGUF LoRA adapter saved to `{out}`. Use it with a GGUF of its base model (export the base with "
-                f"format gguf and no adapter): `llama-cli -m BASE.gguf --lora {out}`, or `ADAPTER {out}` in an Ollama "
-                "Modelfile.")
-    return (f"✅ GGUF model saved to `{out}`. Run it with llama.cpp (`llama-cli -m {out}`), Ollama (`FROM {out}` in a "
-            "Modelfile) or LM Studio (import the file).")
+        return say(f"✅ {GGUF_LORA}\n\n`{out}` · `llama-cli -m BASE.gguf --lora {out}` · `ADAPTER {out}`")
+    return say(f"✅ {GGUF_MODEL}\n\n`{out}` · `llama-cli -m {out}` · `FROM {out}`")
 
 
 # ---- handlers (build binds the names of the option inputs) ----------------------------------------------
@@ -136,12 +150,15 @@ def on_adapters(selected, model_v):
 
 
 def on_preview(names: list[str], *args):
+    """The command for the form; a ❌ left by a Start that failed goes once the form makes a valid command."""
+    *args, status_v = args
     mode_v, model_v, adapters_v, values = unpack(names, args)
     try:
         cmd, model_name, adapter_dirs, opts = _request(mode_v, model_v, adapters_v, values)
-        return shlex.join(["python", *command_argv(cmd, model_name, adapter_dirs, opts)[1:]])
+        command = shlex.join(["python", *command_argv(cmd, model_name, adapter_dirs, opts)[1:]])
     except WorkbenchError as exc:
-        return f"# {exc}"
+        return f"# {exc}", gr.update()
+    return command, "" if str(status_v or "").startswith("❌") else gr.update()
 
 
 def on_start(names: list[str], *args):
@@ -153,7 +170,7 @@ def on_start(names: list[str], *args):
         return None, error_text(exc), "", gr.update(active=False)
     kind = ("gguf_lora" if opts.adapter_only else "gguf") if cmd == EXPORT and opts.is_gguf else cmd
     return ({"name": job.name, "out": str(out), "command": cmd, "kind": kind},
-            f"⏳ Started job {job.name} → {out}", job.tail_log(20), gr.update(active=True))
+            say(f"⏳ {STARTED} `{job.name}` → `{out}`"), job.tail_log(20), gr.update(active=True))
 
 
 def on_tick(watch, version_v):
@@ -175,7 +192,7 @@ def on_tick(watch, version_v):
 
 
 def on_abort(watch):
-    return abort_watched(watch, f" (nothing was written to {watch['out']})" if watch else "")
+    return say(abort_watched(watch, f" (nothing was written to {watch['out']})" if watch else ""))
 
 
 def on_refresh():
@@ -226,7 +243,9 @@ def build(ctx: AppContext) -> None:
             output_inputs = option_components(OutputOptions, only=OUTPUT_FIELDS[:2])
         with gr.Accordion(T("Advanced", "高级"), open=False):
             output_inputs.update(option_components(OutputOptions, only=OUTPUT_FIELDS[2:]))
-        command = gr.Code(label=T("Command", "命令"), language="shell", interactive=False, elem_id="wb-export-command")
+        # Wrapped to stay readable; lines=1: a wrapped box otherwise grows to about 600 px.
+        command = gr.Code(label=T("Command", "命令"), language="shell", interactive=False, wrap_lines=True, lines=1,
+                          max_lines=10, elem_id="wb-export-command")
         with gr.Row():
             start = gr.Button(T("Start", "开始"), variant="primary", elem_id="wb-export-start")
             abort = gr.Button(T("Abort", "中止"), variant="stop", elem_id="wb-export-abort")
@@ -245,9 +264,10 @@ def build(ctx: AppContext) -> None:
     for trigger in (mode, method, fmt):
         trigger.change(on_mode, inputs=[mode, method, fmt], outputs=shown)
     adapters.input(on_adapters, inputs=[adapters, model], outputs=model)
-    gr.on([c.change for c in form], preview, inputs=form, outputs=command)
+    gr.on([c.change for c in form], preview, inputs=[*form, status], outputs=[command, status])
+    # Then the command again (None for the status: what Start said stays).
     start.click(bind(on_start, names), inputs=form, outputs=[job_state, status, log, timer]).then(
-        preview, inputs=form, outputs=command)
+        preview, inputs=[*form, gr.State(None)], outputs=[command, status])
     timer.tick(on_tick, inputs=[job_state, version],
                outputs=[status, log, timer, ctx.model, adapters, version])
     abort.click(on_abort, inputs=job_state, outputs=status)

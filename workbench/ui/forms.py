@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import MISSING
 from typing import Any, Iterable
 
@@ -14,8 +15,21 @@ NONE_CHOICE = "none"
 
 
 def label_for(name: str, meta: dict) -> Any:
-    english = meta.get("label") or name.replace("_", " ").capitalize()
-    return T(english, meta.get("label_zh"))
+    """The option's hand-written labels (``option(label=..., label_zh=...)``); its name where it has none."""
+    return T(meta.get("label") or name, meta.get("label_zh"))
+
+
+def number_step(tp: type, default: Any, meta: dict) -> float:
+    """What the arrows of a number box add: the option's ``step``; 1 for whole numbers; for a fraction, the
+    power of ten of its default's leading digit (learning_rate 5e-5 → 1e-5, temperature 0.7 → 0.1), else 0.1
+    (0.01 where the default is 0: dropout, ratios)."""
+    if meta.get("step") is not None:
+        return meta["step"]
+    if tp is int:
+        return 1
+    if isinstance(default, (int, float)) and 0 < abs(default) < 1:
+        return 10.0 ** math.floor(math.log10(abs(default)))
+    return 0.01 if not default else 0.1
 
 
 def option_components(
@@ -52,7 +66,8 @@ def option_components(
                                label=label, info=info, elem_id=f"opt-{name}")
         elif tp in (int, float):
             comp = gr.Number(value=default, label=label, info=info, minimum=meta.get("min"),
-                             maximum=meta.get("max"), precision=0 if tp is int else None, elem_id=f"opt-{name}")
+                             maximum=meta.get("max"), precision=0 if tp is int else None,
+                             step=number_step(tp, default, meta), elem_id=f"opt-{name}")
         elif tp is list:
             comp = gr.Textbox(value=",".join(map(str, default or [])), label=label, info=info, elem_id=f"opt-{name}")
         else:

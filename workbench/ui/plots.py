@@ -77,13 +77,14 @@ def overlay_figure(runs: dict[str, list[dict[str, Any]]], title: str = "Loss of 
 
 
 def progress_html(step: int | None, total: int | None, *, state: str, elapsed: float | None = None,
-                  eta: float | None = None, tokens_per_second: float | None = None) -> str:
-    """A progress bar with step/total, elapsed, ETA and tokens/s."""
+                  eta: float | None = None, tokens_per_second: float | None = None, waiting: str | None = None) -> str:
+    """A progress bar with step/total, elapsed, ETA and tokens/s; before the first step, ``waiting`` (what the
+    run is doing) in place of the step."""
     if state == "finished" and total:
         step = total
     fraction = min(1.0, step / total) if step is not None and total else 0.0
     percent = f"{fraction:.0%}"
-    parts = [f"step {step}/{total}" if total else "waiting for the first step",
+    parts = [f"step {step}/{total}" if total else (f"⏳ {waiting}" if waiting else "waiting for the first step"),
              percent if total else ""]
     if elapsed is not None:
         parts.append(f"elapsed {format_duration(elapsed)}")

@@ -17,7 +17,7 @@ from typing import Any
 from workbench.config.base import WorkbenchError
 from workbench.jobs import runs
 from workbench.jobs import store as jobs
-from workbench.rundir import STATUS_FILE
+from workbench.rundir import STATUS_FILE, read_phase
 from workbench.ui.context import error_text
 
 
@@ -46,6 +46,7 @@ class Snapshot:
     progressed: bool                # new entries came, or the file was rewritten (a resumed run)
     log_tail: str
     changed: bool                   # the state differs from the last tick's (so also on the first tick)
+    phase: dict[str, Any] | None = None  # phase.json: what the run is doing now (see rundir.write_phase)
 
     @property
     def state(self) -> str | None:
@@ -116,8 +117,9 @@ def read_run(watch: dict[str, Any], path: Path, log_lines: int) -> Snapshot:
     state = status.get("state")
     changed = state != watch.get("state")
     watch = {**watch, "offset": chunk.offset, "entries": entries, "state": state}
+    phase = read_phase(path) if state == "running" else None
     return Snapshot(watch, path, status, entries, bool(chunk.entries or chunk.reset), job.tail_log(log_lines),
-                    changed)
+                    changed, phase)
 
 
 def abort_watched(watch: dict | None, suffix: str = "") -> str:
