@@ -12,6 +12,7 @@ and evaluation use (the continuous-batching scheduler), in float32 and in bfloat
 Adapters: random LoRA (rank 8 on all 7 linear layers, like the quick start) made here in a temp directory.
 Aims (issue 15): decode >= 60% of the bandwidth bound, TTFT <= 300 ms, base + 1 <= 1.3x, base + 3 <= 1.6x.
 Usage: python bench/chat_latency.py [--device cpu|cuda] [--repeats N] [--dtypes float32,bfloat16].
+The bandwidth probe and each dtype run in their own process (one process' allocations skewed the next figure).
 Last line: one JSON object (the headline keys are for the bfloat16 run where it ran, else float32).
 """
 
@@ -21,6 +22,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -150,7 +152,17 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: measure one dtype (or 'bandwidth'), print JSON
+    parser.add_argument("--adapters-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--bandwidth", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker == "bandwidth":
+        print(json.dumps(copy_bandwidth(args.device)))
+        return 0
+    if args.worker:
+        adapters = {p.name: str(p) for p in sorted(Path(args.adapters_dir).iterdir())}
+        print(json.dumps(measure(args.worker, args.device, adapters, args.repeats, args.bandwidth)))
+        return 0
 
     import torch
 
@@ -158,11 +170,21 @@ def main() -> int:
 
     model_dir = Path(ensure_converted())
     tmp_dir = tempfile.TemporaryDirectory(prefix="wb-bench-chat-")  # removed when the script ends
-    adapters = make_adapters(model_dir, Path(tmp_dir.name), 3)
-    bandwidth = copy_bandwidth(args.device)
+    make_adapters(model_dir, Path(tmp_dir.name), 3)
+
+    # Each measurement in its own process: in one process, decoding after the 1 GiB bandwidth copy (or after the
+    # other dtype's run) was up to 2x slower here (2-core EPYC VM), which would measure the allocator, not the engine.
+    def worker(*extra: str) -> dict | float:
+        argv = [sys.executable, __file__, "--device", args.device, "--repeats", str(args.repeats), *extra]
+        done = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
+        if done.returncode != 0:
+            raise SystemExit(f"{' '.join(extra)} failed:\n{done.stderr[-3000:]}")
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    bandwidth = worker("--worker", "bandwidth")
     runs = {}
     for dtype in args.dtypes.split(","):
-        runs[dtype] = measure(dtype, args.device, adapters, args.repeats, bandwidth)
+        runs[dtype] = worker("--worker", dtype, "--adapters-dir", tmp_dir.name, "--bandwidth", str(bandwidth))
         print(dtype, json.dumps(runs[dtype]), flush=True)
     head = runs.get("bfloat16") or next(iter(runs.values()))
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?") \

@@ -91,6 +91,22 @@ def test_streaming_sends_deltas_then_usage(client, engine):
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == want.completion_tokens
 
 
+def test_ignore_eos_runs_to_max_tokens_through_end_of_turn_tokens(client, engine, monkeypatch):
+    """vLLM's ``ignore_eos``: the row's stop ids are dropped (a benchmark's rows all run their max_tokens). The
+    tiny random model rarely writes <|im_end|>, so its own first greedy token is made the end-of-turn token here."""
+    from workbench.infer.engine import RowSpec
+
+    ids = engine.spec(HI, GenerationArgs(max_new_tokens=6)).prompt_ids
+    end = engine.submit(RowSpec(ids, None, 1), GenerationArgs(max_new_tokens=1)).wait().token_ids[0]
+    monkeypatch.setattr(type(engine), "stop_token_ids", lambda self: [end])
+    stopped = engine.submit(RowSpec(ids, None, 6), GenerationArgs(max_new_tokens=6)).wait()
+    through = engine.submit(RowSpec(ids, None, 6, ignore_eos=True), GenerationArgs(max_new_tokens=6)).wait()
+    assert (stopped.finish_reason, len(stopped.token_ids)) == ("stop", 0)
+    assert (through.finish_reason, len(through.token_ids)) == ("length", 6)
+    r = client.chat.completions.create(model="base", messages=HI, max_tokens=5, extra_body={"ignore_eos": True})
+    assert r.usage.completion_tokens == 5 and r.choices[0].finish_reason == "length"
+
+
 def test_stop_strings(client, engine):
     full = expected(engine, "a").text
     stop = full[4:7]
@@ -153,6 +169,7 @@ def test_tool_turns_round_trip(client):
     ({"tools": [{"type": "function", "function": {"description": "no name"}}]}, 400, "tools", "needs a function name"),
     ({"presence_penalty": 1.0}, 400, "presence_penalty", "use 'repetition_penalty'"),
     ({"extra_body": {"frobnicate": 1}}, 400, "frobnicate", "Unrecognized request argument"),
+    ({"extra_body": {"ignore_eos": "yes"}}, 400, "ignore_eos", "boolean"),
 ])
 def test_bad_requests_get_openai_errors(client, kwargs, status, param, message):
     args = {"model": "a", "messages": HI, "max_tokens": 4, **kwargs}

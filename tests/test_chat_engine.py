@@ -273,3 +273,22 @@ def test_sampling_with_a_seed_repeats(engine):
     assert engine.stream(HI, g, variant="a").wait().text == first
     other = engine.stream(HI, gen(do_sample=True, temperature=1.0, top_k=0, seed=8, max_new_tokens=10), variant="a")
     assert other.wait().text != first
+
+
+def test_row_updates_coalesce_deltas_for_a_slow_reader():
+    """The Chat tab re-renders the whole conversation per wake-up: deltas that arrived meanwhile are one wake-up."""
+    row = RowHandle(RowSpec([1], None))
+    row._emit("Hel")
+    row._emit("lo")
+    updates = row.updates()
+    next(updates)
+    assert row.text == "Hello"
+    row._emit(" world")
+    row._finish("stop")
+    assert list(updates) == []  # the end arrived with the last delta: the reader shows row.text once more itself
+    assert row.text == "Hello world"
+    failing = RowHandle(RowSpec([1], None))
+    failing._emit("x")
+    failing._finish(error=RuntimeError("the model was unloaded"))
+    with pytest.raises(RuntimeError, match="unloaded"):
+        list(failing.updates())

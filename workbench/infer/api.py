@@ -41,7 +41,6 @@ import ipaddress
 import json
 import math
 import os
-import queue
 import secrets
 import sys
 import threading
@@ -400,6 +399,7 @@ class ChatBody(RequestBody):
     stop: list[str] | None = None
     stream: StrictBool | None = None
     stream_options: dict[str, Any] | None = None
+    ignore_eos: StrictBool | None = None  # vLLM's extension: generate max_tokens, through end-of-turn tokens
     tools: ToolDefinitions = None
     tool_choice: Annotated[str | dict | None, BeforeValidator(_tool_choice)] = None
     functions: ToolDefinitions = None  # deprecated: tools and tool_choice
@@ -1154,7 +1154,7 @@ class ApiServer:
         # A forced call: its prefix follows the prompt, the constraint shapes the rest, stop strings do not apply.
         spec = RowSpec(req.prompt_ids + req.forced_ids, req.variant, req.gen_tokens,
                        () if req.forced_text else req.stop, label=req.model, tools=bool(req.tools),
-                       constraint=req.constraint)
+                       constraint=req.constraint, ignore_eos=bool(body.ignore_eos))
         row = self.engine.submit(spec, req.gen)
         completion_id = "chatcmpl-" + uuid.uuid4().hex
         now = int(time.time())
@@ -1273,17 +1273,41 @@ class ApiServer:
 
 async def _row_events(row):
     """A row's text deltas as ("delta", text), and ("error", exception) should generation fail; ends when the
-    row is finished."""
-    while True:
+    row is finished. Deltas that arrived together are one event, and the wait is a wake-up from the scheduler's
+    thread (no worker-thread hop per token): under load a stream sends fewer, longer chunks instead of queueing."""
+    loop = asyncio.get_running_loop()
+    wake = asyncio.Event()
+    chained = row.listener
+
+    def listener():
+        if chained is not None:
+            chained()
         try:
-            kind, payload = await asyncio.to_thread(row._events.get, True, 1.0)
-        except queue.Empty:  # keep waiting: the request may be queued behind a batch
+            loop.call_soon_threadsafe(wake.set)
+        except RuntimeError:  # the server's loop is closed: nobody is reading any more
+            pass
+
+    row.listener = listener
+    while True:
+        wake.clear()  # cleared before draining: an event put after the drain sets it again
+        events = []
+        while not row._events.empty():
+            events.append(row._events.get_nowait())
+        if not events:
+            try:
+                await asyncio.wait_for(wake.wait(), 1.0)
+            except asyncio.TimeoutError:  # keep waiting: the request may be queued behind a batch
+                pass
             continue
-        if kind not in ("delta", "error"):
-            return
-        yield kind, payload
-        if kind == "error":
-            return
+        text = "".join(payload for kind, payload in events if kind == "delta")
+        if text:
+            yield "delta", text
+        for kind, payload in events:
+            if kind == "error":
+                yield kind, payload
+                return
+            if kind != "delta":
+                return
 
 
 def create_app(engine, *, api_key: str | None = None, max_batch: int = 8, default_max_tokens: int = 256,

@@ -82,6 +82,7 @@ class RowSpec:
     # Optional per-row token constraint: ``constraint(generated_ids, scores) -> scores`` is called at every
     # decoding step with this row's generated ids so far and its next-token scores (the API forces tool calls).
     constraint: Any = None
+    ignore_eos: bool = False            # run to max_new_tokens through end-of-turn tokens (vLLM's ignore_eos)
 
 
 class RowHandle:
@@ -152,6 +153,20 @@ class RowHandle:
                 raise payload
             else:
                 return
+
+    def updates(self) -> Iterator[None]:
+        """Yield once per batch of new deltas (all that arrived meanwhile, coalesced) until the row ends; errors
+        re-raised. For a reader that shows ``text`` whole (the Chat tab): a slow reader never falls behind."""
+        while True:
+            events = [self._events.get()]
+            while not self._events.empty():
+                events.append(self._events.get_nowait())
+            for kind, payload in events:
+                if kind == "error":
+                    raise payload
+            if events[-1][0] == "end":
+                return
+            yield
 
     def wait(self, timeout: float | None = None) -> "RowHandle":
         if not self._done.wait(timeout):
@@ -369,7 +384,7 @@ class ChatEngine:
             spec.max_new_tokens = gen.max_new_tokens
         if self.backend is not None:
             return self.backend.submit(spec, gen)
-        return self.scheduler.submit(RowHandle(spec), gen, self.stop_token_ids())
+        return self.scheduler.submit(RowHandle(spec), gen, [] if spec.ignore_eos else self.stop_token_ids())
 
     def start(self, specs: list[RowSpec], gen: GenerationArgs) -> Batch:
         """Start the rows side by side; read ``batch.rows`` (or iterate a row) as they stream."""

@@ -377,7 +377,7 @@ def run_chat(view: ChatView, conv: list[dict], who: str, data: dict, claim: Clai
     claim.run(row)
     try:
         yield bubbles(conv, ""), gr.update(), f"⏳ {name} is answering…"
-        for _ in row:
+        for _ in row.updates():  # coalesced: the page gets the latest text, not one re-render per token
             yield bubbles(conv, row.text), gr.update(), gr.update()
         reply = engine.reply(row)
     except Exception as exc:
