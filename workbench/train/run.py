@@ -464,7 +464,8 @@ def _finish_trainer(run: _Run, trainer) -> None:
         trainer.model.parameters()).dtype).replace("torch.", "")
     run.log(f"Precision: {precision}; attention: "
             f"{'varlen (per example)' if run.varlen else attn_name(trainer.model)}; "
-            f"batches: {'padding-free' if tr.padding_free and ft.stage in ('pt', 'sft') else 'padded'}")
+            f"batches: {'padding-free' if tr.padding_free and ft.stage in ('pt', 'sft') else 'padded'}"
+            f"{'; loss: output layer + cross-entropy in chunks' if getattr(trainer, 'chunked_loss', False) else ''}")
     if run.resume is not None:
         run.log(f"Resuming from {run.resume}")
 

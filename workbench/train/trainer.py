@@ -5,7 +5,8 @@ and its float32 cross-entropy the largest activation; prompt tokens (sft) and th
 each example have no label, so their logits are never computed: the model is asked only for the
 positions that predict a label (``logits_to_keep`` with a tensor of positions, a standard argument of
 transformers' causal LMs). The loss is the same token-weighted mean HF computes, normalised by the
-label count of the whole accumulated (and, with several processes, global) batch.
+label count of the whole accumulated (and, with several processes, global) batch. Where the architecture allows,
+the output layer and the loss run together in chunks (:mod:`workbench.train.loss`): the logits are never whole.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from transformers import Trainer
 
 from workbench.data.templates import IGNORE_INDEX
+from workbench.train.loss import fused_output_layer, hidden_states_as_logits, linear_cross_entropy
 
 
 class CausalLMTrainer(Trainer):
@@ -25,6 +27,9 @@ class CausalLMTrainer(Trainer):
         # Our compute_loss normalises by num_items_in_batch itself (see below), whatever the wrapped model reports.
         self.model_accepts_loss_kwargs = True
         self.loss_is_scaled_for_ga = True
+        # Sharded weights (DeepSpeed, FSDP) are gathered by the output layer's own forward: keep the plain loss there.
+        sharded = bool(self.args.deepspeed or self.args.fsdp)
+        self.chunked_loss = not sharded and fused_output_layer(self.model) is not None
 
     def _track_num_input_tokens(self, inputs):
         real = inputs.get("_real_tokens")
@@ -42,11 +47,17 @@ class CausalLMTrainer(Trainer):
         keep = (targets_all != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
         if keep.numel() == 0:  # nothing trainable in this micro-batch: one position keeps the graph connected
             keep = torch.zeros(1, dtype=torch.long, device=labels.device)
-        outputs = model(**model_inputs, logits_to_keep=keep, use_cache=False)
-        logits = outputs.logits
         targets = targets_all[:, keep]
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                               ignore_index=IGNORE_INDEX, reduction="sum")
+        if self.chunked_loss:
+            with hidden_states_as_logits(self.accelerator.unwrap_model(model)) as head:
+                outputs = model(**model_inputs, logits_to_keep=keep, use_cache=False)
+            loss = linear_cross_entropy(outputs.logits, head.weight, targets, ignore_index=IGNORE_INDEX)
+            outputs.logits = None  # hidden states, not logits: nobody downstream should read them as logits
+        else:
+            outputs = model(**model_inputs, logits_to_keep=keep, use_cache=False)
+            logits = outputs.logits
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                   ignore_index=IGNORE_INDEX, reduction="sum")
         if num_items_in_batch is None:
             loss = loss / (targets != IGNORE_INDEX).sum().clamp(min=1)
             if model.training:
