@@ -58,6 +58,21 @@ def tiny_values(model_dir: Path, out: Path, **overrides) -> dict:
     return values
 
 
+def write_tiny_preset(home: Path, model_dir: Path, name: str, **overrides) -> str:
+    """A user preset like cpu_quickstart, on the tiny random model with a few steps (fast on CPU); its name."""
+    import yaml
+
+    folder = home / "presets"
+    folder.mkdir(parents=True, exist_ok=True)
+    values = {
+        "model_name_or_path": str(model_dir), "stage": "sft", "finetuning_type": "lora", "dataset": "identity",
+        "cutoff_len": 64, "per_device_train_batch_size": 2, "max_steps": 8, "logging_steps": 1,
+        "learning_rate": 1e-3, "save_steps": 4, "bf16": False, **overrides,
+    }
+    (folder / f"{name}.yaml").write_text(yaml.safe_dump(values))
+    return name
+
+
 def abort_leftover_jobs(runs: Path) -> None:
     """Jobs run in sessions of their own and would outlive the app under test: stop whatever a failed test left."""
     from workbench.jobs import store as jobs

@@ -145,3 +145,18 @@ def test_a_compiled_model_trains_the_same_loss_curve(tiny_model_dir, tmp_path):
     eager, compiled = curves
     assert len(eager) == len(compiled) == 3
     assert all(abs(a - b) <= 1e-3 * max(1.0, abs(a)) for a, b in zip(eager, compiled)), curves
+
+
+def test_the_collator_says_which_logits_the_loss_needs():
+    """Worked out on the host with the batch, so a GPU step waits for no device-to-host copy (nonzero)."""
+    from workbench.train.collator import CausalLMCollator
+
+    features = [{"input_ids": [5, 6, 7, 8], "labels": [-100, -100, 7, 8]},
+                {"input_ids": [9, 10, 11], "labels": [-100, 10, 11]}]
+    flat = CausalLMCollator(pad_token_id=0)(features)
+    # Row [5 6 7 8 | 9 10 11]: labels at 2, 3 (first example) and 5, 6 (the second's first label is dropped).
+    assert flat["_keep"].tolist() == [1, 2, 4, 5]
+    padded = CausalLMCollator(pad_token_id=0, padding_free=False)(features)
+    assert padded["_keep"].tolist() == [0, 1, 2]  # columns labelled in some row
+    unlabelled = CausalLMCollator(pad_token_id=0)([{"input_ids": [5, 6], "labels": [-100, -100]}])
+    assert unlabelled["_keep"].tolist() == [0]  # one position keeps the graph connected

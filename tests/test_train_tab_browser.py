@@ -16,7 +16,7 @@ import pytest
 import yaml
 from playwright.sync_api import expect
 
-from helpers import abort_leftover_jobs
+from helpers import abort_leftover_jobs, write_tiny_preset
 
 from workbench.jobs import store as jobs
 from workbench.jobs import runs
@@ -34,15 +34,7 @@ def no_job_outlives_the_tests(app_server):
 
 @pytest.fixture(scope="module")
 def tiny_preset(app_server, tiny_model_dir) -> str:
-    """A user preset like cpu_quickstart, on the tiny random model with a few steps (fast on CPU)."""
-    folder = app_server.home / "presets"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "tiny-quick.yaml").write_text(yaml.safe_dump({
-        "model_name_or_path": str(tiny_model_dir), "stage": "sft", "finetuning_type": "lora",
-        "dataset": "identity", "cutoff_len": 64, "per_device_train_batch_size": 2, "max_steps": 8,
-        "logging_steps": 1, "learning_rate": 1e-3, "save_steps": 4, "bf16": False,
-    }))
-    return "tiny-quick"
+    return write_tiny_preset(app_server.home, tiny_model_dir, "tiny-quick")
 
 
 def runs_root(app_server) -> Path:

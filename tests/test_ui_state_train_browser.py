@@ -14,10 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 from playwright.sync_api import expect
 
-from helpers import abort_leftover_jobs
+from helpers import abort_leftover_jobs, write_tiny_preset
 
 from workbench.jobs import store as jobs
 
@@ -34,14 +33,8 @@ def no_job_outlives_the_tests(app_server):
 
 @pytest.fixture(scope="module")
 def tiny_preset(app_server, tiny_model_dir) -> str:
-    folder = app_server.home / "presets"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "tiny-state.yaml").write_text(yaml.safe_dump({
-        "model_name_or_path": str(tiny_model_dir), "stage": "sft", "finetuning_type": "lora",
-        "dataset": "identity", "cutoff_len": 64, "per_device_train_batch_size": 2, "max_steps": 24,
-        "logging_steps": 24, "learning_rate": 1e-3, "save_steps": 100, "bf16": False,
-    }))
-    return "tiny-state"
+    return write_tiny_preset(app_server.home, tiny_model_dir, "tiny-state", max_steps=24, logging_steps=24,
+                             save_steps=100)
 
 
 def open_train(page) -> None:

@@ -9,8 +9,9 @@
   dense attention mask, or with ``padding_free: false``).
 * rows already packed by the data pipeline (``packing: true``) carry their own ``position_ids``.
 
-Each batch also carries ``_real_tokens`` (the non-padding token count) for tokens/s; the trainer
-removes it before the forward pass.
+Each batch also carries ``_real_tokens`` (the non-padding token count) for tokens/s and ``_keep`` (the positions
+whose next token has a label: the only logits the loss needs), both worked out here on the host so the training
+step itself waits for no device-to-host copy; the trainer removes them before the forward pass.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ class CausalLMCollator:
     max_flat_tokens: int = 8192
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self._collate(features)
+        batch["_keep"] = predicting_positions(batch["labels"])
+        return batch
+
+    def _collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
         lengths = [len(f["input_ids"]) for f in features]
@@ -66,3 +72,12 @@ class CausalLMCollator:
             labels[i, :n] = torch.tensor(f["labels"])
             mask[i, :n] = 1
         return {"input_ids": ids, "labels": labels, "attention_mask": mask, "_real_tokens": sum(lengths)}
+
+
+def predicting_positions(labels):
+    """Positions (columns) whose next token is labelled in some row; one position when none is, so the loss still
+    has a graph to go through."""
+    import torch
+
+    keep = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
+    return keep if keep.numel() else torch.zeros(1, dtype=torch.long, device=labels.device)

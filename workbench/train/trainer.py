@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from transformers import Trainer
 
 from workbench.data.templates import IGNORE_INDEX
+from workbench.train.collator import predicting_positions
 from workbench.train.loss import fused_output_layer, hidden_states_as_logits, linear_cross_entropy
 
 
@@ -42,12 +43,11 @@ class CausalLMTrainer(Trainer):
                      num_items_in_batch: torch.Tensor | int | None = None):
         labels = inputs["labels"]
         # use_cache is always passed as False below; packed batches (collate_packed) carry it too.
-        model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "_real_tokens", "use_cache")}
-        targets_all = labels[:, 1:]
-        keep = (targets_all != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
-        if keep.numel() == 0:  # nothing trainable in this micro-batch: one position keeps the graph connected
-            keep = torch.zeros(1, dtype=torch.long, device=labels.device)
-        targets = targets_all[:, keep]
+        model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "_real_tokens", "_keep", "use_cache")}
+        keep = inputs.get("_keep")
+        if keep is None:  # a batch from another collator: worked out here (a device sync on a GPU)
+            keep = predicting_positions(labels)
+        targets = labels[:, 1:][:, keep]
         if self.chunked_loss:
             with hidden_states_as_logits(self.accelerator.unwrap_model(model)) as head:
                 outputs = model(**model_inputs, logits_to_keep=keep, use_cache=False)
