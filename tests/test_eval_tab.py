@@ -75,7 +75,10 @@ def add_own_task(page, tab, *, metric: str, name: str = "", files=(), registered
         pick(page, tab, "wb-eval-own-dataset", registered)
     if files:
         tab.locator("#wb-eval-own-file input[type=file]").set_input_files([str(f) for f in files])
-        expect(tab.locator("#wb-eval-own-file")).to_contain_text(Path(files[0]).name)
+        # Uploaded: the file's row in the list (its text splits name and extension, so the cell's name is matched;
+        # while uploading, the component shows the name in a progress list instead).
+        expect(tab.locator("#wb-eval-own-file").get_by_role("cell", name=Path(files[0]).name, exact=True)) \
+            .to_be_visible(timeout=60_000)
     pick(page, tab, "wb-eval-own-metric", metric)
     tab.locator("#wb-eval-own-name textarea, #wb-eval-own-name input").first.fill(name)
     tab.locator("#wb-eval-own-add").click()

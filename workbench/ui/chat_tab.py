@@ -521,7 +521,9 @@ def on_stop(active: dict, request: gr.Request):
     if running is None:
         return "Nothing is generating."
     running.cancel()
-    return "Stopping…"
+    # The answer ends within a decode step and its handler writes "(stopped)"; a "Stopping…" written here could
+    # reach the page after that (this event is not queued) and stay there.
+    return gr.update()
 
 
 def on_clear():
