@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from pathlib import Path
 
 
@@ -68,3 +69,37 @@ def api_server(model_dir: Path, log_dir: Path, *extra: str, key: str):
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+# -- the Chat tab in a real browser (Playwright) ------------------------------------------------------------
+
+def new_page(browser, app_server):
+    """A page of the app in its own browser context, once the page load has shown the server's state."""
+    from playwright.sync_api import expect
+
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(app_server.url)
+    page.wait_for_selector("gradio-app", state="attached")
+    expect(page.locator("#wb-status")).to_contain_text(re.compile("Loaded|No model loaded"))  # the page's state came
+    return page
+
+
+def chat_tab(page) -> None:
+    page.get_by_role("tab", name="Chat").click()
+    page.locator("#chat-send").wait_for()
+
+
+def attach(page, run: str) -> None:
+    """Attach the finished run ``run`` (unless it is attached already)."""
+    from playwright.sync_api import expect
+
+    summary = page.locator("#chat-adapter-status")
+    expect(summary).to_contain_text("Attached adapters")
+    if f"Attached adapters: {run}" in summary.inner_text():
+        return
+    page.locator("#chat-adapters input").click()
+    page.get_by_role("option").filter(has_text=run).first.click()
+    page.locator("#chat-attach").click()
+    expect(summary).to_contain_text(f"attached {run}")

@@ -14,13 +14,12 @@ page finished; the samples are the evidence).
 from __future__ import annotations
 
 import json
-import re
 import time
 
 import pytest
 from playwright.sync_api import expect
 
-from chat_helpers import make_adapter
+from chat_helpers import attach, chat_tab, make_adapter, new_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.expect_timeout(60_000)]
 
@@ -40,16 +39,6 @@ def tiny_run(app_server, tiny_model_dir) -> str:
     return target.name
 
 
-def new_page(browser, app_server):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    page.set_default_timeout(60_000)
-    page.goto(app_server.url)
-    page.wait_for_selector("gradio-app", state="attached")
-    expect(page.locator("#wb-status")).to_contain_text(re.compile("Loaded|No model loaded"))
-    return page
-
-
 def load_tiny(page, model_dir) -> None:
     """Load the tiny model in float32 from the top bar (unless this server has it loaded already)."""
     status = page.locator("#wb-status")
@@ -65,11 +54,6 @@ def load_tiny(page, model_dir) -> None:
     expect(status).to_contain_text(f"✅ Loaded {model_dir}", timeout=TIMEOUT)
 
 
-def chat_tab(page) -> None:
-    page.get_by_role("tab", name="Chat").click()
-    page.locator("#chat-send").wait_for()
-
-
 def set_generation(page) -> None:
     """Long answers, visible from their first token."""
     if not page.locator("#chat-gen #opt-max_new_tokens input").is_visible():
@@ -78,17 +62,6 @@ def set_generation(page) -> None:
         box = page.locator(f"#chat-gen #opt-{name} input")
         box.fill(str(value))
         box.press("Tab")
-
-
-def attach(page, run: str) -> None:
-    summary = page.locator("#chat-adapter-status")
-    expect(summary).to_contain_text("Attached adapters")
-    if f"Attached adapters: {run}" in summary.inner_text():
-        return
-    page.locator("#chat-adapters input").click()
-    page.get_by_role("option").filter(has_text=run).first.click()
-    page.locator("#chat-attach").click()
-    expect(summary).to_contain_text(f"attached {run}")
 
 
 def answer_length(page, elem_id: str) -> int:

@@ -9,13 +9,12 @@ The app runs with an empty Hugging Face cache, so every registry model but the b
 from __future__ import annotations
 
 import json
-import re
 import shutil
 
 import pytest
 from playwright.sync_api import expect
 
-from chat_helpers import make_adapter
+from chat_helpers import attach, chat_tab, make_adapter, new_page
 from conftest import start_app, stop_app
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.expect_timeout(60_000)]
@@ -53,16 +52,6 @@ def merged_model(app_server, tiny_model_dir) -> str:
     return str(target)
 
 
-def new_page(browser, app_server):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    page.set_default_timeout(60_000)
-    page.goto(app_server.url)
-    page.wait_for_selector("gradio-app", state="attached")
-    expect(page.locator("#wb-status")).to_contain_text(re.compile("Loaded|No model loaded"))  # the page's state came
-    return page
-
-
 def pick(page, elem_id: str, option: str) -> None:
     page.locator(f"#{elem_id} input").click()
     page.get_by_role("option", name=option, exact=True).first.click()
@@ -77,23 +66,6 @@ def type_model(page, text: str) -> None:
 
 def value(page, elem_id: str) -> str:
     return page.locator(f"#{elem_id} input").input_value()
-
-
-def chat_tab(page) -> None:
-    page.get_by_role("tab", name="Chat").click()
-    page.locator("#chat-send").wait_for()
-
-
-def attach(page, run: str) -> None:
-    """Attach the finished run ``run`` (unless it is attached already)."""
-    summary = page.locator("#chat-adapter-status")
-    expect(summary).to_contain_text("Attached adapters")
-    if f"Attached adapters: {run}" in summary.inner_text():
-        return
-    page.locator("#chat-adapters input").click()
-    page.get_by_role("option").filter(has_text=run).first.click()
-    page.locator("#chat-attach").click()
-    expect(summary).to_contain_text(f"attached {run}")
 
 
 def options(page, elem_id: str) -> list[str]:
