@@ -129,6 +129,27 @@ def test_chunked_prefill_equals_whole_prefill_and_lets_others_decode(engine):
         scheduler.close("test over")
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_prompts_arriving_together_are_prefilled_in_one_padded_batch(tiny_model_dir, adapters, attention):
+    """Rows of different prompt lengths and adapters submitted at once go through one left-padded prefill (the
+    padding masked: a boolean mask for SDPA, an additive one for eager attention) and still answer exactly what
+    each answers alone."""
+    loaded = load_for_chat(ModelArgs(model_name_or_path=str(tiny_model_dir), infer_dtype="float32",
+                                     attn_implementation=attention), adapters)
+    engine = ChatEngine(loaded, "smollm2")
+    try:
+        texts = [PROMPTS[2], PROMPTS[0], "Name three colours of the rainbow, please.", PROMPTS[2] + " And 3+3?"]
+        specs = [RowSpec(ids_for(engine, t), v, 16) for t, v in zip(texts, (None, "a", "b", "a"))]
+        assert len({len(s.prompt_ids) for s in specs}) == 4  # every row but the longest is padded
+        batch = engine.start(specs, GenerationArgs(max_new_tokens=16))
+        batch.wait()
+        assert engine.scheduler.largest_prefill == 4
+        for spec, row in zip(specs, batch.rows):
+            assert row.token_ids == peft_greedy(engine, spec.prompt_ids, spec.adapter, 16), spec.adapter
+    finally:
+        engine.close("test over")
+
+
 def test_repetition_penalty_matches_transformers(engine):
     ids = ids_for(engine, PROMPTS[0])
     row = engine.submit(RowSpec(ids, "a", 24), GenerationArgs(max_new_tokens=24, repetition_penalty=1.3)).wait()

@@ -5,9 +5,11 @@ own prompt, adapter (or the base), sampling options, stop ids and strings, token
 cancellation. Rows wait in a queue and join the running batch at the next step; a finished or cancelled row
 leaves at once, so a short answer never waits for a long one and two users chatting share decode steps.
 
-Each loop iteration runs at most one prefill *chunk* (``chunk`` tokens of one new prompt, batch of one, only the
-last position's logits) and then one decode step for every running row, so a long new prompt delays the others
-by one chunk per step instead of freezing them.
+Each loop iteration runs at most one prefill and then one decode step for every running row. A prefill is either
+one *chunk* of a long prompt (``chunk`` tokens, batch of one) or several short prompts together, left-padded into
+one batch of at most ``chunk`` padded tokens (``4 × chunk`` while no row is decoding, so nobody waits on it);
+only the last position's logits are computed. A long new prompt delays the others by one chunk per step instead
+of freezing them, and rows that arrive together (an evaluation batch, API clients) start together.
 
 The KV cache of the running batch is one preallocated tensor per layer, ``[rows, kv_heads, columns, head_dim]``,
 grown geometrically: a decode step writes one column for every row (no concatenation). Rows are left-padded to a
@@ -104,20 +106,22 @@ def new_cache():
     return Cache(layer_class_to_replicate=_cache_layer_class())
 
 
-def merge_caches(batch, batch_valid, new, new_length: int):
-    """``batch`` (B rows, its ``valid`` table) plus one prefilled row ``new`` → a cache of B+1 rows, right-aligned
-    to the longer of the two; returns (cache, valid)."""
+def merge_caches(batch, batch_valid, new, new_valid):
+    """``batch`` (B rows, its ``valid`` table) plus prefilled rows ``new`` (k rows, their ``valid`` table) → a cache
+    of B+k rows, right-aligned to the longer of the two; returns (cache, valid)."""
     import torch
 
     old_len = batch.layers[0].length if batch is not None else 0
+    new_length = new.layers[0].length
     width = max(old_len, new_length)
-    rows = (batch_valid.shape[0] if batch is not None else 0) + 1
+    old_rows = batch_valid.shape[0] if batch is not None else 0
+    rows = old_rows + new_valid.shape[0]
     capacity = width + 64
     device = new.layers[0].k_buf.device
     valid = torch.zeros(rows, capacity, dtype=torch.bool, device=device)
     if batch is not None:
-        valid[:-1, width - old_len: width] = batch_valid[:, :old_len]
-    valid[-1, width - new_length: width] = True
+        valid[:old_rows, width - old_len: width] = batch_valid[:, :old_len]
+    valid[old_rows:, width - new_length: width] = new_valid[:, :new_length]
     merged = new_cache()
     layer_class = _cache_layer_class()
     for i, new_layer in enumerate(new.layers):
@@ -126,10 +130,10 @@ def merge_caches(batch, batch_valid, new, new_length: int):
         v = nv.new_zeros(rows, nv.shape[1], capacity, nv.shape[-1])
         if batch is not None:
             layer = batch.layers[i]
-            k[:-1, :, width - old_len: width] = layer.k_buf[:, :, :old_len]
-            v[:-1, :, width - old_len: width] = layer.v_buf[:, :, :old_len]
-        k[-1:, :, width - new_length: width] = nk[:, :, :new_length]
-        v[-1:, :, width - new_length: width] = nv[:, :, :new_length]
+            k[:old_rows, :, width - old_len: width] = layer.k_buf[:, :, :old_len]
+            v[:old_rows, :, width - old_len: width] = layer.v_buf[:, :, :old_len]
+        k[old_rows:, :, width - new_length: width] = nk[:, :, :new_length]
+        v[old_rows:, :, width - new_length: width] = nv[:, :, :new_length]
         merged_layer = layer_class()
         merged_layer.set(k, v, width)
         merged.layers.append(merged_layer)
@@ -271,6 +275,7 @@ class Scheduler:
         self.steps = 0
         self.rows_done = 0
         self.largest_batch = 0
+        self.largest_prefill = 0  # rows prefilled in one forward
         self.cancelled = 0
         self._thread = threading.Thread(target=self._loop, daemon=True, name="workbench-scheduler")
         self._thread.start()
@@ -329,6 +334,7 @@ class Scheduler:
         with self._cond:
             return {"running": len(self._active), "prefilling": len(self._prefilling), "waiting": len(self._waiting),
                     "steps": self.steps, "rows": self.rows_done, "largest_batch": self.largest_batch,
+                    "largest_prefill": self.largest_prefill,
                     "cancelled": self.cancelled, "max_rows": self.max_rows}
 
     # -- the loop ---------------------------------------------------------------------------------------
@@ -364,11 +370,12 @@ class Scheduler:
         self._refresh_model()
         self._drop_cancelled_prefills()
         if self._prefilling:
-            row = self._prefilling[0]
-            if self._prefill_chunk(row):
-                self._prefilling.pop(0)
-                if not row.finished:
-                    self._join(row)
+            group = self._next_prefill()
+            if len(group) > 1 or not group[0].prefilled and len(group[0].prompt) <= self.chunk_tokens:
+                self._prefill_together(group)
+            elif self._prefill_chunk(group[0]):
+                self._prefilling.remove(group[0])
+                self._join([group[0]], group[0].cache, None)
         self._remove_finished()
         if self._active:
             self._decode()
@@ -448,11 +455,11 @@ class Scheduler:
     def _device(self):
         return next(self.loaded.model.parameters()).device
 
-    def _mask(self, valid):
-        """A 4-D mask from the ``valid`` table: boolean for SDPA, additive for eager attention."""
+    def _mask(self, mask):
+        """A boolean 4-D mask ``[rows, 1, queries, keys]`` as the attention wants it: as is for SDPA, additive for
+        eager attention."""
         import torch
 
-        mask = valid[:, None, None, :]
         config = getattr(self._forward_model, "config", None)
         if getattr(config, "_attn_implementation", "sdpa") == "eager":
             dtype = next(self._forward_model.parameters()).dtype
@@ -465,6 +472,56 @@ class Scheduler:
             if row.handle.cancelled or row.finished:
                 self._prefilling.remove(row)
                 self._end(row, "cancelled")
+
+    def _next_prefill(self) -> list[_Row]:
+        """The rows to prefill now: the first waiting row and, if its whole prompt fits one chunk, the short prompts
+        after it while their left-padded batch stays within the budget (same adapter only on PEFT's own path,
+        whose adapter groups need a cache to slice)."""
+        first = self._prefilling[0]
+        if first.prefilled or len(first.prompt) > self.chunk_tokens:
+            return [first]
+        budget = self.chunk_tokens * (1 if self._active else 4)
+        group, longest = [first], len(first.prompt)
+        for row in self._prefilling[1:]:
+            if row.prefilled or len(row.prompt) > self.chunk_tokens:
+                continue
+            if self._peft and self._multilora is None and row.adapter != first.adapter:
+                continue
+            if max(longest, len(row.prompt)) * (len(group) + 1) > budget:
+                break
+            group.append(row)
+            longest = max(longest, len(row.prompt))
+        return group
+
+    def _prefill_together(self, rows: list[_Row]) -> None:
+        """Whole short prompts in one left-padded batch; each row's first token is picked and the rows join."""
+        import torch
+
+        rows = sorted(rows, key=self._group)
+        width = max(len(r.prompt) for r in rows)
+        device = self._device
+        input_ids = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+        positions = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+        valid = torch.zeros(len(rows), width, dtype=torch.bool, device=device)
+        for i, row in enumerate(rows):
+            n = len(row.prompt)
+            input_ids[i, width - n:] = torch.tensor(row.prompt, dtype=torch.long)
+            positions[i, width - n:] = torch.arange(n)
+            valid[i, width - n:] = True
+        causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
+        # a padding position attends to itself only: a row of the mask with no key at all gives NaN in SDPA, and
+        # its keys/values (masked later, but multiplied by 0) would carry the NaN into every later step
+        mask = (causal & valid[:, None, :]) | torch.eye(width, dtype=torch.bool, device=device)
+        mask = None if bool(valid.all()) else self._mask(mask[:, None])  # no padding: the model's own causal mask
+        cache = new_cache()
+        logits = self._forward(input_ids, positions, mask, cache, [r.adapter for r in rows])
+        self.largest_prefill = max(self.largest_prefill, len(rows))
+        for row in rows:
+            self._prefilling.remove(row)
+            row.prefilled = row.length = len(row.prompt)
+        for row, token in zip(rows, self._choose(rows, logits)):
+            self._accept(row, token)
+        self._join(rows, cache, valid)
 
     def _prefill_chunk(self, row: _Row) -> bool:
         """One chunk of ``row``'s prompt into its own cache; True when the prompt is done (first token picked)."""
@@ -485,11 +542,17 @@ class Scheduler:
         self._accept(row, self._choose([row], logits)[0])
         return True
 
-    def _join(self, row: _Row) -> None:
-        """Put a prefilled row into the running batch, keeping base rows first and adapters grouped."""
-        self._cache, self._valid = merge_caches(self._cache, self._valid, row.cache, row.prefilled)
-        row.cache = None
-        self._active.append(row)
+    def _join(self, rows: list[_Row], cache, valid) -> None:
+        """Put prefilled rows (their cache, its ``valid`` table or None: all columns real) into the running batch,
+        keeping base rows first and adapters grouped; rows already finished leave again at the next removal."""
+        import torch
+
+        if valid is None:
+            valid = torch.ones(len(rows), cache.layers[0].length, dtype=torch.bool, device=self._device)
+        self._cache, self._valid = merge_caches(self._cache, self._valid, cache, valid)
+        for row in rows:
+            row.cache = None
+        self._active.extend(rows)
         order = sorted(range(len(self._active)), key=lambda i: self._group(self._active[i]))
         if order != list(range(len(self._active))):
             self._cache, self._valid = select_rows(self._cache, self._valid, order)
@@ -515,7 +578,7 @@ class Scheduler:
         self._valid[:, length] = True
         input_ids = torch.tensor([[r.next_token] for r in rows], dtype=torch.long, device=device)
         positions = torch.tensor([[r.length] for r in rows], dtype=torch.long, device=device)
-        logits = self._forward(input_ids, positions, self._mask(self._valid[:, : length + 1]), self._cache,
+        logits = self._forward(input_ids, positions, self._mask(self._valid[:, None, None, : length + 1]), self._cache,
                                [r.adapter for r in rows])
         self.steps += 1
         for row in rows:
