@@ -94,3 +94,25 @@ def test_importing_workbench_quiets_the_optional_bitsandbytes_kernel_warning():
                             timeout=300)
     assert result.returncode == 0, result.stderr
     assert "kernels-community" not in result.stderr
+
+
+@pytest.mark.parametrize("command", [["data", "check", "--dataset-dir", "{folder}", "d"], ["score", "--help"],
+                                     ["jobs", "list"], ["export", "--help"]])
+def test_commands_that_need_no_model_start_without_torch(command, tmp_path):
+    """Checking a dataset, scoring, listing jobs: answered in a fraction of a second, because they import neither
+    torch nor transformers (tens of seconds on a busy 2-core machine). Only the command's own module is imported."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "d.json").write_text("")
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"d": {"file_name": "d.json"}}))
+    argv = [a.format(folder=tmp_path) for a in command]
+    code = ("import sys; from workbench.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "print('heavy:', sorted(m for m in ('torch', 'transformers', 'peft', 'gradio') if m in sys.modules))")
+    env = {**os.environ, "WORKBENCH_HOME": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300, env=env)
+    assert "usage:" not in result.stderr, result.stderr[-2000:]  # the command ran, not an argument error
+    assert "heavy: []" in result.stdout, (result.stdout[-2000:], result.stderr[-2000:])

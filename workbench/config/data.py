@@ -8,6 +8,8 @@ from pathlib import Path
 from workbench.config.base import Alias, OptionError, Options, option
 from workbench.paths import default_dataset_dir
 
+STAGES = ("pt", "sft", "rm", "dpo")  # training stages; each reads its own kind of rows
+
 
 @dataclass
 class DataArgs(Options):

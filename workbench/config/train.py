@@ -25,11 +25,10 @@ from typing import Any, Mapping
 
 from workbench.config.base import (UNSET, Alias, OptionError, Options, WorkbenchError, aliases_of, mirror_fields,
                                    option, option_fields, parse_bool, split_mapping)
-from workbench.config.data import DataArgs
+from workbench.config.data import STAGES, DataArgs
 from workbench.config.model import ModelArgs
 from workbench.paths import project_presets_dir
 
-STAGES = ("pt", "sft", "rm", "dpo")
 FINETUNING_TYPES = ("lora", "freeze", "full")
 SCHEDULERS = (
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",

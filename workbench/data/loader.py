@@ -30,8 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from workbench.config.base import WorkbenchError
-from workbench.config.data import DataArgs
-from workbench.config.train import STAGES
+from workbench.config.data import STAGES, DataArgs
 from workbench.data import records as R
 from workbench.data.files import data_files, iter_file_rows
 from workbench.data.formats import RowConverter, Skip

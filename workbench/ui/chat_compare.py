@@ -155,7 +155,8 @@ def build_judging() -> Judging:
                    keep_button, cancel_button, status)
 
 
-def wire_judging(judging: Judging, ctx: AppContext, active: dict, compare_pick, histories, clear_button) -> None:
+def wire_judging(judging: Judging, ctx: AppContext, active: dict, mode, compare_pick, histories,
+                 clear_button) -> None:
     """The judging events; Clear forgets the session's judgements. ``active`` maps a session to what it is
     generating now (judging waits for it)."""
     judged = gr.State([])      # fingerprints of the turns judged in this session (each turn is judged once)
@@ -174,7 +175,10 @@ def wire_judging(judging: Judging, ctx: AppContext, active: dict, compare_pick, 
     judging.cancel_button.click(cancel_edit, None, [judging.edit_box, pending, judging.status])
     judging.both_bad_button.click(bind(on_both_bad, ctx, active), inputs[:-1],
                                   [judging.status, judged, judging.edit_box, pending])
-    compare_pick.change(bind(judge_columns, ctx.manager), compare_pick, [*judging.columns, *judging.prefer_buttons])
+    # The buttons are named like the columns, on the same events: a model loaded since keeps the picked variants
+    # (no change event) but may rename them ("base" → the merged model's name), and switching to Compare shows it.
+    for relabel in (compare_pick.change, mode.change):
+        relabel(bind(judge_columns, ctx.manager), compare_pick, [*judging.columns, *judging.prefer_buttons])
     clear_button.click(reset_judging, None, [judged, pending, judging.edit_box, judging.status])
 
 

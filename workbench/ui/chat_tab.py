@@ -260,7 +260,7 @@ def build(ctx: AppContext) -> None:
     observe_btn.click(bind(on_observe, view), inputs, [observation, *outputs[1:]])
     stop_btn.click(bind(on_stop, view.active), None, status, queue=False)
     clear_btn.click(on_clear, None, [chatbot, history, histories, *columns, status, observation])
-    wire_judging(judging, ctx, view.active, compare_pick, histories, clear_btn)
+    wire_judging(judging, ctx, view.active, mode, compare_pick, histories, clear_btn)
     mode.change(judging_visible, mode, judging.box)
 
 
