@@ -50,11 +50,12 @@ $(TEST_STAMP): $(STAMP) requirements-test.txt scripts/install_chromium.sh
 run: $(STAMP) $(EXTRA_STAMPS)
 	$(PY) webui.py $(ARGS)
 
-# One worker per core (test files stay whole on one worker: their module fixtures and servers are shared); the 15
-# slowest tests are listed at the end, for whoever works on the suite's time.
+# One worker per core, each pinned to its core (tests/conftest.py); test files stay whole on one worker (their module
+# fixtures and servers are shared) and go out slowest first (conftest's SLOWEST_FIRST). The 15 slowest tests are
+# listed at the end, for whoever works on the suite's time.
 TEST_WORKERS ?= auto
 test: $(TEST_STAMP)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15 $(ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15 $(ARGS)
 
 # The README tour's images: the end-to-end browser journey, saving its screenshots into docs/images.
 screenshots: $(TEST_STAMP)

@@ -10,11 +10,12 @@ import sys
 import tempfile
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from helpers import REPO_ROOT, SHARED_DATA, make_tiny_model
+from helpers import REPO_ROOT, SHARED_DATA, abort_leftover_jobs, make_tiny_model
 
 # Nothing in tests may reach a hub. The converted bundled model is cached once per machine.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -106,10 +107,11 @@ def start_app(home: Path, extra_args: list[str] | None = None, timeout: float = 
     home.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "WORKBENCH_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     log_file = open(log_path, "w")
-    process = subprocess.Popen(
-        [sys.executable, str(REPO_ROOT / "webui.py"), "--port", str(port), *(extra_args or [])],
-        stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT, start_new_session=True,
-    )
+    with every_core():
+        process = subprocess.Popen(
+            [sys.executable, str(REPO_ROOT / "webui.py"), "--port", str(port), *(extra_args or [])],
+            stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT, start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -125,8 +127,11 @@ def start_app(home: Path, extra_args: list[str] | None = None, timeout: float = 
 
 
 def stop_app(server: AppServer) -> None:
+    """Stop the app, and first any job it started that is still running (jobs run in sessions of their own and
+    would outlive it)."""
     import signal
 
+    abort_leftover_jobs(server.home / "runs")
     try:
         os.killpg(server.process.pid, signal.SIGTERM)
         server.process.wait(timeout=20)
@@ -143,10 +148,12 @@ def browser():
         pytest.skip(f"{CHROMIUM} is not installed (make test installs it when run as root)")
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as pw:
+    with every_core():  # the driver and Chromium it starts
+        pw = sync_playwright().start()
         b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
+    yield b
+    b.close()
+    pw.stop()
 
 
 @pytest.fixture(scope="module")
@@ -180,3 +187,45 @@ def page(browser, app_server):
     pg.wait_for_selector("gradio-app", state="attached")
     yield pg
     context.close()
+
+
+# The slowest files first (see `make test`'s --durations list), so that the two workers finish together instead of one
+# running a long file alone at the end; xdist keeps this order with --no-loadscope-reorder (Makefile), where it would
+# otherwise order files by their number of tests.
+SLOWEST_FIRST = ("test_journey.py", "test_train.py", "test_export.py", "test_train_tab_browser.py",
+                 "test_export_gguf.py", "test_preferences_browser.py", "test_ui_state_chat_browser.py",
+                 "test_chat_tab.py", "test_data_probe_fixes.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files keep their own order
+
+
+# Each xdist worker runs its in-process tests and the command-line processes it starts on its own share of the cores:
+# unpinned, two workers' torch thread pools (one thread per core each) oversubscribe the cores and spin while
+# descheduled (measured: test_train.py and test_export.py took twice as long). App servers and Chromium are started
+# on every core (`every_core`): pinned with their test, the browser tests' answers and page updates slowed down.
+_EVERY_CORE = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+_WORKER_CORES: list[int] = []
+
+
+def pytest_configure(config):
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if worker.startswith("gw") and 1 < count <= len(_EVERY_CORE) and os.environ.get("WORKBENCH_TEST_PIN", "1") == "1":
+        index, share = int(worker[2:]), len(_EVERY_CORE) // count
+        _WORKER_CORES[:] = _EVERY_CORE[index * share: (index + 1) * share]
+        os.sched_setaffinity(0, set(_WORKER_CORES))
+
+
+@contextmanager
+def every_core():
+    """Processes started inside run on every core (the worker itself is pinned again afterwards)."""
+    if not _WORKER_CORES:
+        yield
+        return
+    os.sched_setaffinity(0, set(_EVERY_CORE))
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, set(_WORKER_CORES))

@@ -4,7 +4,6 @@ input refused before anything is written."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest

@@ -22,7 +22,7 @@ import pytest
 from playwright.sync_api import expect
 
 from conftest import start_app, stop_app
-from helpers import REPO_ROOT, abort_leftover_jobs
+from helpers import REPO_ROOT
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.expect_timeout(60_000)]
 
@@ -43,7 +43,6 @@ def journey(tmp_path_factory, bundled_model_dir, browser):
     shots.mkdir(parents=True, exist_ok=True)
     yield {"server": server, "page": page, "home": home, "shots": shots, "work": tmp_path_factory.mktemp("journey")}
     context.close()
-    abort_leftover_jobs(home / "runs")
     stop_app(server)
 
 

@@ -17,7 +17,6 @@ import pytest
 from playwright.sync_api import expect
 
 from chat_helpers import make_adapter
-from helpers import abort_leftover_jobs
 from workbench.data.preferences import read_rows
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.expect_timeout(60_000)]
@@ -36,12 +35,6 @@ def identity_run(app_server, bundled_model_dir) -> str:
         (target / "workbench_run.json").write_text(json.dumps({
             "stage": "sft", "finetuning_type": "lora", "base_model": "smollm2-135m-instruct", "dataset": "identity"}))
     return target.name
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_job_outlives_the_tests(app_server):
-    yield
-    abort_leftover_jobs(app_server.home / "runs")
 
 
 def words(text: str) -> list[str]:

@@ -16,19 +16,13 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from helpers import abort_leftover_jobs, write_tiny_preset
+from helpers import write_tiny_preset
 
 from workbench.jobs import store as jobs
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.expect_timeout(30_000)]
 
 TRAIN_TIMEOUT = 300_000  # ms: start-up of a training process is ~25 s on a busy 2-core machine
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_job_outlives_the_tests(app_server):
-    yield
-    abort_leftover_jobs(app_server.home / "runs")
 
 
 @pytest.fixture(scope="module")

@@ -370,7 +370,9 @@ def _cache_key(specs: list[DatasetSpec], eval_specs: list[DatasetSpec], data_arg
 
 # ---- building ----------------------------------------------------------------------------------------
 
-def _split(records: list, val_size: float, seed: int) -> tuple[list, list]:
+def split_for_eval(records: list, val_size: float, seed: int) -> tuple[list, list]:
+    """(training rows, held-out rows): ``val_size`` rows (a count, or a fraction when below 1) drawn with ``seed``;
+    the training run and the Train tab's plan both split this way, so their counts agree."""
     if not val_size:
         return records, []
     n_eval = int(val_size) if val_size >= 1 else max(1, round(len(records) * val_size))
@@ -463,7 +465,7 @@ def build_dataset(data_args: DataArgs, tokenizer, stage: str = "sft", *, model_n
         _need_kind(eval_records, stage, ",".join(eval_names))
         train_records = records
     else:
-        train_records, eval_records = _split(records, data_args.val_size, data_args.seed)
+        train_records, eval_records = split_for_eval(records, data_args.val_size, data_args.seed)
     stats: dict[str, Any] = {"template": template.name, "records": len(records), "train_records": len(train_records),
                              "eval_records": len(eval_records)}
     tools_note = template.tools_note(tokenizer) if stage != "pt" and any(map(uses_tools, records)) else None

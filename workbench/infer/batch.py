@@ -63,11 +63,10 @@ def submit_rows(loaded, prompt_ids: Sequence[Sequence[int]], adapter_names: Sequ
         adapter_names = [None] * len(prompt_ids)
     if len(adapter_names) != len(prompt_ids):
         raise WorkbenchError(f"{len(prompt_ids)} prompts but {len(adapter_names)} adapter names")
-    names = peft_adapter_names(loaded, adapter_names)
-    rows = [None if n == PEFT_BASE else n for n in names] if names is not None else [None] * len(prompt_ids)
+    peft_adapter_names(loaded, adapter_names)  # every name is attached (or the base), else a clear error
+    rows = [None if a in (None, BASE, PEFT_BASE) else a for a in adapter_names]
     backend = getattr(loaded, "backend", None)
     if backend is not None:  # the vllm engine: its server batches the requests
-        rows = [None if a in (None, BASE, PEFT_BASE) else a for a in adapter_names]
         return [backend.submit(RowSpec(list(p), adapter, gen.max_new_tokens), gen) for p, adapter in zip(prompt_ids, rows)]
     stops = [int(t) for t in stop_token_ids if t is not None] or [loaded.tokenizer.eos_token_id]
     scheduler = scheduler_for(loaded)

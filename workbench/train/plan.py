@@ -19,7 +19,7 @@ from workbench.config.data import DataArgs
 from workbench.config.model import ModelArgs
 from workbench.config.train import FinetuningArgs, LaunchArgs, TrainArgs, parse_train_config
 from workbench.data.inspect import tokenizer_for
-from workbench.data.loader import _split, load_spec  # _split: the run's own eval split, so the counts agree
+from workbench.data.loader import load_spec, split_for_eval
 from workbench.data.registry import get_spec
 from workbench.data.stats import token_lengths
 from workbench.data.templates import resolve_template
@@ -237,7 +237,7 @@ def _estimate_data(cfg, launch, est: RunEstimate, sample: int) -> None:
             est.eval_examples = sum(len(load_spec(get_spec(n, data.dataset_path()), data.max_samples, data.seed,
                                                   allow_download=False).records) for n in data.eval_dataset_names())
         else:
-            train, held_out = _split(records, data.val_size, data.seed)
+            train, held_out = split_for_eval(records, data.val_size, data.seed)
             est.eval_examples = len(held_out)
     except WorkbenchError as exc:
         est.notes.append(f"the examples were not counted: {exc}")
