@@ -3,6 +3,7 @@ the real bundled model, a tiny random model with the same tokenizer, and the bro
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -101,13 +102,17 @@ class AppServer:
         return self.log_path.read_text(errors="replace")
 
 
-def start_app(home: Path, extra_args: list[str] | None = None, timeout: float = 120) -> AppServer:
+def start_app(home: Path, extra_args: list[str] | None = None, timeout: float = 120, *,
+              trains: bool = False) -> AppServer:
+    """The app on a free loopback port. ``trains``: the test trains the real model in it, so the app (and its
+    training jobs) stay on the worker's core: on every core, their torch threads spin against the other worker
+    (the new-user journey took 903 s instead of ~400 s)."""
     port = free_port()
     log_path = home / "webui.log"
     home.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "WORKBENCH_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     log_file = open(log_path, "w")
-    with every_core():
+    with contextlib.nullcontext() if trains else every_core():
         process = subprocess.Popen(
             [sys.executable, str(REPO_ROOT / "webui.py"), "--port", str(port), *(extra_args or [])],
             stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT, start_new_session=True,
@@ -157,9 +162,10 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def app_server(tmp_path_factory, bundled_model_dir):
-    """The real app (python webui.py) on a free loopback port, with its own WORKBENCH_HOME."""
-    server = start_app(tmp_path_factory.mktemp("app-home"))
+def app_server(request, tmp_path_factory, bundled_model_dir):
+    """The real app (python webui.py) on a free loopback port, with its own WORKBENCH_HOME (``@pytest.mark.trains``:
+    see :func:`start_app`)."""
+    server = start_app(tmp_path_factory.mktemp("app-home"), trains=request.node.get_closest_marker("trains") is not None)
     yield server
     stop_app(server)
 

@@ -33,7 +33,7 @@ NAME, AUTHOR = "Nova", "the Workbench team"
 @pytest.fixture(scope="module")
 def journey(tmp_path_factory, bundled_model_dir, browser):
     home = tmp_path_factory.mktemp("journey-home")
-    server = start_app(home)
+    server = start_app(home, trains=True)
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     page.set_default_timeout(60_000)

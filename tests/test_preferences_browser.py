@@ -19,7 +19,7 @@ from playwright.sync_api import expect
 from chat_helpers import make_adapter
 from workbench.data.preferences import read_rows
 
-pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.expect_timeout(60_000)]
+pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.trains, pytest.mark.expect_timeout(60_000)]
 
 ANSWER_TIMEOUT = 300_000  # ms: the machine's two cores are shared with other test runs
 TRAIN_TIMEOUT = 600_000
