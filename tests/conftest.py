@@ -11,7 +11,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -224,7 +223,7 @@ def pytest_configure(config):
         os.sched_setaffinity(0, set(_WORKER_CORES))
 
 
-@contextmanager
+@contextlib.contextmanager
 def every_core():
     """Processes started inside run on every core (the worker itself is pinned again afterwards)."""
     if not _WORKER_CORES:

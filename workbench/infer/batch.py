@@ -32,23 +32,22 @@ def _is_peft(model) -> bool:
     return isinstance(model, PeftModel)
 
 
-def peft_adapter_names(loaded, adapter_names: Sequence[str | None]) -> list[str] | None:
-    """Our names (None/"base" or an attached adapter) → PEFT's per-row names; None when no PEFT model."""
+def adapter_rows(loaded, adapter_names: Sequence[str | None]) -> list[str | None]:
+    """Our names (None/"base" or an attached adapter) → each row's adapter (None: the base); an adapter that is not
+    attached is a clear error."""
     known = set(getattr(loaded, "adapters", {}) or {})
     if _is_peft(loaded.model):
         known |= set(getattr(loaded.model, "peft_config", {}) or {})
-    names = []
+    rows = []
     for name in adapter_names:
         if name in (None, BASE, PEFT_BASE):
-            names.append(PEFT_BASE)
+            rows.append(None)
         elif name in known:
-            names.append(name)
+            rows.append(name)
         else:
             attached = ", ".join(sorted(known)) or "none"
             raise WorkbenchError(f"adapter {name!r} is not attached to the loaded model (attached: {attached})")
-    if not _is_peft(loaded.model):
-        return None  # every row is the base model (checked above: no adapter names)
-    return names
+    return rows
 
 
 def submit_rows(loaded, prompt_ids: Sequence[Sequence[int]], adapter_names: Sequence[str | None] | None,
@@ -63,8 +62,7 @@ def submit_rows(loaded, prompt_ids: Sequence[Sequence[int]], adapter_names: Sequ
         adapter_names = [None] * len(prompt_ids)
     if len(adapter_names) != len(prompt_ids):
         raise WorkbenchError(f"{len(prompt_ids)} prompts but {len(adapter_names)} adapter names")
-    peft_adapter_names(loaded, adapter_names)  # every name is attached (or the base), else a clear error
-    rows = [None if a in (None, BASE, PEFT_BASE) else a for a in adapter_names]
+    rows = adapter_rows(loaded, adapter_names)
     backend = getattr(loaded, "backend", None)
     if backend is not None:  # the vllm engine: its server batches the requests
         return [backend.submit(RowSpec(list(p), adapter, gen.max_new_tokens), gen) for p, adapter in zip(prompt_ids, rows)]

@@ -371,7 +371,7 @@ class Scheduler:
         self._drop_cancelled_prefills()
         if self._prefilling:
             group = self._next_prefill()
-            if len(group) > 1 or not group[0].prefilled and len(group[0].prompt) <= self.chunk_tokens:
+            if self._whole(group[0]):
                 self._prefill_together(group)
             elif self._prefill_chunk(group[0]):
                 self._prefilling.remove(group[0])
@@ -473,17 +473,21 @@ class Scheduler:
                 self._prefilling.remove(row)
                 self._end(row, "cancelled")
 
+    def _whole(self, row: _Row) -> bool:
+        """The row's prompt is prefilled in one pass (it fits one chunk and none of it is in a cache yet)."""
+        return not row.prefilled and len(row.prompt) <= self.chunk_tokens
+
     def _next_prefill(self) -> list[_Row]:
         """The rows to prefill now: the first waiting row and, if its whole prompt fits one chunk, the short prompts
         after it while their left-padded batch stays within the budget (same adapter only on PEFT's own path,
         whose adapter groups need a cache to slice)."""
         first = self._prefilling[0]
-        if first.prefilled or len(first.prompt) > self.chunk_tokens:
+        if not self._whole(first):
             return [first]
         budget = self.chunk_tokens * (1 if self._active else 4)
         group, longest = [first], len(first.prompt)
         for row in self._prefilling[1:]:
-            if row.prefilled or len(row.prompt) > self.chunk_tokens:
+            if not self._whole(row):
                 continue
             if self._peft and self._multilora is None and row.adapter != first.adapter:
                 continue
@@ -508,11 +512,12 @@ class Scheduler:
             input_ids[i, width - n:] = torch.tensor(row.prompt, dtype=torch.long)
             positions[i, width - n:] = torch.arange(n)
             valid[i, width - n:] = True
-        causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
-        # a padding position attends to itself only: a row of the mask with no key at all gives NaN in SDPA, and
-        # its keys/values (masked later, but multiplied by 0) would carry the NaN into every later step
-        mask = (causal & valid[:, None, :]) | torch.eye(width, dtype=torch.bool, device=device)
-        mask = None if bool(valid.all()) else self._mask(mask[:, None])  # no padding: the model's own causal mask
+        mask = None  # no padding: the model's own causal mask
+        if not bool(valid.all()):
+            causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
+            # a padding position attends to itself only: a row of the mask with no key at all gives NaN in SDPA, and
+            # its keys/values (masked later, but multiplied by 0) would carry the NaN into every later step
+            mask = self._mask(((causal & valid[:, None, :]) | torch.eye(width, dtype=torch.bool, device=device))[:, None])
         cache = new_cache()
         logits = self._forward(input_ids, positions, mask, cache, [r.adapter for r in rows])
         self.largest_prefill = max(self.largest_prefill, len(rows))
