@@ -71,10 +71,11 @@ def build_top_bar(ctx: AppContext) -> None:
     ctx.model.change(bind(on_model_change, ctx), inputs=ctx.model, outputs=ctx.template)
     ctx.template.change(bind(remember_template, ctx), inputs=[ctx.template, ctx.model], queue=False,
                         show_progress="hidden")
-    ctx.load_button.click(loading_note, outputs=ctx.status).then(
+    loaded = ctx.load_button.click(loading_note, outputs=ctx.status).then(
         bind(on_load, ctx), inputs=[*ctx.model_inputs(), ctx.template], outputs=ctx.status
     )
-    ctx.unload_button.click(bind(on_unload, ctx.manager), outputs=ctx.status)
+    unloaded = ctx.unload_button.click(bind(on_unload, ctx.manager), outputs=ctx.status)
+    ctx.model_changed = [loaded, unloaded]
 
 
 def top_bar_state(ctx: AppContext):

@@ -240,8 +240,8 @@ def build(ctx: AppContext) -> None:
                      [variant, compare_pick, adapter_status])
     for trigger in (refresh_btn.click, runs_version.change, adapters_version.change):
         trigger(refresh_adapter_choices, None, adapter_pick)
-    ctx.status.change(bind(refresh_variants, ctx.manager), [variant, compare_pick],
-                      [variant, compare_pick, adapter_status])
+    for changed in ctx.model_changed:
+        changed.then(bind(refresh_variants, ctx.manager), [variant, compare_pick], [variant, compare_pick, adapter_status])
     # Every page load (a reload, a second tab) shows the adapters the server has attached.
     gr.on(None, bind(page_state, ctx.manager), outputs=[variant, compare_pick, adapter_status, adapter_pick],
           queue=False, show_progress="hidden")

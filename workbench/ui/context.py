@@ -41,6 +41,9 @@ class AppContext:
     status: Any = None           # gr.Markdown: what is loaded
     load_button: Any = None
     unload_button: Any = None
+    # The events after which another model (or none) is loaded: tabs chain their refresh with .then. Not status.change:
+    # that also fires on a page load, with the inputs the page had before its own load handlers filled them.
+    model_changed: list[Any] = field(default_factory=list)
     # Tabs that change what exists on disk (a finished run, a merged model) call these to refresh pickers.
     refreshers: list[Callable[[], None]] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
