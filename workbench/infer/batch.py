@@ -72,8 +72,9 @@ def submit_rows(loaded, prompt_ids: Sequence[Sequence[int]], adapter_names: Sequ
         scheduler.max_rows = max_rows
     handles = [RowHandle(RowSpec(list(p), adapter, gen.max_new_tokens)) for p, adapter in zip(prompt_ids, rows)]
     try:
-        for handle in handles:
-            scheduler.submit(handle, gen, stops)
+        with scheduler.arriving_together():
+            for handle in handles:
+                scheduler.submit(handle, gen, stops)
     except BaseException:
         for handle in handles:
             handle.cancel()

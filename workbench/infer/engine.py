@@ -9,6 +9,8 @@ as N rows that share the decode steps.
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import queue
 import threading
@@ -391,9 +393,11 @@ class ChatEngine:
         for spec in specs:
             self.check_variant(spec.adapter)
         rows: list[RowHandle] = []
+        together = self.scheduler.arriving_together() if self.backend is None else contextlib.nullcontext()
         try:
-            for spec in specs:
-                rows.append(self.submit(spec, gen))
+            with together:
+                for spec in specs:
+                    rows.append(self.submit(spec, gen))
         except BaseException:
             for row in rows:
                 row.cancel()

@@ -98,17 +98,23 @@ class MultiLora:
                                     b.index_select(0, gather).transpose(1, 2).contiguous()) for a, b in self._tables]
         self._rows = self._gathered[key]
 
-    def _hook(self, position: int):
+    def add_delta(self, position: int, x, output) -> None:
+        """``output`` (the base projection of ``x`` by the layer at ``position``) += each selected row's LoRA delta."""
         import torch
 
+        if self._rows is None:
+            return
+        a_t, b_t = self._rows[position]
+        x = x[self._start:]
+        if x.dtype != a_t.dtype:
+            x = x.to(a_t.dtype)
+        output[self._start:] += torch.bmm(torch.bmm(x, a_t), b_t).to(output.dtype)
+
+    def _hook(self, position: int):
         def add_delta(module, args, output):
             if not self._active or self._rows is None:
                 return None
-            a_t, b_t = self._rows[position]
-            x = args[0][self._start:]
-            if x.dtype != a_t.dtype:
-                x = x.to(a_t.dtype)
-            output[self._start:] += torch.bmm(torch.bmm(x, a_t), b_t).to(output.dtype)
+            self.add_delta(position, args[0], output)
             return output
 
         return add_delta

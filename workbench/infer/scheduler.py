@@ -19,7 +19,8 @@ dropped in the same copy. Those copies happen on join/leave only, never per toke
 
 Adapters: :class:`~workbench.infer.multilora.MultiLora` (base projection once, per-row LoRA deltas) when every
 adapter is plain LoRA, else PEFT's mixed-batch ``adapter_names`` forward. Rows are kept ordered base-first and
-grouped by adapter, which the delta path needs.
+grouped by adapter, which the delta path needs. The forward pass is :class:`~workbench.infer.lean.LeanForward` where
+the architecture allows it (the same arithmetic without transformers' per-layer overhead), else the model's own.
 
 Text is detokenised incrementally (a sliding window of ids per row), stop strings are searched only in the
 new text plus a held-back tail, so per-token work does not grow with the answer's length.
@@ -253,10 +254,12 @@ class Scheduler:
     adapter attached or detached inside :meth:`paused`), which the scheduler notices and adapts to.
     """
 
-    def __init__(self, loaded, *, max_rows: int = MAX_ROWS, chunk_tokens: int = CHUNK_TOKENS):
+    def __init__(self, loaded, *, max_rows: int = MAX_ROWS, chunk_tokens: int = CHUNK_TOKENS, lean: bool = True):
         if max_rows < 1:
             raise WorkbenchError(f"max_rows must be at least 1, got {max_rows}")
         self.loaded = loaded
+        self.lean = lean  # LeanForward where the architecture allows it (False: transformers' forward always)
+        self._lean = None
         self.max_rows = max_rows
         self.chunk_tokens = max(1, chunk_tokens)
         self._cond = threading.Condition()
@@ -267,6 +270,7 @@ class Scheduler:
         self._valid = None
         self._closed: str | None = None
         self._pause = 0
+        self._holding = 0  # callers inside arriving_together
         self._busy = False
         self._model_key = None
         self._multilora = None
@@ -292,6 +296,19 @@ class Scheduler:
             self._waiting.append(row)
             self._cond.notify_all()
         return handle
+
+    @contextmanager
+    def arriving_together(self):
+        """Rows submitted inside start together: none is taken from the queue before the last one is in (an
+        evaluation batch, a compare turn), so short prompts share one prefill instead of racing the loop."""
+        with self._cond:
+            self._holding += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._holding -= 1
+                self._cond.notify_all()
 
     @contextmanager
     def paused(self):
@@ -334,7 +351,7 @@ class Scheduler:
         with self._cond:
             return {"running": len(self._active), "prefilling": len(self._prefilling), "waiting": len(self._waiting),
                     "steps": self.steps, "rows": self.rows_done, "largest_batch": self.largest_batch,
-                    "largest_prefill": self.largest_prefill,
+                    "largest_prefill": self.largest_prefill, "forward": "lean" if self._lean else "transformers",
                     "cancelled": self.cancelled, "max_rows": self.max_rows}
 
     # -- the loop ---------------------------------------------------------------------------------------
@@ -343,12 +360,14 @@ class Scheduler:
 
         while True:
             with self._cond:
-                while not self._closed and (self._pause or not (self._waiting or self._prefilling or self._active)):
+                while not self._closed and (self._pause or not (
+                        (self._waiting and not self._holding) or self._prefilling or self._active)):
                     self._cond.wait()
                 if self._closed:
                     return
                 self._busy = True
-                while self._waiting and len(self._active) + len(self._prefilling) < self.max_rows:
+                while (self._waiting and not self._holding
+                       and len(self._active) + len(self._prefilling) < self.max_rows):
                     self._prefilling.append(self._waiting.popleft())
             try:
                 with torch.inference_mode():
@@ -386,7 +405,7 @@ class Scheduler:
         """(Re)build the adapter tables when the model or its adapters changed; rows of a vanished adapter end."""
         model = self.loaded.model
         names = tuple(getattr(model, "peft_config", {}) or {})
-        key = (id(model), names, tuple(sorted((self.loaded.adapters or {}).items())))
+        key = (id(model), names, tuple(sorted((self.loaded.adapters or {}).items())), self.lean)
         if key == self._model_key:
             return
         if self._multilora is not None:
@@ -401,6 +420,11 @@ class Scheduler:
             self._multilora = MultiLora.build(model)
             if self._multilora is not None:
                 self._forward_model = model.get_base_model()
+        self._lean = None
+        if self.lean and (not self._peft or self._multilora is not None):
+            from workbench.infer.lean import LeanForward
+
+            self._lean = LeanForward.build(self._forward_model, self._multilora)
         if model.training:
             model.eval()
         for row in [*self._prefilling, *self._active]:
@@ -410,6 +434,12 @@ class Scheduler:
 
     def _forward(self, input_ids, position_ids, mask, cache, adapters: list[str | None]):
         """Next-token logits for every row (float32), each row with its adapter."""
+        if self._lean is not None:
+            if self._multilora is not None:
+                self._multilora.select(adapters)
+            elif any(adapters):
+                raise WorkbenchError(f"no adapters are attached, so {next(a for a in adapters if a)!r} cannot answer")
+            return self._lean(input_ids, position_ids, mask, cache, self._multilora)
         if self._multilora is not None:
             self._multilora.select(adapters)
             with self._multilora:

@@ -1,0 +1,152 @@
+"""The scheduler's lean forward (workbench/infer/lean.py) against transformers' own forward, on random models of
+the real architectures it takes (llama with grouped heads, qwen2 with q/k/v biases and an untied output layer):
+the same logits for a prompt, a chunk after cached columns, and padded decode rows; the same greedy answers
+through the scheduler with base and LoRA rows; and the architectures and settings it must leave alone."""
+
+from __future__ import annotations
+
+import pytest
+
+from chat_helpers import make_adapter
+from workbench.config.generation import GenerationArgs
+from workbench.config.model import ModelArgs
+from workbench.infer.engine import ChatEngine, RowSpec
+from workbench.infer.lean import LeanForward
+from workbench.infer.scheduler import Scheduler, new_cache
+from workbench.infer.session import load_for_chat
+
+
+def random_model(kind: str, **overrides):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    attention = overrides.pop("attn", "sdpa")
+    options = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=kind == "llama")
+    options.update(overrides)
+    config = AutoConfig.for_model(kind, **options)
+    torch.manual_seed(5)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation=attention).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(".bias"):
+                param.normal_(0, 0.5)  # initialised to zero: make them count
+    return model
+
+
+def reference(model, ids, positions, mask, cache):
+    out = model(input_ids=ids, position_ids=positions, attention_mask=mask, past_key_values=cache, use_cache=True,
+                logits_to_keep=1)
+    return out.logits[:, -1, :].float()
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_logits_equal_transformers_for_prefill_chunks_and_padded_decode(kind):
+    import torch
+
+    model = random_model(kind)
+    lean = LeanForward.build(model)
+    assert lean is not None
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        ids = torch.randint(0, 300, (1, 12))
+        caches = new_cache(), new_cache()
+        # a whole prompt (causal, no mask), then a chunk after those 12 cached columns
+        first = [f(ids[:, :7], torch.arange(7)[None], None, c) for f, c in zip((lean, lambda *a: reference(model, *a)),
+                                                                                caches)]
+        torch.testing.assert_close(first[0], first[1], rtol=1e-5, atol=1e-5)
+        second = [f(ids[:, 7:], torch.arange(7, 12)[None], None, c)
+                  for f, c in zip((lean, lambda *a: reference(model, *a)), caches)]
+        torch.testing.assert_close(second[0], second[1], rtol=1e-5, atol=1e-5)
+
+        # two rows, the first left-padded by 3 columns, then one decode step each
+        batch = torch.randint(0, 300, (2, 6))
+        valid = torch.ones(2, 6, dtype=torch.bool)
+        valid[0, :3] = False
+        positions = torch.stack([torch.tensor([0, 0, 0, 0, 1, 2]), torch.arange(6)])
+        causal = torch.ones(6, 6, dtype=torch.bool).tril()
+        mask = ((causal & valid[:, None, :]) | torch.eye(6, dtype=torch.bool))[:, None]
+        caches = new_cache(), new_cache()
+        out = [f(batch, positions, mask, c) for f, c in zip((lean, lambda *a: reference(model, *a)), caches)]
+        torch.testing.assert_close(out[0], out[1], rtol=1e-5, atol=1e-5)
+        step_mask = torch.cat([valid, torch.ones(2, 1, dtype=torch.bool)], 1)[:, None, None, :]
+        step = [f(torch.tensor([[5], [9]]), torch.tensor([[3], [6]]), step_mask, c)
+                for f, c in zip((lean, lambda *a: reference(model, *a)), caches)]
+        torch.testing.assert_close(step[0], step[1], rtol=1e-5, atol=1e-5)
+
+
+def test_architectures_and_settings_it_leaves_to_transformers():
+    assert LeanForward.build(random_model("llama", attn="eager")) is None  # eager softmax rounds differently
+    assert LeanForward.build(random_model("mistral", sliding_window=4)) is None
+    assert LeanForward.build(random_model("mistral", sliding_window=None)) is not None
+    assert LeanForward.build(random_model("llama", hidden_act="gelu")) is None
+    gpt2 = random_model("gpt2", n_embd=64, n_layer=1, n_head=4, n_positions=64)
+    assert LeanForward.build(gpt2) is None
+
+
+@pytest.fixture(scope="module")
+def qwen2_engine(bundled_model_dir, tmp_path_factory):
+    from test_export_gguf import make_tiny_qwen2
+
+    root = tmp_path_factory.mktemp("lean-qwen2")
+    model_dir = make_tiny_qwen2(bundled_model_dir, root / "model")
+    adapters = {"a": str(make_adapter(model_dir, root / "a", seed=1, r=8,
+                                      targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                               "down_proj"))),
+                "b": str(make_adapter(model_dir, root / "b", seed=2, r=4, targets=("q_proj", "v_proj")))}
+    loaded = load_for_chat(ModelArgs(model_name_or_path=str(model_dir), infer_dtype="float32"), adapters)
+    engine = ChatEngine(loaded, "qwen")
+    yield engine
+    engine.close("test over")
+
+
+def test_scheduler_answers_equal_with_and_without_the_lean_forward(qwen2_engine):
+    """Base and LoRA rows (different ranks and targets), prompts of different lengths prefilled together, 24
+    greedy tokens each: the lean scheduler answers exactly what transformers' forward answers."""
+    engine = qwen2_engine
+    texts = ["Hello!", "Tell me about the sea in three sentences.", "2+2?", "What is the capital of France?"]
+    specs = [RowSpec(engine.spec([{"role": "user", "content": t}], GenerationArgs()).prompt_ids, v, 24)
+             for t, v in zip(texts, (None, "a", "b", "a"))]
+    gen = GenerationArgs(max_new_tokens=24)
+    batch = engine.start(specs, gen)
+    batch.wait()
+    assert engine.scheduler.stats()["forward"] == "lean"
+    plain = Scheduler(engine.loaded, lean=False)
+    try:
+        from workbench.infer.engine import RowHandle
+
+        stops = engine.stop_token_ids()
+        with plain.arriving_together():
+            handles = [plain.submit(RowHandle(RowSpec(s.prompt_ids, s.adapter, 24)), gen, stops) for s in specs]
+        for handle in handles:
+            handle.wait()
+        assert plain.stats()["forward"] == "transformers"
+        assert [h.token_ids for h in handles] == [r.token_ids for r in batch.rows]
+        assert all(len(r.token_ids) > 0 for r in batch.rows)
+    finally:
+        plain.close("test over")
+
+
+def test_bfloat16_rows_through_the_native_kernel_stay_close_and_leave_onednn_on():
+    """One-row steps in bfloat16 may use PyTorch's own matmul kernel (faster than oneDNN for one or two rows on
+    some CPUs; measured per model): logits within bfloat16 rounding of transformers', and oneDNN switched back on."""
+    import torch
+
+    from workbench.infer.lean import native_matmul_rows
+
+    model = random_model("qwen2").to(torch.bfloat16)
+    lean = LeanForward.build(model)
+    assert lean.native_rows <= {1, 2}
+    assert native_matmul_rows([layer["gate"][0].float() for layer in lean.layers]) == frozenset()  # float32: never
+    lean.native_rows = frozenset({1, 2})  # the path under test, whatever this CPU measured
+    torch.manual_seed(1)
+    ids = torch.randint(0, 300, (1, 9))
+    with torch.inference_mode():
+        caches = new_cache(), new_cache()
+        lean(ids[:, :8], torch.arange(8)[None], None, caches[0])
+        reference(model, ids[:, :8], torch.arange(8)[None], None, caches[1])
+        mask = torch.ones(1, 1, 1, 9, dtype=torch.bool)
+        got = lean(ids[:, 8:], torch.tensor([[8]]), mask, caches[0])
+        assert torch._C._get_mkldnn_enabled()
+        want = reference(model, ids[:, 8:], torch.tensor([[8]]), mask, caches[1])
+    torch.testing.assert_close(got, want, rtol=0.05, atol=0.05)

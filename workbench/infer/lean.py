@@ -1,0 +1,198 @@
+"""The scheduler's forward pass for Llama-family models, straight from the model's weights.
+
+Transformers' forward costs far more than its arithmetic for a decode step of a small model: per layer about 45
+tensor operations and a dozen module calls with their hooks, checks and mask builders; on a 2-core CPU that was
+~60% of a bf16 step of the bundled 135M model. This forward does the same arithmetic with about 25 operations per
+layer and no module calls: the same weights (nothing is copied), transformers' own rotary embedding and
+``apply_rotary_pos_emb``, RMSNorm in the order transformers computes it, SDPA over the scheduler's KV cache with
+its boolean (or additive) mask, and each row's LoRA delta from :class:`~workbench.infer.multilora.MultiLora`.
+
+Only architectures whose decoder layer is exactly that are taken (:func:`LeanForward.build` returns None for the
+rest, which keep transformers' forward): llama, mistral and qwen2 (q/k/v bias) with SiLU MLPs, full attention in
+every layer, unquantized ``nn.Linear`` weights, SDPA attention, and no model-specific scaling. Greedy outputs equal
+transformers' in float32 (tests/test_lean_forward.py).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any
+
+ARCHITECTURES = ("llama", "mistral", "qwen2")
+
+
+def _linear_of(module) -> Any:
+    """The plain ``nn.Linear`` under ``module`` (a PEFT LoRA wrapper's base layer), or None."""
+    import torch
+
+    base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
+    return base if type(base) is torch.nn.Linear and base.weight.is_floating_point() else None
+
+
+class LeanForward:
+    """``forward(input_ids, position_ids, mask, cache, lora)`` → last-position logits (float32), as the model's own
+    forward with ``logits_to_keep=1`` computes them."""
+
+    def __init__(self, model, layers: list[dict], positions: dict[int, int]):
+        core = model.model
+        self.embed = core.embed_tokens.weight
+        self.norm = (core.norm.weight, core.norm.variance_epsilon)
+        self.rotary = core.rotary_emb
+        self.head = model.lm_head.weight
+        self.head_bias = model.lm_head.bias
+        self.layers = layers
+        self.lora_positions = positions  # id(LoRA-wrapped module) → its MultiLora table position
+        config = model.config
+        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        attention = core.layers[0].self_attn
+        self.head_dim, self.scaling = attention.head_dim, attention.scaling
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        self.rope = apply_rotary_pos_emb
+        self.native_rows = native_matmul_rows([layer["gate"][0] for layer in layers])
+
+    @classmethod
+    def build(cls, model, multilora=None) -> "LeanForward | None":
+        """For ``model`` (the base model the scheduler calls), or None where its forward is not the one above."""
+        config = getattr(model, "config", None)
+        core = getattr(model, "model", None)
+        if config is None or core is None or getattr(config, "model_type", None) not in ARCHITECTURES:
+            return None
+        if getattr(config, "hidden_act", None) != "silu" or getattr(config, "pretraining_tp", 1) != 1:
+            return None
+        if any(t != "full_attention" for t in (getattr(config, "layer_types", None) or [])):
+            return None
+        if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+            return None  # mistral's window: the cache keeps every column, the mask would have to cut them
+        if getattr(config, "_attn_implementation", "sdpa") != "sdpa":
+            return None  # eager attention rounds differently (softmax in float32): kept on transformers' forward
+        if type(getattr(model, "lm_head", None)).__name__ != "Linear":
+            return None
+        positions = {}
+        if multilora is not None:
+            positions = {id(module): i for i, module in enumerate(multilora.layers)}
+        layers = []
+        for layer in core.layers:
+            attention, mlp = layer.self_attn, layer.mlp
+            if type(layer.input_layernorm).__name__ not in ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm"):
+                return None
+            if getattr(attention, "sliding_window", None) or type(mlp.act_fn).__name__ != "SiLUActivation":
+                return None
+            projections = {}
+            for name, module in (("q", attention.q_proj), ("k", attention.k_proj), ("v", attention.v_proj),
+                                 ("o", attention.o_proj), ("gate", mlp.gate_proj), ("up", mlp.up_proj),
+                                 ("down", mlp.down_proj)):
+                linear = _linear_of(module)
+                if linear is None:
+                    return None  # quantized (bitsandbytes) or another layer type
+                projections[name] = (linear.weight, linear.bias, positions.get(id(module)))
+            layers.append({"in_norm": (layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon),
+                           "post_norm": (layer.post_attention_layernorm.weight,
+                                         layer.post_attention_layernorm.variance_epsilon),
+                           **projections})
+        return cls(model, layers, positions)
+
+    def __call__(self, input_ids, position_ids, mask, cache, lora=None):
+        if input_ids.numel() in self.native_rows:
+            with onednn(False):
+                return self._forward(input_ids, position_ids, mask, cache, lora)
+        return self._forward(input_ids, position_ids, mask, cache, lora)
+
+    def _forward(self, input_ids, position_ids, mask, cache, lora):
+        import torch
+        import torch.nn.functional as F
+
+        batch, length = input_ids.shape
+        hidden = F.embedding(input_ids, self.embed)
+        cos, sin = self.rotary(hidden, position_ids)
+        heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
+        groups = heads // kv_heads
+        causal = False
+        if mask is None and length > 1:  # no padding: causal, over the cached columns too
+            past = cache.layers[0].get_seq_length() if cache.layers else 0
+            if past:
+                mask = torch.ones(length, past + length, dtype=torch.bool, device=input_ids.device).tril(past)
+            else:
+                causal = True
+
+        def rms_norm(x, weight_eps):
+            weight, eps = weight_eps
+            if x.dtype == torch.float32:
+                return weight * F.rms_norm(x, (x.shape[-1],), eps=eps)
+            return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+
+        def project(x, weight_bias_position):
+            weight, bias, position = weight_bias_position
+            out = F.linear(x, weight, bias)
+            if lora is not None and position is not None:
+                lora.add_delta(position, x, out)
+            return out
+
+        for index, layer in enumerate(self.layers):
+            x = rms_norm(hidden, layer["in_norm"])
+            q = project(x, layer["q"]).view(batch, length, heads, head_dim).transpose(1, 2)
+            k = project(x, layer["k"]).view(batch, length, kv_heads, head_dim).transpose(1, 2)
+            v = project(x, layer["v"]).view(batch, length, kv_heads, head_dim).transpose(1, 2)
+            q, k = self.rope(q, k, cos, sin)
+            keys, values = cache.update(k, v, index)
+            # Grouped heads as transformers' SDPA path treats them: one query token → the query heads of a group
+            # as that group's queries; longer → the key/value heads repeated.
+            if groups > 1 and length == 1:
+                q = q.reshape(batch, kv_heads, groups, head_dim)
+            elif groups > 1:
+                keys = keys[:, :, None].expand(batch, kv_heads, groups, *keys.shape[2:]).reshape(
+                    batch, heads, *keys.shape[2:])
+                values = values[:, :, None].expand(batch, kv_heads, groups, *values.shape[2:]).reshape(
+                    batch, heads, *values.shape[2:])
+            attended = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scaling,
+                                                      is_causal=causal)
+            attended = attended.reshape(batch, heads, length, head_dim).transpose(1, 2).reshape(
+                batch, length, heads * head_dim)
+            hidden = hidden + project(attended, layer["o"])
+            x = rms_norm(hidden, layer["post_norm"])
+            hidden = hidden + project(F.silu(project(x, layer["gate"])) * project(x, layer["up"]), layer["down"])
+        last = rms_norm(hidden[:, -1:, :], self.norm)
+        return F.linear(last, self.head, self.head_bias)[:, -1, :].float()
+
+
+def native_matmul_rows(weights: list) -> frozenset[int]:
+    """The row counts (1 and/or 2) for which PyTorch's own CPU kernel multiplies these bfloat16 weights faster than
+    oneDNN, measured here on the weights themselves (a few ms): on a 2-core AMD EPYC with AVX512-BF16 the native
+    kernel took 4.7 ms where oneDNN took 9.9 ms for one row (2.1x), 1.4x for two rows, and lost from four rows on.
+    Both accumulate in float32; results differ in the last bfloat16 bit. oneDNN is PyTorch's switch for the whole
+    process (``torch.backends.mkldnn``), so the scheduler's thread turns it off only during such a step."""
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    if not weights or weights[0].device.type != "cpu" or weights[0].dtype != torch.bfloat16:
+        return frozenset()
+    if not torch.backends.mkldnn.is_available() or not torch.backends.mkldnn.enabled:
+        return frozenset()
+
+    def best(rows: int, native: bool) -> float:
+        x = torch.zeros(rows, weights[0].shape[1], dtype=weights[0].dtype)
+        fastest = float("inf")
+        with torch.inference_mode(), onednn(not native):
+            for _ in range(3):
+                started = time.perf_counter()
+                for weight in weights:
+                    F.linear(x, weight)
+                fastest = min(fastest, time.perf_counter() - started)
+        return fastest
+
+    return frozenset(rows for rows in (1, 2) if best(rows, True) < 0.9 * best(rows, False))
+
+
+@contextmanager
+def onednn(enabled: bool):
+    """oneDNN on or off inside (torch.backends.mkldnn.flags also sets TF32 options, with a warning each time)."""
+    import torch
+
+    before = torch._C._get_mkldnn_enabled()
+    torch._C._set_mkldnn_enabled(enabled)
+    try:
+        yield
+    finally:
+        torch._C._set_mkldnn_enabled(before)
