@@ -7,7 +7,9 @@ and evaluation use (the continuous-batching scheduler), in float32 and in bfloat
   parameter once, tied embeddings once) ÷ the measured copy bandwidth (a 512 MiB tensor copied, read + write
   bytes counted as STREAM does) → ``share_of_bound``;
 * compare — base + 1 adapter and base + 3 adapters side by side, every row a fixed 64 new tokens (only the pad
-  token stops a row, and the model does not write it), as a ratio to ONE answer alone.
+  token stops a row, and the model does not write it), as a ratio to ONE answer alone;
+* the same one answer and compare batches through transformers' forward (the scheduler with ``lean=False``),
+  interleaved with the lean forward: ``lean_forward_speedup*``.
 
 Adapters: random LoRA (rank 8 on all 7 linear layers, like the quick start) made here in a temp directory.
 Aims (issue 15): decode >= 60% of the bandwidth bound, TTFT <= 300 ms, base + 1 <= 1.3x, base + 3 <= 1.6x.
@@ -135,14 +137,20 @@ def measure(dtype: str, device: str, adapters: dict[str, str], repeats: int, ban
     one, plus1, plus3 = (statistics.median(times[k]) for k in ("one", "plus1", "plus3"))
     tokens_per_s = statistics.median(decode)
     lean_path = scheduler.stats()["forward"]
-    # The same one answer through transformers' forward (the scheduler without its lean forward), interleaved.
-    forwards = {True: [], False: []}
+    # The same answers through transformers' forward (the scheduler without its lean forward), interleaved with
+    # the lean forward again: the lean forward's speed-up for one answer and for each compare batch.
+    forwards = {(lean, key): [] for lean in (True, False) for key in sides}
+    decode_rates = {True: [], False: []}
     for _ in range(repeats):
         for lean in (True, False):
             scheduler.lean = lean
-            seconds, rows = timed([None])
-            forwards[lean].append((NEW_TOKENS - 1) / (rows[0].finished_at - rows[0].first_token_at))
+            for key, variants in sides.items():
+                seconds, rows = timed(variants)
+                forwards[lean, key].append(seconds)
+                if key == "one":
+                    decode_rates[lean].append((NEW_TOKENS - 1) / (rows[0].finished_at - rows[0].first_token_at))
     scheduler.lean = True
+    med = {k: statistics.median(v) for k, v in forwards.items()}
     bound = bandwidth / weight_bytes(loaded.model)
     engine.close("benchmark over")
     return {
@@ -152,8 +160,12 @@ def measure(dtype: str, device: str, adapters: dict[str, str], repeats: int, ban
         "weight_mib": round(weight_bytes(loaded.model) / 2**20, 1),
         "bound_tokens_per_s": round(bound, 1), "share_of_bound": round(tokens_per_s / bound, 3),
         "forward": lean_path,
-        "decode_tokens_per_s_transformers_forward": round(statistics.median(forwards[False]), 1),
-        "lean_forward_speedup": round(statistics.median(forwards[True]) / statistics.median(forwards[False]), 2),
+        "decode_tokens_per_s_transformers_forward": round(statistics.median(decode_rates[False]), 1),
+        "lean_forward_speedup": round(statistics.median(decode_rates[True]) / statistics.median(decode_rates[False]), 2),
+        "lean_forward_speedup_base_plus_1": round(med[False, "plus1"] / med[True, "plus1"], 2),
+        "lean_forward_speedup_base_plus_3": round(med[False, "plus3"] / med[True, "plus3"], 2),
+        "base_plus_1_ratio_transformers_forward": round(med[False, "plus1"] / med[False, "one"], 2),
+        "base_plus_3_ratio_transformers_forward": round(med[False, "plus3"] / med[False, "one"], 2),
         "one_answer_s": round(one, 3), "base_plus_1_batch_s": round(plus1, 3), "base_plus_1_ratio": round(plus1 / one, 2),
         "base_plus_3_batch_s": round(plus3, 3), "base_plus_3_ratio": round(plus3 / one, 2),
     }
@@ -209,6 +221,7 @@ def main() -> int:
         **{k: v for k, v in head.items()},
         **{f"{k}_{d}": v for d, r in runs.items() for k, v in r.items()
            if k in ("decode_tokens_per_s", "bound_tokens_per_s", "share_of_bound", "ttft_ms_base", "lean_forward_speedup",
+                    "lean_forward_speedup_base_plus_1", "lean_forward_speedup_base_plus_3",
                     "base_plus_1_ratio", "base_plus_3_ratio")},
         "aim_share_of_bound_ge_60pct": head["share_of_bound"] >= 0.6, "aim_ttft_le_300ms": head["ttft_ms_base"] <= 300,
         "aim_base_plus_1_le_1_3x": head["base_plus_1_ratio"] <= 1.3,
