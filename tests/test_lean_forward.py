@@ -82,6 +82,11 @@ def test_architectures_and_settings_it_leaves_to_transformers():
     assert LeanForward.build(random_model("llama", hidden_act="gelu")) is None
     gpt2 = random_model("gpt2", n_embd=64, n_layer=1, n_head=4, n_positions=64)
     assert LeanForward.build(gpt2) is None
+    from accelerate.hooks import ModelHook, add_hook_to_module
+
+    offloaded = random_model("llama")
+    add_hook_to_module(offloaded.model.layers[1].mlp, ModelHook())  # as device_map offloading does
+    assert LeanForward.build(offloaded) is None
 
 
 @pytest.fixture(scope="module")

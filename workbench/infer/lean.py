@@ -68,6 +68,8 @@ class LeanForward:
             return None  # eager attention rounds differently (softmax in float32): kept on transformers' forward
         if type(getattr(model, "lm_head", None)).__name__ != "Linear":
             return None
+        if any(hasattr(module, "_hf_hook") for module in model.modules()):
+            return None  # accelerate moves weights in its hooks (offloading, layers split over devices)
         positions = {}
         if multilora is not None:
             positions = {id(module): i for i, module in enumerate(multilora.layers)}
@@ -170,6 +172,13 @@ def native_matmul_rows(weights: list) -> frozenset[int]:
         return frozenset()
     if not torch.backends.mkldnn.is_available() or not torch.backends.mkldnn.enabled:
         return frozenset()
+    sample, size = [], 0
+    for weight in weights:  # more than a cache holds, but a few milliseconds even for a 7B model
+        sample.append(weight)
+        size += weight.numel() * weight.element_size()
+        if size >= 64 * 2**20:
+            break
+    weights = sample
 
     def best(rows: int, native: bool) -> float:
         x = torch.zeros(rows, weights[0].shape[1], dtype=weights[0].dtype)
