@@ -10,7 +10,6 @@ as N rows that share the decode steps.
 from __future__ import annotations
 
 import contextlib
-
 import json
 import queue
 import threading

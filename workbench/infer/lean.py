@@ -5,7 +5,7 @@ tensor operations and a dozen module calls with their hooks, checks and mask bui
 ~60% of a bf16 step of the bundled 135M model. This forward does the same arithmetic with about 25 operations per
 layer and no module calls: the same weights (nothing is copied), transformers' own rotary embedding and
 ``apply_rotary_pos_emb``, RMSNorm in the order transformers computes it, SDPA over the scheduler's KV cache with
-its boolean (or additive) mask, and each row's LoRA delta from :class:`~workbench.infer.multilora.MultiLora`.
+its boolean mask, and each row's LoRA delta from :class:`~workbench.infer.multilora.MultiLora`.
 
 Only architectures whose decoder layer is exactly that are taken (:func:`LeanForward.build` returns None for the
 rest, which keep transformers' forward): llama, mistral and qwen2 (q/k/v bias) with SiLU MLPs, full attention in
@@ -33,15 +33,14 @@ class LeanForward:
     """``forward(input_ids, position_ids, mask, cache, lora)`` → last-position logits (float32), as the model's own
     forward with ``logits_to_keep=1`` computes them."""
 
-    def __init__(self, model, layers: list[dict], positions: dict[int, int]):
+    def __init__(self, model, layers: list[dict]):
         core = model.model
         self.embed = core.embed_tokens.weight
         self.norm = (core.norm.weight, core.norm.variance_epsilon)
         self.rotary = core.rotary_emb
         self.head = model.lm_head.weight
         self.head_bias = model.lm_head.bias
-        self.layers = layers
-        self.lora_positions = positions  # id(LoRA-wrapped module) → its MultiLora table position
+        self.layers = layers  # per layer: norms (weight, eps) and projections (weight, bias, MultiLora position)
         config = model.config
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         attention = core.layers[0].self_attn
@@ -92,7 +91,7 @@ class LeanForward:
                            "post_norm": (layer.post_attention_layernorm.weight,
                                          layer.post_attention_layernorm.variance_epsilon),
                            **projections})
-        return cls(model, layers, positions)
+        return cls(model, layers)
 
     def __call__(self, input_ids, position_ids, mask, cache, lora=None):
         if input_ids.numel() in self.native_rows:

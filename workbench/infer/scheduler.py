@@ -434,19 +434,16 @@ class Scheduler:
 
     def _forward(self, input_ids, position_ids, mask, cache, adapters: list[str | None]):
         """Next-token logits for every row (float32), each row with its adapter."""
-        if self._lean is not None:
-            if self._multilora is not None:
-                self._multilora.select(adapters)
-            elif any(adapters):
-                raise WorkbenchError(f"no adapters are attached, so {next(a for a in adapters if a)!r} cannot answer")
-            return self._lean(input_ids, position_ids, mask, cache, self._multilora)
         if self._multilora is not None:
             self._multilora.select(adapters)
+        elif not self._peft and any(adapters):
+            raise WorkbenchError(f"no adapters are attached, so {next(a for a in adapters if a)!r} cannot answer")
+        if self._lean is not None:
+            return self._lean(input_ids, position_ids, mask, cache, self._multilora)
+        if self._multilora is not None:
             with self._multilora:
                 return self._call(self._forward_model, input_ids, position_ids, mask, cache)
         if not self._peft:
-            if any(adapters):
-                raise WorkbenchError(f"no adapters are attached, so {next(a for a in adapters if a)!r} cannot answer")
             return self._call(self._forward_model, input_ids, position_ids, mask, cache)
         # PEFT's own forward, one adapter group at a time: DoRA and other LoRA variants cannot be mixed in one
         # batch. Rows are grouped by adapter, so each group is a contiguous slice of the batch and of its cache.
