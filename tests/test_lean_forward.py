@@ -132,26 +132,32 @@ def test_scheduler_answers_equal_with_and_without_the_lean_forward(qwen2_engine)
         plain.close("test over")
 
 
-def test_bfloat16_rows_through_the_native_kernel_stay_close_and_leave_onednn_on():
-    """One-row steps in bfloat16 may use PyTorch's own matmul kernel (faster than oneDNN for one or two rows on
-    some CPUs; measured per model): logits within bfloat16 rounding of transformers', and oneDNN switched back on."""
+@pytest.mark.parametrize("path", ["native", "rows"])
+def test_bfloat16_steps_through_the_faster_kernels_stay_close_and_leave_onednn_on(path):
+    """Decode steps in bfloat16 may use PyTorch's own matmul kernel or the AVX512-BF16 rows kernel (each faster
+    than oneDNN for a few rows on some CPUs; measured per model): logits within bfloat16 rounding of
+    transformers', for one row and for two, and oneDNN switched back on after a native step."""
     import torch
 
-    from workbench.infer.lean import native_matmul_rows
+    from workbench.infer.cpu_kernel import rows_kernel, why_not
+    from workbench.infer.lean import matmul_plan
 
+    if path == "rows" and rows_kernel() is None:
+        pytest.skip(f"the rows kernel cannot run here: {why_not()}")
     model = random_model("qwen2").to(torch.bfloat16)
     lean = LeanForward.build(model)
-    assert lean.native_rows <= {1, 2}
-    assert native_matmul_rows([layer["gate"][0].float() for layer in lean.layers]) == frozenset()  # float32: never
-    lean.native_rows = frozenset({1, 2})  # the path under test, whatever this CPU measured
+    assert set(lean.plan.values()) <= {"native", "onednn", "rows"} and set(lean.plan) <= set(range(1, 9))
+    assert matmul_plan([layer["gate"][0].float() for layer in lean.layers]) == {}  # float32: PyTorch's default
+    lean.plan = {1: path, 2: path}  # the path under test, whatever this CPU measured
     torch.manual_seed(1)
-    ids = torch.randint(0, 300, (1, 9))
+    ids = torch.randint(0, 300, (2, 9))
     with torch.inference_mode():
-        caches = new_cache(), new_cache()
-        lean(ids[:, :8], torch.arange(8)[None], None, caches[0])
-        reference(model, ids[:, :8], torch.arange(8)[None], None, caches[1])
-        mask = torch.ones(1, 1, 1, 9, dtype=torch.bool)
-        got = lean(ids[:, 8:], torch.tensor([[8]]), mask, caches[0])
-        assert torch._C._get_mkldnn_enabled()
-        want = reference(model, ids[:, 8:], torch.tensor([[8]]), mask, caches[1])
-    torch.testing.assert_close(got, want, rtol=0.05, atol=0.05)
+        for rows in (1, 2):
+            caches = new_cache(), new_cache()
+            lean(ids[:rows, :8], torch.arange(8).expand(rows, 8), None, caches[0])
+            reference(model, ids[:rows, :8], torch.arange(8).expand(rows, 8), None, caches[1])
+            mask = torch.ones(rows, 1, 1, 9, dtype=torch.bool)
+            got = lean(ids[:rows, 8:], torch.full((rows, 1), 8), mask, caches[0])
+            assert torch._C._get_mkldnn_enabled()
+            want = reference(model, ids[:rows, 8:], torch.full((rows, 1), 8), mask, caches[1])
+            torch.testing.assert_close(got, want, rtol=0.05, atol=0.05)

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 ARCHITECTURES = ("llama", "mistral", "qwen2")
+PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
 def _linear_of(module) -> Any:
@@ -48,7 +49,9 @@ class LeanForward:
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
         self.rope = apply_rotary_pos_emb
-        self.native_rows = native_matmul_rows([layer["gate"][0] for layer in layers])
+        self.kernel = rows_kernel_for([self.head] + [w for layer in layers for key in PROJECTIONS
+                                                     for w in layer[key][:2] if w is not None])
+        self.plan = matmul_plan([layer["gate"][0] for layer in layers], self.kernel)
 
     @classmethod
     def build(cls, model, multilora=None) -> "LeanForward | None":
@@ -80,9 +83,8 @@ class LeanForward:
             if getattr(attention, "sliding_window", None) or type(mlp.act_fn).__name__ != "SiLUActivation":
                 return None
             projections = {}
-            for name, module in (("q", attention.q_proj), ("k", attention.k_proj), ("v", attention.v_proj),
-                                 ("o", attention.o_proj), ("gate", mlp.gate_proj), ("up", mlp.up_proj),
-                                 ("down", mlp.down_proj)):
+            for name in PROJECTIONS:
+                module = getattr(mlp if name in ("gate", "up", "down") else attention, f"{name}_proj")
                 linear = _linear_of(module)
                 if linear is None:
                     return None  # quantized (bitsandbytes) or another layer type
@@ -94,14 +96,17 @@ class LeanForward:
         return cls(model, layers)
 
     def __call__(self, input_ids, position_ids, mask, cache, lora=None):
-        if input_ids.numel() in self.native_rows:
+        kernel = self.plan.get(input_ids.numel(), "onednn")
+        if kernel == "native":
             with onednn(False):
-                return self._forward(input_ids, position_ids, mask, cache, lora)
-        return self._forward(input_ids, position_ids, mask, cache, lora)
+                return self._forward(input_ids, position_ids, mask, cache, lora, None)
+        return self._forward(input_ids, position_ids, mask, cache, lora, self.kernel if kernel == "rows" else None)
 
-    def _forward(self, input_ids, position_ids, mask, cache, lora):
+    def _forward(self, input_ids, position_ids, mask, cache, lora, rows_kernel):
         import torch
         import torch.nn.functional as F
+
+        linear = rows_kernel or F.linear
 
         batch, length = input_ids.shape
         hidden = F.embedding(input_ids, self.embed)
@@ -124,7 +129,7 @@ class LeanForward:
 
         def project(x, weight_bias_position):
             weight, bias, position = weight_bias_position
-            out = F.linear(x, weight, bias)
+            out = linear(x, weight, bias)
             if lora is not None and position is not None:
                 lora.add_delta(position, x, out)
             return out
@@ -153,44 +158,79 @@ class LeanForward:
             x = rms_norm(hidden, layer["post_norm"])
             hidden = hidden + project(F.silu(project(x, layer["gate"])) * project(x, layer["up"]), layer["down"])
         last = rms_norm(hidden[:, -1:, :], self.norm)
-        return F.linear(last, self.head, self.head_bias)[:, -1, :].float()
+        return linear(last, self.head, self.head_bias)[:, -1, :].float()
 
 
-def native_matmul_rows(weights: list) -> frozenset[int]:
-    """The row counts (1 and/or 2) for which PyTorch's own CPU kernel multiplies these bfloat16 weights faster than
-    oneDNN, measured here on the weights themselves (a few ms): on a 2-core AMD EPYC with AVX512-BF16 the native
-    kernel took 4.7 ms where oneDNN took 9.9 ms for one row (2.1x), 1.4x for two rows, and lost from four rows on.
-    Both accumulate in float32; results differ in the last bfloat16 bit. oneDNN is PyTorch's switch for the whole
-    process (``torch.backends.mkldnn``), so the scheduler's thread turns it off only during such a step."""
+def rows_kernel_for(tensors: list):
+    """The AVX512-BF16 rows kernel (workbench/infer/cpu_kernel.py) where every weight and bias suits it, else None."""
+    import torch
+
+    if not tensors or tensors[0].device.type != "cpu" or tensors[0].dtype != torch.bfloat16:
+        return None
+    from workbench.infer.cpu_kernel import rows_kernel
+
+    kernel = rows_kernel()
+    if kernel is None or not all(t.dtype == torch.bfloat16 and t.is_contiguous() and t.device.type == "cpu"
+                                 for t in tensors):
+        return None
+    return kernel
+
+
+_plans: dict[tuple, dict[int, str]] = {}
+
+
+def matmul_plan(weights: list, kernel=None) -> dict[int, str]:
+    """For each row count of a step (1–8), the fastest matmul for these bfloat16 weights, measured here on the
+    weights themselves (a few hundred ms, once per model shape): ``"rows"`` (the AVX512-BF16 rows kernel, when
+    ``kernel`` is given), ``"native"`` (PyTorch's own CPU kernel) or ``"onednn"`` (PyTorch's default, also for
+    every count not in the plan). On a 2-core AMD EPYC (Zen 4) the native kernel took 4.7 ms where oneDNN took
+    9.9 ms for one row, and the rows kernel held 1–3 rows at the cost of one.
+    All accumulate exact products in float32; results differ in the last bfloat16 bit. oneDNN is PyTorch's switch
+    for the whole process (``torch.backends.mkldnn``), so the scheduler's thread turns it off only during a step
+    planned "native"."""
     import time
 
     import torch
     import torch.nn.functional as F
 
     if not weights or weights[0].device.type != "cpu" or weights[0].dtype != torch.bfloat16:
-        return frozenset()
-    if not torch.backends.mkldnn.is_available() or not torch.backends.mkldnn.enabled:
-        return frozenset()
+        return {}
     sample, size = [], 0
     for weight in weights:  # more than a cache holds, but a few milliseconds even for a 7B model
         sample.append(weight)
         size += weight.numel() * weight.element_size()
         if size >= 64 * 2**20:
             break
-    weights = sample
+    key = (tuple(tuple(w.shape) for w in sample), kernel is not None, torch.backends.mkldnn.enabled)
+    if key in _plans:
+        return _plans[key]
 
-    def best(rows: int, native: bool) -> float:
-        x = torch.zeros(rows, weights[0].shape[1], dtype=weights[0].dtype)
-        fastest = float("inf")
-        with torch.inference_mode(), onednn(not native):
+    def fastest(rows: int, path: str) -> float:
+        x = torch.zeros(rows, sample[0].shape[1], dtype=sample[0].dtype)
+        linear = kernel if path == "rows" else F.linear
+        best = float("inf")
+        with torch.inference_mode(), onednn(path == "onednn"):
             for _ in range(3):
                 started = time.perf_counter()
-                for weight in weights:
-                    F.linear(x, weight)
-                fastest = min(fastest, time.perf_counter() - started)
-        return fastest
+                for weight in sample:
+                    linear(x, weight)
+                best = min(best, time.perf_counter() - started)
+        return best
 
-    return frozenset(rows for rows in (1, 2) if best(rows, True) < 0.9 * best(rows, False))
+    paths = ["native"]
+    if torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled:
+        paths.append("onednn")
+    if kernel is not None:
+        paths.append("rows")
+    plan = {}
+    for rows in range(1, 9):
+        times = {path: fastest(rows, path) for path in paths}
+        # oneDNN unless another path is clearly (10%) faster: it is PyTorch's default, the tested path
+        default = times.get("onednn", times["native"])
+        best = min(times, key=times.get)
+        plan[rows] = best if times[best] < 0.9 * default else ("onednn" if "onednn" in times else "native")
+    _plans[key] = plan
+    return plan
 
 
 @contextmanager

@@ -1,0 +1,115 @@
+"""The AVX512-BF16 rows kernel (workbench/infer/cpu_kernel.py): its products against a float32 reference, the
+inputs it refuses, and each reason it is not used (switched off, no compiler, a CPU without AVX512-BF16)."""
+
+from __future__ import annotations
+
+import pytest
+
+from workbench.infer import cpu_kernel
+
+
+def reference(x, weight, bias=None):
+    """The exact float32 sum of the bfloat16 products (float64 here), rounded once to bfloat16."""
+    out = x.double() @ weight.double().T
+    if bias is not None:
+        out = out + bias.double()
+    return out.bfloat16()
+
+
+def kernel_or_skip():
+    kernel = cpu_kernel.rows_kernel()
+    if kernel is None:
+        pytest.skip(f"the rows kernel cannot run here: {cpu_kernel.why_not()}")
+    return kernel
+
+
+@pytest.mark.parametrize("in_features", [64, 576, 40, 1000])  # 40 and 1000: a tail shorter than 32 columns
+def test_products_equal_the_rounded_float32_sum_for_one_to_eight_rows(in_features):
+    import torch
+
+    kernel = kernel_or_skip()
+    torch.manual_seed(in_features)
+    weight = torch.randn(97, in_features).bfloat16()
+    bias = torch.randn(97).bfloat16()
+    for rows in range(1, kernel.max_rows + 1):
+        x = torch.randn(rows, in_features).bfloat16()
+        for b in (None, bias):
+            got, want = kernel(x, weight, b), reference(x, weight, b)
+            assert got.dtype == torch.bfloat16 and got.shape == (rows, 97)
+            # float32 summation in another order: at most one bfloat16 step apart, nearly all equal
+            step = want.float().abs().clamp_min(1e-3) * 2.0**-7
+            assert ((got.float() - want.float()).abs() <= step).all()
+            assert (got == want).float().mean() > 0.9
+
+
+def test_leading_dimensions_and_a_non_contiguous_input():
+    import torch
+
+    kernel = kernel_or_skip()
+    torch.manual_seed(0)
+    weight = torch.randn(48, 64).bfloat16()
+    x = torch.randn(2, 1, 128).bfloat16()[..., ::2]  # a strided view: copied before the call
+    got = kernel(x, weight)
+    assert got.shape == (2, 1, 48)
+    torch.testing.assert_close(got, torch.nn.functional.linear(x, weight), rtol=0.02, atol=0.02)
+
+
+def test_inputs_it_cannot_take_are_refused_with_the_shapes():
+    import torch
+
+    kernel = kernel_or_skip()
+    weight = torch.zeros(8, 64, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="9 rows"):
+        kernel(torch.zeros(9, 64, dtype=torch.bfloat16), weight)
+    with pytest.raises(ValueError, match="float32"):
+        kernel(torch.zeros(1, 64), weight)
+    with pytest.raises(ValueError, match=r"\(8, 64\)"):
+        kernel(torch.zeros(1, 32, dtype=torch.bfloat16), weight)
+    with pytest.raises(ValueError, match="bias"):
+        kernel(torch.zeros(1, 64, dtype=torch.bfloat16), weight, torch.zeros(8))
+    assert not kernel.takes(weight.float()) and not kernel.takes(weight.T) and kernel.takes(weight)
+
+
+@pytest.fixture
+def fresh(monkeypatch, tmp_path):
+    """A process that has not built the kernel yet, with its own home."""
+    monkeypatch.setattr(cpu_kernel, "_built", {})
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path))
+    return tmp_path
+
+
+def test_switched_off_by_the_environment(fresh, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_CPU_KERNEL", "0")
+    assert cpu_kernel.rows_kernel() is None
+    assert "WORKBENCH_CPU_KERNEL=0" in cpu_kernel.why_not()
+
+
+def test_a_missing_compiler_is_named(fresh, monkeypatch):
+    if cpu_kernel.platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("not an x86-64 machine: the architecture is the reason given first")
+    monkeypatch.setenv("CC", str(fresh / "no-such-cc"))
+    assert cpu_kernel.rows_kernel() is None
+    assert "no-such-cc" in cpu_kernel.why_not()
+    assert not (fresh / "kernels").exists() or not any((fresh / "kernels").glob("*.so"))
+
+
+def test_a_cpu_without_avx512_bf16_is_said_so(fresh, monkeypatch):
+    """The source's own #error (what -march=native gives on such a CPU), from a copy that fails the same way here."""
+    if cpu_kernel.platform.machine().lower() not in ("x86_64", "amd64") or not cpu_kernel.shutil.which("gcc"):
+        pytest.skip("needs gcc on x86-64")
+    source = fresh / "rows_bf16.c"
+    source.write_text('#error "this CPU has no AVX512-BF16"\n')
+    monkeypatch.setattr(cpu_kernel, "SOURCE", source)
+    assert cpu_kernel.rows_kernel() is None
+    assert cpu_kernel.why_not() == "this CPU has no AVX512-BF16"
+
+
+def test_the_build_is_cached_per_source_and_cpu(fresh):
+    if cpu_kernel.rows_kernel() is None:
+        pytest.skip(f"the rows kernel cannot run here: {cpu_kernel.why_not()}")
+    built = list((fresh / "kernels").glob("rows_bf16-*.so"))
+    assert len(built) == 1
+    cpu_kernel._built.clear()
+    stamp = built[0].stat().st_mtime_ns
+    assert cpu_kernel.rows_kernel() is not None
+    assert built[0].stat().st_mtime_ns == stamp  # loaded, not rebuilt

@@ -1,0 +1,121 @@
+"""A small C kernel for bfloat16 projections of a few rows on CPUs with AVX512-BF16 (kernels/rows_bf16.c).
+
+A decode step multiplies 1–8 rows by every weight. PyTorch's CPU kernels are compute-bound at those shapes: on a
+2-core AMD EPYC (Zen 4) two rows cost 1.5x one row and four rows 2.9x (oneDNN: 2.0–2.5x a native row), so base +
+adapters side by side and concurrent API clients cost nearly a full answer each. The kernel reads each weight row
+once for all rows: 1–3 rows at about the cost of one, 4–8 rows at about 1.5x (bench/chat_latency.py).
+
+It is compiled on first use with the system's C compiler (``$CC``, else ``gcc``/``cc``; ``-O3 -march=native
+-fopenmp``; about a second) into ``$WORKBENCH_HOME/kernels`` under a name that hashes the source, the flags and
+this CPU, and loaded with ctypes (the GIL is released while it runs). Where there is no compiler, no AVX512-BF16,
+or ``WORKBENCH_CPU_KERNEL=0``, :func:`rows_kernel` returns None and says why once in the log; the engine then
+keeps PyTorch's kernels. Results are the float32 sum of exact bfloat16 products rounded once to bfloat16, like
+oneDNN's; only the summation order differs (the last bfloat16 bit of some outputs, as between PyTorch's own two
+kernels).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+from workbench.paths import home
+
+SOURCE = Path(__file__).resolve().parent / "kernels" / "rows_bf16.c"
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+log = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_built: dict[str, object] = {}  # "kernel" → RowsKernel | None, "why" → the reason it is None
+
+
+class RowsKernel:
+    """``kernel(x, weight, bias)`` = ``F.linear(x, weight, bias)`` for bfloat16 CPU tensors whose leading dimensions
+    hold at most :attr:`max_rows` rows (the caller checks :meth:`takes`)."""
+
+    def __init__(self, library: ctypes.CDLL):
+        self._call = library.rows_linear_bf16
+        self._call.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int] * 4
+        self._call.restype = ctypes.c_int
+        library.rows_max.restype = ctypes.c_int
+        self.max_rows = library.rows_max()
+
+    def takes(self, weight) -> bool:
+        import torch
+
+        return (weight.dtype == torch.bfloat16 and weight.device.type == "cpu" and weight.dim() == 2
+                and weight.is_contiguous())
+
+    def __call__(self, x, weight, bias=None):
+        import torch
+
+        rows = x.numel() // x.shape[-1]
+        if not (1 <= rows <= self.max_rows) or x.dtype != torch.bfloat16 or x.shape[-1] != weight.shape[1]:
+            raise ValueError(f"rows kernel: {rows} rows of {tuple(x.shape)} {x.dtype} against {tuple(weight.shape)}")
+        if bias is not None and (bias.dtype != torch.bfloat16 or not bias.is_contiguous()):
+            raise ValueError("rows kernel: the bias must be a contiguous bfloat16 vector")
+        x = x.contiguous()
+        out = torch.empty(*x.shape[:-1], weight.shape[0], dtype=torch.bfloat16)
+        self._call(x.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr(), out.data_ptr(),
+                   rows, weight.shape[1], weight.shape[0], torch.get_num_threads())
+        return out
+
+
+def rows_kernel() -> RowsKernel | None:
+    """The kernel, built and loaded once per process; None where it cannot run here (:func:`why_not` says why)."""
+    with _lock:
+        if "kernel" not in _built:
+            try:
+                _built["kernel"] = RowsKernel(ctypes.CDLL(str(_library())))
+            except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+                _built["kernel"], _built["why"] = None, str(exc)
+                log.info("bfloat16 rows kernel not used: %s", exc)
+        return _built["kernel"]  # type: ignore[return-value]
+
+
+def why_not() -> str | None:
+    rows_kernel()
+    return _built.get("why")  # type: ignore[return-value]
+
+
+def _library() -> Path:
+    if os.environ.get("WORKBENCH_CPU_KERNEL", "1") == "0":
+        raise RuntimeError("switched off (WORKBENCH_CPU_KERNEL=0)")
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        raise RuntimeError(f"needs an x86-64 CPU with AVX512-BF16 (this is {platform.machine()})")
+    compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+    if not compiler:
+        raise RuntimeError("no C compiler found (set CC, or install gcc)")
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *FLAGS]).encode() + _cpu_identity()).hexdigest()
+    target = home() / "kernels" / f"rows_bf16-{key[:16]}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        built = Path(scratch) / target.name
+        done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built)], capture_output=True, text=True,
+                              timeout=300)
+        if done.returncode != 0:
+            if "no AVX512-BF16" in done.stderr:
+                raise RuntimeError("this CPU has no AVX512-BF16")
+            raise RuntimeError(f"{compiler} could not build {SOURCE.name}: {done.stderr.strip()[-500:]}")
+        os.replace(built, target)  # atomic: a process starting at the same moment sees all of it or nothing
+    return target
+
+
+def _cpu_identity() -> bytes:
+    """-march=native compiles for this CPU: a home shared between machines must not load another CPU's build."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor().encode()
+    lines = [line for line in info.splitlines() if line.startswith(("model name", "flags"))]
+    return "\n".join(dict.fromkeys(lines)).encode()

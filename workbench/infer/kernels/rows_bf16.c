@@ -1,0 +1,76 @@
+/* y = x · wᵀ (+ bias) for a few rows of bfloat16 x against a bfloat16 weight, as a decode step needs it.
+
+   PyTorch's CPU kernels are slow exactly there: for 2–8 rows oneDNN and PyTorch's own kernel cost 1.5–5.5x one row
+   (they are compute-bound at these shapes), while the weight — the bytes that bound a decode step — is the same.
+   Here each weight row is loaded once and multiplied into every input row with AVX512-BF16's dot-product
+   instruction (pairs of bfloat16 products summed in float32), so 1–3 rows cost about one row. Each output is the
+   float32 sum rounded once to bfloat16 (round to nearest even), the bias added in float32 before that rounding.
+   Built by workbench/infer/cpu_kernel.py with -march=native; on a CPU without AVX512-BF16 it does not compile and
+   the caller keeps PyTorch's kernels. */
+#include <stdint.h>
+#include <string.h>
+#include <immintrin.h>
+
+#if !defined(__AVX512BF16__) || !defined(__AVX512BW__)
+#error "this CPU has no AVX512-BF16"
+#endif
+
+#define MAX_ROWS 8
+
+static inline float bf16_to_f32(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
+
+static inline uint16_t f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* NaN stays a (quiet) NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+/* One kernel per row count, so the accumulators stay in registers. */
+#define ROWS_KERNEL(R)                                                                                              \
+    static void rows_##R(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y, int K, int N,     \
+                         int threads) {                                                                             \
+        const int body = K - K % 32;                                                                                \
+        const __mmask32 tail = (K % 32) ? (__mmask32)((1u << (K % 32)) - 1) : 0;                                    \
+        _Pragma("omp parallel for num_threads(threads) schedule(static)")                                           \
+        for (int n = 0; n < N; n++) {                                                                               \
+            const uint16_t *wn = w + (size_t)n * K;                                                                 \
+            __m512 acc[R];                                                                                          \
+            for (int m = 0; m < R; m++) acc[m] = _mm512_setzero_ps();                                               \
+            for (int k = 0; k < body; k += 32) {                                                                    \
+                __m512bh wv = (__m512bh)_mm512_loadu_si512(wn + k);                                                 \
+                for (int m = 0; m < R; m++)                                                                         \
+                    acc[m] = _mm512_dpbf16_ps(acc[m], wv, (__m512bh)_mm512_loadu_si512(x + (size_t)m * K + k));     \
+            }                                                                                                       \
+            if (tail) {                                                                                             \
+                __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(tail, wn + body);                                  \
+                for (int m = 0; m < R; m++)                                                                         \
+                    acc[m] = _mm512_dpbf16_ps(                                                                      \
+                        acc[m], wv, (__m512bh)_mm512_maskz_loadu_epi16(tail, x + (size_t)m * K + body));           \
+            }                                                                                                       \
+            const float b = bias ? bf16_to_f32(bias[n]) : 0.0f;                                                     \
+            for (int m = 0; m < R; m++) y[(size_t)m * N + n] = f32_to_bf16(_mm512_reduce_add_ps(acc[m]) + b);       \
+        }                                                                                                           \
+    }
+
+ROWS_KERNEL(1) ROWS_KERNEL(2) ROWS_KERNEL(3) ROWS_KERNEL(4) ROWS_KERNEL(5) ROWS_KERNEL(6) ROWS_KERNEL(7) ROWS_KERNEL(8)
+
+int rows_max(void) { return MAX_ROWS; }
+
+/* x [rows, K], w [N, K], bias [N] or NULL, y [rows, N]: all contiguous bfloat16. Returns 0, or -1 for rows out of
+   range (the caller checks; this keeps a wrong call from writing out of bounds). */
+int rows_linear_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y, int rows, int K, int N,
+                     int threads) {
+    switch (rows) {
+    case 1: rows_1(x, w, bias, y, K, N, threads); return 0;
+    case 2: rows_2(x, w, bias, y, K, N, threads); return 0;
+    case 3: rows_3(x, w, bias, y, K, N, threads); return 0;
+    case 4: rows_4(x, w, bias, y, K, N, threads); return 0;
+    case 5: rows_5(x, w, bias, y, K, N, threads); return 0;
+    case 6: rows_6(x, w, bias, y, K, N, threads); return 0;
+    case 7: rows_7(x, w, bias, y, K, N, threads); return 0;
+    case 8: rows_8(x, w, bias, y, K, N, threads); return 0;
+    default: return -1;
+    }
+}
