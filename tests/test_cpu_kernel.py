@@ -42,6 +42,27 @@ def test_products_equal_the_rounded_float32_sum_for_one_to_eight_rows(in_feature
             assert (got == want).float().mean() > 0.9
 
 
+def test_a_group_of_weights_is_one_projection_side_by_side():
+    """q, k and v (k without a bias) in one call: the output F.linear gives with the concatenated weights."""
+    import torch
+
+    kernel = kernel_or_skip()
+    torch.manual_seed(3)
+    weights = [torch.randn(n, 96).bfloat16() for n in (64, 16, 16)]
+    biases = [torch.randn(64).bfloat16(), None, torch.randn(16).bfloat16()]
+    group = kernel.group(weights, biases)
+    joined_bias = torch.cat([b if b is not None else torch.zeros(16, dtype=torch.bfloat16) for b in biases])
+    for rows in (1, 3, 8):
+        x = torch.randn(rows, 1, 96).bfloat16()
+        got, want = group(x), reference(x, torch.cat(weights), joined_bias)
+        assert got.shape == (rows, 1, 96)
+        assert ((got.float() - want.float()).abs() <= want.float().abs().clamp_min(1e-3) * 2.0**-7).all()
+    with pytest.raises(ValueError, match="one input size"):
+        kernel.group([weights[0], torch.zeros(4, 32, dtype=torch.bfloat16)], [None, None])
+    with pytest.raises(ValueError, match="output size"):
+        kernel.group(weights[:1], [torch.zeros(3, dtype=torch.bfloat16)])
+
+
 def test_leading_dimensions_and_a_non_contiguous_input():
     import torch
 

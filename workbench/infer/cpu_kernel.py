@@ -39,11 +39,11 @@ _built: dict[str, object] = {}  # "kernel" → RowsKernel | None, "why" → the 
 
 class RowsKernel:
     """``kernel(x, weight, bias)`` = ``F.linear(x, weight, bias)`` for bfloat16 CPU tensors whose leading dimensions
-    hold at most :attr:`max_rows` rows (the caller checks :meth:`takes`)."""
+    hold at most :attr:`max_rows` rows; :meth:`group` prepares weights sharing an input (q, k, v) as one call."""
 
     def __init__(self, library: ctypes.CDLL):
         self._call = library.rows_linear_bf16
-        self._call.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int] * 4
+        self._call.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int, ctypes.c_void_p] + [ctypes.c_int] * 3
         self._call.restype = ctypes.c_int
         library.rows_max.restype = ctypes.c_int
         self.max_rows = library.rows_max()
@@ -54,18 +54,51 @@ class RowsKernel:
         return (weight.dtype == torch.bfloat16 and weight.device.type == "cpu" and weight.dim() == 2
                 and weight.is_contiguous())
 
+    def group(self, weights: list, biases: list) -> "RowsGroup":
+        """``weights`` (each ``[out_i, in]``) and their biases (or None) as one projection: its output is the
+        outputs side by side, as ``F.linear`` with the concatenated weights gives them (nothing is copied)."""
+        import torch
+
+        if not weights or any(not self.takes(w) or w.shape[1] != weights[0].shape[1] for w in weights):
+            raise ValueError("rows kernel: a group needs contiguous 2-D bfloat16 CPU weights of one input size")
+        for bias, weight in zip(biases, weights):
+            if bias is not None and (bias.dtype != torch.bfloat16 or not bias.is_contiguous()
+                                     or bias.shape != (weight.shape[0],)):
+                raise ValueError("rows kernel: each bias must be a contiguous bfloat16 vector of its output size")
+        return RowsGroup(self, list(weights), list(biases))
+
     def __call__(self, x, weight, bias=None):
+        return self.group([weight], [bias])(x)
+
+
+class RowsGroup:
+    """A prepared call: the pointer tables are built once (the tensors are held, so they stay valid)."""
+
+    def __init__(self, kernel: RowsKernel, weights: list, biases: list):
+        self.kernel, self.weights, self.biases = kernel, weights, biases
+        count = len(weights)
+        self.in_features = weights[0].shape[1]
+        self.out_features = sum(w.shape[0] for w in weights)
+        self._weights = (ctypes.c_void_p * count)(*[w.data_ptr() for w in weights])
+        self._biases = (ctypes.c_void_p * count)(*[None if b is None else b.data_ptr() for b in biases])
+        ends, total = [], 0
+        for w in weights:
+            total += w.shape[0]
+            ends.append(total)
+        self._ends = (ctypes.c_int * count)(*ends)
+        self._count = count
+
+    def __call__(self, x):
         import torch
 
         rows = x.numel() // x.shape[-1]
-        if not (1 <= rows <= self.max_rows) or x.dtype != torch.bfloat16 or x.shape[-1] != weight.shape[1]:
-            raise ValueError(f"rows kernel: {rows} rows of {tuple(x.shape)} {x.dtype} against {tuple(weight.shape)}")
-        if bias is not None and (bias.dtype != torch.bfloat16 or not bias.is_contiguous()):
-            raise ValueError("rows kernel: the bias must be a contiguous bfloat16 vector")
+        if not (1 <= rows <= self.kernel.max_rows) or x.dtype != torch.bfloat16 or x.shape[-1] != self.in_features:
+            raise ValueError(f"rows kernel: {rows} rows of {tuple(x.shape)} {x.dtype} against "
+                             f"({self.out_features}, {self.in_features})")
         x = x.contiguous()
-        out = torch.empty(*x.shape[:-1], weight.shape[0], dtype=torch.bfloat16)
-        self._call(x.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr(), out.data_ptr(),
-                   rows, weight.shape[1], weight.shape[0], torch.get_num_threads())
+        out = torch.empty(*x.shape[:-1], self.out_features, dtype=torch.bfloat16)
+        self.kernel._call(x.data_ptr(), self._weights, self._biases, self._ends, self._count, out.data_ptr(), rows,
+                          self.in_features, torch.get_num_threads())
         return out
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 ARCHITECTURES = ("llama", "mistral", "qwen2")
 PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
+GROUPS = {"qkv": ("q", "k", "v"), "o": ("o",), "gate_up": ("gate", "up"), "down": ("down",)}
 
 
 def _linear_of(module) -> Any:
@@ -30,11 +31,38 @@ def _linear_of(module) -> Any:
     return base if type(base) is torch.nn.Linear and base.weight.is_floating_point() else None
 
 
+class _Projection:
+    """Weights that read the same input, computed as one output with theirs side by side: through the rows kernel
+    in one call, else one ``F.linear`` each (joined); then the rows' LoRA deltas as one (MultiLora groups)."""
+
+    def __init__(self, parts: list[tuple], multilora, kernel):
+        self.weights = [weight for weight, _, _ in parts]
+        self.biases = [bias for _, bias, _ in parts]
+        self.sizes = [weight.shape[0] for weight in self.weights]
+        self.lora = (multilora.group([position for _, _, position in parts], self.sizes)
+                     if multilora is not None else None)
+        self.rows = kernel.group(self.weights, self.biases) if kernel is not None else None
+
+    def __call__(self, x, rows: bool, lora):
+        import torch
+        import torch.nn.functional as F
+
+        if rows:
+            out = self.rows(x)
+        elif len(self.weights) == 1:
+            out = F.linear(x, self.weights[0], self.biases[0])
+        else:
+            out = torch.cat([F.linear(x, w, b) for w, b in zip(self.weights, self.biases)], -1)
+        if lora is not None and self.lora is not None:
+            lora.add_group_delta(self.lora, x, out)
+        return out
+
+
 class LeanForward:
     """``forward(input_ids, position_ids, mask, cache, lora)`` → last-position logits (float32), as the model's own
     forward with ``logits_to_keep=1`` computes them."""
 
-    def __init__(self, model, layers: list[dict]):
+    def __init__(self, model, layers: list[dict], multilora=None):
         core = model.model
         self.embed = core.embed_tokens.weight
         self.norm = (core.norm.weight, core.norm.variance_epsilon)
@@ -51,7 +79,11 @@ class LeanForward:
         self.rope = apply_rotary_pos_emb
         self.kernel = rows_kernel_for([self.head] + [w for layer in layers for key in PROJECTIONS
                                                      for w in layer[key][:2] if w is not None])
-        self.plan = matmul_plan([layer["gate"][0] for layer in layers], self.kernel)
+        # Projections that read one input run as one (q, k, v; gate, up): one kernel call and one LoRA delta each.
+        self.groups = [{name: _Projection([layer[key] for key in keys], multilora, self.kernel)
+                        for name, keys in GROUPS.items()} for layer in layers]
+        self.output = _Projection([(self.head, self.head_bias, None)], None, self.kernel)
+        self.plan = matmul_plan([projection for group in self.groups for projection in group.values()])
 
     @classmethod
     def build(cls, model, multilora=None) -> "LeanForward | None":
@@ -93,20 +125,18 @@ class LeanForward:
                            "post_norm": (layer.post_attention_layernorm.weight,
                                          layer.post_attention_layernorm.variance_epsilon),
                            **projections})
-        return cls(model, layers)
+        return cls(model, layers, multilora)
 
     def __call__(self, input_ids, position_ids, mask, cache, lora=None):
         kernel = self.plan.get(input_ids.numel(), "onednn")
         if kernel == "native":
             with onednn(False):
                 return self._forward(input_ids, position_ids, mask, cache, lora, None)
-        return self._forward(input_ids, position_ids, mask, cache, lora, self.kernel if kernel == "rows" else None)
+        return self._forward(input_ids, position_ids, mask, cache, lora, kernel == "rows")
 
-    def _forward(self, input_ids, position_ids, mask, cache, lora, rows_kernel):
+    def _forward(self, input_ids, position_ids, mask, cache, lora, rows: bool):
         import torch
         import torch.nn.functional as F
-
-        linear = rows_kernel or F.linear
 
         batch, length = input_ids.shape
         hidden = F.embedding(input_ids, self.embed)
@@ -127,18 +157,12 @@ class LeanForward:
                 return weight * F.rms_norm(x, (x.shape[-1],), eps=eps)
             return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
 
-        def project(x, weight_bias_position):
-            weight, bias, position = weight_bias_position
-            out = linear(x, weight, bias)
-            if lora is not None and position is not None:
-                lora.add_delta(position, x, out)
-            return out
-
-        for index, layer in enumerate(self.layers):
+        for index, (layer, group) in enumerate(zip(self.layers, self.groups)):
             x = rms_norm(hidden, layer["in_norm"])
-            q = project(x, layer["q"]).view(batch, length, heads, head_dim).transpose(1, 2)
-            k = project(x, layer["k"]).view(batch, length, kv_heads, head_dim).transpose(1, 2)
-            v = project(x, layer["v"]).view(batch, length, kv_heads, head_dim).transpose(1, 2)
+            q, k, v = group["qkv"](x, rows, lora).split(group["qkv"].sizes, -1)
+            q = q.view(batch, length, heads, head_dim).transpose(1, 2)
+            k = k.view(batch, length, kv_heads, head_dim).transpose(1, 2)
+            v = v.view(batch, length, kv_heads, head_dim).transpose(1, 2)
             q, k = self.rope(q, k, cos, sin)
             keys, values = cache.update(k, v, index)
             # Grouped heads as transformers' SDPA path treats them: one query token → the query heads of a group
@@ -154,11 +178,12 @@ class LeanForward:
                                                       is_causal=causal)
             attended = attended.reshape(batch, heads, length, head_dim).transpose(1, 2).reshape(
                 batch, length, heads * head_dim)
-            hidden = hidden + project(attended, layer["o"])
+            hidden = hidden + group["o"](attended, rows, lora)
             x = rms_norm(hidden, layer["post_norm"])
-            hidden = hidden + project(F.silu(project(x, layer["gate"])) * project(x, layer["up"]), layer["down"])
+            gate, up = group["gate_up"](x, rows, lora).split(group["gate_up"].sizes, -1)
+            hidden = hidden + group["down"](F.silu(gate) * up, rows, lora)
         last = rms_norm(hidden[:, -1:, :], self.norm)
-        return linear(last, self.head, self.head_bias)[:, -1, :].float()
+        return self.output(last, rows, None)[:, -1, :].float()
 
 
 def rows_kernel_for(tensors: list):
@@ -179,56 +204,56 @@ def rows_kernel_for(tensors: list):
 _plans: dict[tuple, dict[int, str]] = {}
 
 
-def matmul_plan(weights: list, kernel=None) -> dict[int, str]:
-    """For each row count of a step (1–8), the fastest matmul for these bfloat16 weights, measured here on the
-    weights themselves (a few hundred ms, once per model shape): ``"rows"`` (the AVX512-BF16 rows kernel, when
-    ``kernel`` is given), ``"native"`` (PyTorch's own CPU kernel) or ``"onednn"`` (PyTorch's default, also for
-    every count not in the plan). On a 2-core AMD EPYC (Zen 4) the native kernel took 4.7 ms where oneDNN took
-    9.9 ms for one row, and the rows kernel held 1–3 rows at the cost of one.
+def matmul_plan(projections: list) -> dict[int, str]:
+    """For each row count of a step (1–8), the fastest way to run these bfloat16 projections (a layer's q/k/v, o,
+    gate/up, down), measured here on the model's own weights (a few hundred ms, once per model shape): ``"rows"``
+    (the AVX512-BF16 rows kernel, where the projections have it), ``"native"`` (PyTorch's own CPU kernel) or
+    ``"onednn"`` (PyTorch's default, also for every count not in the plan). On a 2-core AMD EPYC (Zen 4), for
+    SmolLM2-135M's 202 MiB of layer weights: one row 7.8 ms (rows kernel) / 8.2 ms (native) / 17.7 ms (oneDNN);
+    four rows 12.6 / 24.4 / 21.5 ms.
     All accumulate exact products in float32; results differ in the last bfloat16 bit. oneDNN is PyTorch's switch
     for the whole process (``torch.backends.mkldnn``), so the scheduler's thread turns it off only during a step
     planned "native"."""
     import time
 
     import torch
-    import torch.nn.functional as F
 
+    weights = [w for projection in projections for w in projection.weights]
     if not weights or weights[0].device.type != "cpu" or weights[0].dtype != torch.bfloat16:
         return {}
     sample, size = [], 0
-    for weight in weights:  # more than a cache holds, but a few milliseconds even for a 7B model
-        sample.append(weight)
-        size += weight.numel() * weight.element_size()
+    for projection in projections:  # more than a cache holds, but a few milliseconds even for a 7B model
+        sample.append(projection)
+        size += sum(w.numel() * w.element_size() for w in projection.weights)
         if size >= 64 * 2**20:
             break
-    key = (tuple(tuple(w.shape) for w in sample), kernel is not None, torch.backends.mkldnn.enabled)
+    kernel = all(projection.rows is not None for projection in sample)
+    key = (tuple(tuple(w.shape) for p in sample for w in p.weights), kernel, torch.backends.mkldnn.enabled)
     if key in _plans:
         return _plans[key]
 
     def fastest(rows: int, path: str) -> float:
-        x = torch.zeros(rows, sample[0].shape[1], dtype=sample[0].dtype)
-        linear = kernel if path == "rows" else F.linear
+        inputs = [torch.zeros(rows, p.weights[0].shape[1], dtype=torch.bfloat16) for p in sample]
         best = float("inf")
         with torch.inference_mode(), onednn(path == "onednn"):
             for _ in range(3):
                 started = time.perf_counter()
-                for weight in sample:
-                    linear(x, weight)
+                for projection, x in zip(sample, inputs):
+                    projection(x, path == "rows", None)
                 best = min(best, time.perf_counter() - started)
         return best
 
     paths = ["native"]
     if torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled:
         paths.append("onednn")
-    if kernel is not None:
+    if kernel:
         paths.append("rows")
     plan = {}
     for rows in range(1, 9):
         times = {path: fastest(rows, path) for path in paths}
-        # oneDNN unless another path is clearly (10%) faster: it is PyTorch's default, the tested path
-        default = times.get("onednn", times["native"])
-        best = min(times, key=times.get)
-        plan[rows] = best if times[best] < 0.9 * default else ("onednn" if "onednn" in times else "native")
+        # Within 10% of the fastest: the rows kernel, else oneDNN (PyTorch's default, the most used path).
+        near = [p for p in ("rows", "onednn", "native") if times.get(p, float("inf")) <= 1.1 * min(times.values())]
+        plan[rows] = near[0]
     _plans[key] = plan
     return plan
 

@@ -24,7 +24,9 @@ class MultiLora:
         self.layers = layers          # the LoRA-wrapped modules, in model order
         self.names = names            # adapter names; table index = position + 1 (0: the base)
         self._tables = tables         # per layer: (A [n+1, r, in], B [n+1, out, r])
-        self._rows: list | None = None  # per layer: (start, A_rows^T [k, in, r], B_rows^T [k, r, out]) or None
+        self._rows: list | None = None  # per layer: (A_rows^T [k, in, r], B_rows^T [k, r, out]); None: no adapter rows
+        self._group_tables: list[tuple] = []  # per group of layers sharing an input: (A [n+1, R, in], B [n+1, out, R])
+        self._group_rows: list = []
         self._start = 0
         self._hooks: list = []
         self._active = False
@@ -73,6 +75,32 @@ class MultiLora:
             tables.append((a_stack, b_stack))
         return cls(layers, names, tables) if layers else None
 
+    def group(self, positions: list, out_sizes: list[int]) -> int | None:
+        """Projections that read the same input (q, k, v; gate, up), computed side by side as one output: their
+        deltas as one, with ``A`` stacked over the ranks and ``B`` block-diagonal (the extra terms are exact zeros).
+        ``positions`` are layer positions, None for a projection without LoRA; returns the group's number for
+        :meth:`add_group_delta`, or None when no projection of the group has LoRA."""
+        import torch
+
+        if all(p is None for p in positions):
+            return None
+        present = [self._tables[p] for p in positions if p is not None]
+        dtype, device = present[0][0].dtype, present[0][0].device
+        entries, in_features = present[0][0].shape[0], present[0][0].shape[2]
+        ranks = [0 if p is None else self._tables[p][0].shape[1] for p in positions]
+        a_cat = torch.zeros(entries, sum(ranks), in_features, dtype=dtype, device=device)
+        b_cat = torch.zeros(entries, sum(out_sizes), sum(ranks), dtype=dtype, device=device)
+        rank_at = out_at = 0
+        for position, rank, size in zip(positions, ranks, out_sizes):
+            if position is not None:
+                a, b = self._tables[position]
+                a_cat[:, rank_at: rank_at + rank] = a
+                b_cat[:, out_at: out_at + size, rank_at: rank_at + rank] = b
+            rank_at, out_at = rank_at + rank, out_at + size
+        self._group_tables.append((a_cat, b_cat))
+        self._gathered.clear()
+        return len(self._group_tables) - 1
+
     def index(self, adapter: str | None) -> int:
         return 0 if adapter is None else self.names.index(adapter) + 1
 
@@ -94,9 +122,13 @@ class MultiLora:
             if len(self._gathered) >= 4:  # a prefill row and the running batch alternate: keep a few
                 self._gathered.pop(next(iter(self._gathered)))
             gather = torch.tensor(key, dtype=torch.long, device=self._tables[0][0].device)
-            self._gathered[key] = [(a.index_select(0, gather).transpose(1, 2).contiguous(),
-                                    b.index_select(0, gather).transpose(1, 2).contiguous()) for a, b in self._tables]
-        self._rows = self._gathered[key]
+
+            def rows_of(tables):
+                return [(a.index_select(0, gather).transpose(1, 2).contiguous(),
+                         b.index_select(0, gather).transpose(1, 2).contiguous()) for a, b in tables]
+
+            self._gathered[key] = rows_of(self._tables), rows_of(self._group_tables)
+        self._rows, self._group_rows = self._gathered[key]
 
     def add_delta(self, position: int, x, output) -> None:
         """``output`` (the base projection of ``x`` by the layer at ``position``) += each selected row's LoRA delta."""
@@ -105,6 +137,18 @@ class MultiLora:
         if self._rows is None:
             return
         a_t, b_t = self._rows[position]
+        x = x[self._start:]
+        if x.dtype != a_t.dtype:
+            x = x.to(a_t.dtype)
+        output[self._start:] += torch.bmm(torch.bmm(x, a_t), b_t).to(output.dtype)
+
+    def add_group_delta(self, group: int, x, output) -> None:
+        """As :meth:`add_delta`, for a :meth:`group` whose projections' outputs lie side by side in ``output``."""
+        import torch
+
+        if self._rows is None:
+            return
+        a_t, b_t = self._group_rows[group]
         x = x[self._start:]
         if x.dtype != a_t.dtype:
             x = x.to(a_t.dtype)

@@ -27,15 +27,19 @@ static inline uint16_t f32_to_bf16(float f) {
     return (uint16_t)(u >> 16);
 }
 
-/* One kernel per row count, so the accumulators stay in registers. */
+/* One kernel per row count, so the accumulators stay in registers. The weight may be a group of weights with the
+   same input size (q, k and v; gate and up): their outputs side by side in y, as if the weights were one. */
 #define ROWS_KERNEL(R)                                                                                              \
-    static void rows_##R(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y, int K, int N,     \
-                         int threads) {                                                                             \
+    static void rows_##R(const uint16_t *x, const uint16_t *const *ws, const uint16_t *const *biases,               \
+                         const int *ends, int count, uint16_t *y, int K, int N, int threads) {                      \
         const int body = K - K % 32;                                                                                \
         const __mmask32 tail = (K % 32) ? (__mmask32)((1u << (K % 32)) - 1) : 0;                                    \
         _Pragma("omp parallel for num_threads(threads) schedule(static)")                                           \
         for (int n = 0; n < N; n++) {                                                                               \
-            const uint16_t *wn = w + (size_t)n * K;                                                                 \
+            int s = 0;                                                                                              \
+            while (s < count - 1 && n >= ends[s]) s++;                                                              \
+            const int row = n - (s ? ends[s - 1] : 0);                                                              \
+            const uint16_t *wn = ws[s] + (size_t)row * K;                                                           \
             __m512 acc[R];                                                                                          \
             for (int m = 0; m < R; m++) acc[m] = _mm512_setzero_ps();                                               \
             for (int k = 0; k < body; k += 32) {                                                                    \
@@ -49,7 +53,7 @@ static inline uint16_t f32_to_bf16(float f) {
                     acc[m] = _mm512_dpbf16_ps(                                                                      \
                         acc[m], wv, (__m512bh)_mm512_maskz_loadu_epi16(tail, x + (size_t)m * K + body));           \
             }                                                                                                       \
-            const float b = bias ? bf16_to_f32(bias[n]) : 0.0f;                                                     \
+            const float b = biases[s] ? bf16_to_f32(biases[s][row]) : 0.0f;                                         \
             for (int m = 0; m < R; m++) y[(size_t)m * N + n] = f32_to_bf16(_mm512_reduce_add_ps(acc[m]) + b);       \
         }                                                                                                           \
     }
@@ -58,19 +62,22 @@ ROWS_KERNEL(1) ROWS_KERNEL(2) ROWS_KERNEL(3) ROWS_KERNEL(4) ROWS_KERNEL(5) ROWS_
 
 int rows_max(void) { return MAX_ROWS; }
 
-/* x [rows, K], w [N, K], bias [N] or NULL, y [rows, N]: all contiguous bfloat16. Returns 0, or -1 for rows out of
-   range (the caller checks; this keeps a wrong call from writing out of bounds). */
-int rows_linear_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y, int rows, int K, int N,
-                     int threads) {
+/* x [rows, K]; ws[i] [ends[i] - ends[i-1], K] and biases[i] (or NULL) for i < count; y [rows, ends[count-1]]: all
+   contiguous bfloat16. Returns 0, or -1 for a call out of range (the caller checks; this keeps a wrong call from
+   writing out of bounds). */
+int rows_linear_bf16(const uint16_t *x, const uint16_t *const *ws, const uint16_t *const *biases, const int *ends,
+                     int count, uint16_t *y, int rows, int K, int threads) {
+    if (count < 1 || K < 1) return -1;
+    const int N = ends[count - 1];
     switch (rows) {
-    case 1: rows_1(x, w, bias, y, K, N, threads); return 0;
-    case 2: rows_2(x, w, bias, y, K, N, threads); return 0;
-    case 3: rows_3(x, w, bias, y, K, N, threads); return 0;
-    case 4: rows_4(x, w, bias, y, K, N, threads); return 0;
-    case 5: rows_5(x, w, bias, y, K, N, threads); return 0;
-    case 6: rows_6(x, w, bias, y, K, N, threads); return 0;
-    case 7: rows_7(x, w, bias, y, K, N, threads); return 0;
-    case 8: rows_8(x, w, bias, y, K, N, threads); return 0;
+    case 1: rows_1(x, ws, biases, ends, count, y, K, N, threads); return 0;
+    case 2: rows_2(x, ws, biases, ends, count, y, K, N, threads); return 0;
+    case 3: rows_3(x, ws, biases, ends, count, y, K, N, threads); return 0;
+    case 4: rows_4(x, ws, biases, ends, count, y, K, N, threads); return 0;
+    case 5: rows_5(x, ws, biases, ends, count, y, K, N, threads); return 0;
+    case 6: rows_6(x, ws, biases, ends, count, y, K, N, threads); return 0;
+    case 7: rows_7(x, ws, biases, ends, count, y, K, N, threads); return 0;
+    case 8: rows_8(x, ws, biases, ends, count, y, K, N, threads); return 0;
     default: return -1;
     }
 }
