@@ -132,23 +132,17 @@ class MultiLora:
 
     def add_delta(self, position: int, x, output) -> None:
         """``output`` (the base projection of ``x`` by the layer at ``position``) += each selected row's LoRA delta."""
-        import torch
-
-        if self._rows is None:
-            return
-        a_t, b_t = self._rows[position]
-        x = x[self._start:]
-        if x.dtype != a_t.dtype:
-            x = x.to(a_t.dtype)
-        output[self._start:] += torch.bmm(torch.bmm(x, a_t), b_t).to(output.dtype)
+        if self._rows is not None:
+            self._add(*self._rows[position], x, output)
 
     def add_group_delta(self, group: int, x, output) -> None:
         """As :meth:`add_delta`, for a :meth:`group` whose projections' outputs lie side by side in ``output``."""
+        if self._rows is not None:
+            self._add(*self._group_rows[group], x, output)
+
+    def _add(self, a_t, b_t, x, output) -> None:
         import torch
 
-        if self._rows is None:
-            return
-        a_t, b_t = self._group_rows[group]
         x = x[self._start:]
         if x.dtype != a_t.dtype:
             x = x.to(a_t.dtype)
