@@ -162,3 +162,42 @@ def test_bfloat16_steps_through_the_faster_kernels_stay_close_and_leave_onednn_o
             assert torch._C._get_mkldnn_enabled()
             want = reference(model, ids[:rows, 8:], torch.full((rows, 1), 8), mask, caches[1])
             torch.testing.assert_close(got, want, rtol=0.05, atol=0.05)
+
+
+def test_bfloat16_adapter_rows_through_the_rows_kernel_match_the_torch_path(bundled_model_dir, tmp_path):
+    """Base and adapter rows in bfloat16 (LoRA on every projection, q/k/v biases): the rows kernel plus MultiLora's
+    deltas gives the logits of PyTorch's matmuls plus the same deltas, within bfloat16 rounding — for a decode step
+    of three rows, for a prompt of several rows at once, and for one row's short prompt (5 rows of the kernel)."""
+    import torch
+
+    from test_export_gguf import make_tiny_qwen2
+    from workbench.infer.cpu_kernel import rows_kernel, why_not
+    from workbench.infer.multilora import MultiLora
+
+    if rows_kernel() is None:
+        pytest.skip(f"the rows kernel cannot run here: {why_not()}")
+    model_dir = make_tiny_qwen2(bundled_model_dir, tmp_path / "model")
+    adapters = {name: str(make_adapter(model_dir, tmp_path / name, seed=seed, r=r,
+                                       targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                "down_proj")))
+                for name, seed, r in (("a", 1, 8), ("b", 2, 4))}
+    loaded = load_for_chat(ModelArgs(model_name_or_path=str(model_dir), infer_dtype="bfloat16"), adapters)
+    multilora = MultiLora.build(loaded.model)
+    lean = LeanForward.build(loaded.model.get_base_model(), multilora)
+    assert lean.kernel is not None and multilora._tables[0][0].dtype == torch.float32  # PEFT keeps LoRA in float32
+    torch.manual_seed(2)
+    prompt = torch.randint(0, 1000, (3, 6))
+    results = {}
+    with torch.inference_mode():
+        for path in ("rows", "onednn"):
+            lean.plan = {rows: path for rows in range(1, 9)}
+            multilora.select([None, "a", "b"])
+            cache = new_cache()
+            first = lean(prompt, torch.arange(6).expand(3, 6), None, cache, multilora)  # 18 rows: PyTorch's matmul
+            step = lean(prompt[:, :1], torch.full((3, 1), 6), torch.ones(3, 1, 1, 7, dtype=torch.bool), cache,
+                        multilora)
+            multilora.select(["a"])
+            short = lean(prompt[:1, :5], torch.arange(5)[None], None, new_cache(), multilora)  # 5 rows, one adapter
+            results[path] = first, step, short
+    for got, want in zip(results["rows"], results["onednn"]):
+        torch.testing.assert_close(got, want, rtol=0.05, atol=0.05)
