@@ -7,11 +7,12 @@ once for all rows: 1–3 rows at about the cost of one, 4–8 rows at about 1.5x
 
 It is compiled on first use with the system's C compiler (``$CC``, else ``gcc``/``cc``; ``-O3 -march=native
 -fopenmp``; about a second) into ``$WORKBENCH_HOME/kernels`` under a name that hashes the source, the flags and
-this CPU, and loaded with ctypes (the GIL is released while it runs). Where there is no compiler, no AVX512-BF16,
-or ``WORKBENCH_CPU_KERNEL=0``, :func:`rows_kernel` returns None and says why once in the log; the engine then
-keeps PyTorch's kernels. Results are the float32 sum of exact bfloat16 products rounded once to bfloat16, like
-oneDNN's; only the summation order differs (the last bfloat16 bit of some outputs, as between PyTorch's own two
-kernels).
+this CPU, and loaded with ctypes (the GIL is released while it runs) after torch: it asks for ``libgomp.so.1`` by
+name, which then is torch's own copy — one OpenMP thread pool, not two competing for the cores. Where there is no
+compiler, no AVX512-BF16, or ``WORKBENCH_CPU_KERNEL=0``, :func:`rows_kernel` returns None and says why once in the
+log; the engine then keeps PyTorch's kernels. Results are the float32 sum of exact bfloat16 products rounded once
+to bfloat16, like oneDNN's; only the summation order differs (the last bfloat16 bit of some outputs, as between
+PyTorch's own two kernels).
 """
 
 from __future__ import annotations
@@ -106,6 +107,8 @@ def rows_kernel() -> RowsKernel | None:
     """The kernel, built and loaded once per process; None where it cannot run here (:func:`why_not` says why)."""
     with _lock:
         if "kernel" not in _built:
+            import torch  # noqa: F401  (first: the kernel's libgomp.so.1 must resolve to torch's, loaded by then)
+
             try:
                 _built["kernel"] = RowsKernel(ctypes.CDLL(str(_library())))
             except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
