@@ -1,5 +1,6 @@
-"""The AVX512-BF16 rows kernel (workbench/infer/cpu_kernel.py): its products against a float32 reference, the
-inputs it refuses, and each reason it is not used (switched off, no compiler, a CPU without AVX512-BF16)."""
+"""The rows kernels (workbench/infer/cpu_kernel.py; bfloat16 with AVX512-BF16, float32 with any vector unit): their
+products against an exact reference, the inputs they refuse, and each reason one is not used (switched off, no
+compiler, a CPU without AVX512-BF16)."""
 
 from __future__ import annotations
 
@@ -114,18 +115,46 @@ def test_a_missing_compiler_is_named(fresh, monkeypatch):
     assert not (fresh / "kernels").exists() or not any((fresh / "kernels").glob("*.so"))
 
 
+def test_float32_products_equal_the_float32_sum_up_to_its_order():
+    """The float32 kernel: rows 1–8, a tail shorter than 16 columns, biases, a group — within float32 summation
+    error of the exact sum (MKL's own error is of the same size)."""
+    import torch
+
+    kernel = cpu_kernel.rows_kernel(torch.float32)
+    if kernel is None:
+        pytest.skip(f"the float32 rows kernel cannot run here: {cpu_kernel.why_not(torch.float32)}")
+    torch.manual_seed(7)
+    weights, biases = [torch.randn(40, 300), torch.randn(24, 300)], [torch.randn(40), None]
+    group = kernel.group(weights, biases)
+    joined, bias = torch.cat(weights).double(), torch.cat([biases[0], torch.zeros(24)]).double()
+    for rows in range(1, kernel.max_rows + 1):
+        x = torch.randn(rows, 300)
+        want = x.double() @ joined.T + bias
+        got = group(x)
+        assert got.dtype == torch.float32 and got.shape == (rows, 64)
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-4)
+        mkl = torch.nn.functional.linear(x, torch.cat(weights), bias.float())
+        assert (got.double() - want).abs().max() <= 4 * (mkl.double() - want).abs().max() + 1e-5
+    with pytest.raises(ValueError, match="bfloat16"):
+        group(torch.zeros(1, 300, dtype=torch.bfloat16))
+    assert not kernel.takes(weights[0].bfloat16())
+
+
 def test_a_cpu_without_avx512_bf16_is_said_so(fresh, monkeypatch):
     """The source's own #error (what -march=native gives on such a CPU), from a copy that fails the same way here."""
     if cpu_kernel.platform.machine().lower() not in ("x86_64", "amd64") or not cpu_kernel.shutil.which("gcc"):
         pytest.skip("needs gcc on x86-64")
     source = fresh / "rows_bf16.c"
     source.write_text('#error "this CPU has no AVX512-BF16"\n')
-    monkeypatch.setattr(cpu_kernel, "SOURCE", source)
+    monkeypatch.setitem(cpu_kernel.SOURCES, "bfloat16", source)
     assert cpu_kernel.rows_kernel() is None
     assert cpu_kernel.why_not() == "this CPU has no AVX512-BF16"
 
 
 def test_the_build_is_cached_per_source_and_cpu(fresh):
+    import torch
+
+    assert cpu_kernel.rows_kernel(torch.float16) is None  # no kernel for half precision: PyTorch's
     if cpu_kernel.rows_kernel() is None:
         pytest.skip(f"the rows kernel cannot run here: {cpu_kernel.why_not()}")
     built = list((fresh / "kernels").glob("rows_bf16-*.so"))

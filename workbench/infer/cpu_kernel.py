@@ -30,20 +30,23 @@ from pathlib import Path
 
 from workbench.paths import home
 
-SOURCE = Path(__file__).resolve().parent / "kernels" / "rows_bf16.c"
+SOURCES = {"bfloat16": Path(__file__).resolve().parent / "kernels" / "rows_bf16.c",
+           "float32": Path(__file__).resolve().parent / "kernels" / "rows_f32.c"}
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
 log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
-_built: dict[str, object] = {}  # "kernel" → RowsKernel | None, "why" → the reason it is None
+_built: dict[str, tuple] = {}  # dtype name → (RowsKernel | None, the reason it is None)
 
 
 class RowsKernel:
-    """``kernel(x, weight, bias)`` = ``F.linear(x, weight, bias)`` for bfloat16 CPU tensors whose leading dimensions
-    hold at most :attr:`max_rows` rows; :meth:`group` prepares weights sharing an input (q, k, v) as one call."""
+    """``kernel(x, weight, bias)`` = ``F.linear(x, weight, bias)`` for CPU tensors of its :attr:`dtype` whose leading
+    dimensions hold at most :attr:`max_rows` rows; :meth:`group` prepares weights sharing an input (q, k, v) as one
+    call."""
 
-    def __init__(self, library: ctypes.CDLL):
-        self._call = library.rows_linear_bf16
+    def __init__(self, library: ctypes.CDLL, dtype):
+        self.dtype = dtype
+        self._call = library.rows_linear
         self._call.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int, ctypes.c_void_p] + [ctypes.c_int] * 3
         self._call.restype = ctypes.c_int
         library.rows_max.restype = ctypes.c_int
@@ -52,7 +55,7 @@ class RowsKernel:
     def takes(self, weight) -> bool:
         import torch
 
-        return (weight.dtype == torch.bfloat16 and weight.device.type == "cpu" and weight.dim() == 2
+        return (weight.dtype == self.dtype and weight.device.type == "cpu" and weight.dim() == 2
                 and weight.is_contiguous())
 
     def group(self, weights: list, biases: list) -> "RowsGroup":
@@ -61,11 +64,11 @@ class RowsKernel:
         import torch
 
         if not weights or any(not self.takes(w) or w.shape[1] != weights[0].shape[1] for w in weights):
-            raise ValueError("rows kernel: a group needs contiguous 2-D bfloat16 CPU weights of one input size")
+            raise ValueError(f"rows kernel: a group needs contiguous 2-D {self.dtype} CPU weights of one input size")
         for bias, weight in zip(biases, weights):
-            if bias is not None and (bias.dtype != torch.bfloat16 or not bias.is_contiguous()
+            if bias is not None and (bias.dtype != self.dtype or not bias.is_contiguous()
                                      or bias.shape != (weight.shape[0],)):
-                raise ValueError("rows kernel: each bias must be a contiguous bfloat16 vector of its output size")
+                raise ValueError(f"rows kernel: each bias must be a contiguous {self.dtype} vector of its output size")
         return RowsGroup(self, list(weights), list(biases))
 
     def __call__(self, x, weight, bias=None):
@@ -93,56 +96,63 @@ class RowsGroup:
         import torch
 
         rows = x.numel() // x.shape[-1]
-        if not (1 <= rows <= self.kernel.max_rows) or x.dtype != torch.bfloat16 or x.shape[-1] != self.in_features:
+        if not (1 <= rows <= self.kernel.max_rows) or x.dtype != self.kernel.dtype or x.shape[-1] != self.in_features:
             raise ValueError(f"rows kernel: {rows} rows of {tuple(x.shape)} {x.dtype} against "
                              f"({self.out_features}, {self.in_features})")
         x = x.contiguous()
-        out = torch.empty(*x.shape[:-1], self.out_features, dtype=torch.bfloat16)
+        out = torch.empty(*x.shape[:-1], self.out_features, dtype=x.dtype)
         self.kernel._call(x.data_ptr(), self._weights, self._biases, self._ends, self._count, out.data_ptr(), rows,
                           self.in_features, torch.get_num_threads())
         return out
 
 
-def rows_kernel() -> RowsKernel | None:
-    """The kernel, built and loaded once per process; None where it cannot run here (:func:`why_not` says why)."""
+def rows_kernel(dtype=None) -> RowsKernel | None:
+    """The kernel for ``dtype`` (torch.bfloat16, the default, or torch.float32), built and loaded once per process;
+    None where it cannot run here (:func:`why_not` says why)."""
+    import torch  # first: the kernel's libgomp.so.1 must resolve to torch's, loaded by then
+
+    dtype = torch.bfloat16 if dtype is None else dtype
+    name = str(dtype).replace("torch.", "")
+    if name not in SOURCES:
+        return None
     with _lock:
-        if "kernel" not in _built:
-            import torch  # noqa: F401  (first: the kernel's libgomp.so.1 must resolve to torch's, loaded by then)
-
+        if name not in _built:
             try:
-                _built["kernel"] = RowsKernel(ctypes.CDLL(str(_library())))
+                _built[name] = RowsKernel(ctypes.CDLL(str(_library(SOURCES[name]))), dtype), None
             except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-                _built["kernel"], _built["why"] = None, str(exc)
-                log.info("bfloat16 rows kernel not used: %s", exc)
-        return _built["kernel"]  # type: ignore[return-value]
+                _built[name] = None, str(exc)
+                log.info("%s rows kernel not used: %s", name, exc)
+        return _built[name][0]
 
 
-def why_not() -> str | None:
-    rows_kernel()
-    return _built.get("why")  # type: ignore[return-value]
+def why_not(dtype=None) -> str | None:
+    rows_kernel(dtype)
+    import torch
+
+    return _built.get(str(dtype or torch.bfloat16).replace("torch.", ""), (None, None))[1]
 
 
-def _library() -> Path:
+def _library(source: Path) -> Path:
     if os.environ.get("WORKBENCH_CPU_KERNEL", "1") == "0":
         raise RuntimeError("switched off (WORKBENCH_CPU_KERNEL=0)")
     if platform.machine().lower() not in ("x86_64", "amd64"):
-        raise RuntimeError(f"needs an x86-64 CPU with AVX512-BF16 (this is {platform.machine()})")
+        raise RuntimeError(f"built and tested for x86-64 CPUs only (this is {platform.machine()})")
     compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if not compiler:
         raise RuntimeError("no C compiler found (set CC, or install gcc)")
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *FLAGS]).encode() + _cpu_identity()).hexdigest()
-    target = home() / "kernels" / f"rows_bf16-{key[:16]}.so"
+    key = hashlib.sha256(source.read_bytes() + " ".join([compiler, *FLAGS]).encode() + _cpu_identity()).hexdigest()
+    target = home() / "kernels" / f"{source.stem}-{key[:16]}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         built = Path(scratch) / target.name
-        done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built)], capture_output=True, text=True,
+        done = subprocess.run([compiler, *FLAGS, str(source), "-o", str(built)], capture_output=True, text=True,
                               timeout=300)
         if done.returncode != 0:
             if "no AVX512-BF16" in done.stderr:
                 raise RuntimeError("this CPU has no AVX512-BF16")
-            raise RuntimeError(f"{compiler} could not build {SOURCE.name}: {done.stderr.strip()[-500:]}")
+            raise RuntimeError(f"{compiler} could not build {source.name}: {done.stderr.strip()[-500:]}")
         os.replace(built, target)  # atomic: a process starting at the same moment sees all of it or nothing
     return target
 

@@ -187,16 +187,17 @@ class LeanForward:
 
 
 def rows_kernel_for(tensors: list):
-    """The AVX512-BF16 rows kernel (workbench/infer/cpu_kernel.py) where every weight and bias suits it, else None."""
+    """The rows kernel (workbench/infer/cpu_kernel.py) for these CPU weights' dtype (bfloat16 or float32) where every
+    weight and bias suits it, else None."""
     import torch
 
-    if not tensors or tensors[0].device.type != "cpu" or tensors[0].dtype != torch.bfloat16:
+    if not tensors or tensors[0].device.type != "cpu" or tensors[0].dtype not in (torch.bfloat16, torch.float32):
         return None
     from workbench.infer.cpu_kernel import rows_kernel
 
-    kernel = rows_kernel()
-    if kernel is None or not all(t.dtype == torch.bfloat16 and t.is_contiguous() and t.device.type == "cpu"
-                                 for t in tensors):
+    dtype = tensors[0].dtype
+    kernel = rows_kernel(dtype)
+    if kernel is None or not all(t.dtype == dtype and t.is_contiguous() and t.device.type == "cpu" for t in tensors):
         return None
     return kernel
 
@@ -219,8 +220,9 @@ def matmul_plan(projections: list) -> dict[int, str]:
     import torch
 
     weights = [w for projection in projections for w in projection.weights]
-    if not weights or weights[0].device.type != "cpu" or weights[0].dtype != torch.bfloat16:
+    if not weights or weights[0].device.type != "cpu" or weights[0].dtype not in (torch.bfloat16, torch.float32):
         return {}
+    dtype = weights[0].dtype
     sample, size = [], 0
     for projection in projections:  # more than a cache holds, but a few milliseconds even for a 7B model
         sample.append(projection)
@@ -228,12 +230,14 @@ def matmul_plan(projections: list) -> dict[int, str]:
         if size >= 64 * 2**20:
             break
     kernel = all(projection.rows is not None for projection in sample)
-    key = (tuple(tuple(w.shape) for p in sample for w in p.weights), kernel, torch.backends.mkldnn.enabled)
+    if dtype == torch.float32 and not kernel:
+        return {}  # PyTorch's float32 products (MKL) whatever the oneDNN switch says
+    key = (tuple(tuple(w.shape) for p in sample for w in p.weights), dtype, kernel, torch.backends.mkldnn.enabled)
     if key in _plans:
         return _plans[key]
 
     def fastest(rows: int, path: str) -> float:
-        inputs = [torch.zeros(rows, p.weights[0].shape[1], dtype=torch.bfloat16) for p in sample]
+        inputs = [torch.zeros(rows, p.weights[0].shape[1], dtype=dtype) for p in sample]
         best = float("inf")
         with torch.inference_mode(), onednn(path == "onednn"):
             for _ in range(3):
@@ -246,11 +250,18 @@ def matmul_plan(projections: list) -> dict[int, str]:
     paths = ["native"]
     if torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled:
         paths.append("onednn")
+    if dtype == torch.float32:
+        paths = [paths[-1]]  # one float32 product in PyTorch (MKL): the default as it is set
     if kernel:
         paths.append("rows")
     plan = {}
     for rows in range(1, 9):
         times = {path: fastest(rows, path) for path in paths}
+        if dtype == torch.float32:
+            # Only where clearly (10%) faster: it sums in another order than PyTorch, so float32 answers may differ
+            # from transformers' in the last bits; small models, where a call costs more than the product, keep MKL.
+            plan[rows] = "rows" if times["rows"] < 0.9 * times[paths[0]] else paths[0]
+            continue
         # Within 10% of the fastest: the rows kernel, else oneDNN (PyTorch's default, the most used path).
         near = [p for p in ("rows", "onednn", "native") if times.get(p, float("inf")) <= 1.1 * min(times.values())]
         plan[rows] = near[0]

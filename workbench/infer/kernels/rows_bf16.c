@@ -59,25 +59,18 @@ static inline uint16_t f32_to_bf16(float f) {
     }
 
 ROWS_KERNEL(1) ROWS_KERNEL(2) ROWS_KERNEL(3) ROWS_KERNEL(4) ROWS_KERNEL(5) ROWS_KERNEL(6) ROWS_KERNEL(7) ROWS_KERNEL(8)
+typedef void (*rows_fn)(const uint16_t *, const uint16_t *const *, const uint16_t *const *, const int *, int,
+                        uint16_t *, int, int, int);
+static const rows_fn KERNELS[MAX_ROWS] = {rows_1, rows_2, rows_3, rows_4, rows_5, rows_6, rows_7, rows_8};
 
 int rows_max(void) { return MAX_ROWS; }
 
 /* x [rows, K]; ws[i] [ends[i] - ends[i-1], K] and biases[i] (or NULL) for i < count; y [rows, ends[count-1]]: all
    contiguous bfloat16. Returns 0, or -1 for a call out of range (the caller checks; this keeps a wrong call from
    writing out of bounds). */
-int rows_linear_bf16(const uint16_t *x, const uint16_t *const *ws, const uint16_t *const *biases, const int *ends,
+int rows_linear(const uint16_t *x, const uint16_t *const *ws, const uint16_t *const *biases, const int *ends,
                      int count, uint16_t *y, int rows, int K, int threads) {
-    if (count < 1 || K < 1) return -1;
-    const int N = ends[count - 1];
-    switch (rows) {
-    case 1: rows_1(x, ws, biases, ends, count, y, K, N, threads); return 0;
-    case 2: rows_2(x, ws, biases, ends, count, y, K, N, threads); return 0;
-    case 3: rows_3(x, ws, biases, ends, count, y, K, N, threads); return 0;
-    case 4: rows_4(x, ws, biases, ends, count, y, K, N, threads); return 0;
-    case 5: rows_5(x, ws, biases, ends, count, y, K, N, threads); return 0;
-    case 6: rows_6(x, ws, biases, ends, count, y, K, N, threads); return 0;
-    case 7: rows_7(x, ws, biases, ends, count, y, K, N, threads); return 0;
-    case 8: rows_8(x, ws, biases, ends, count, y, K, N, threads); return 0;
-    default: return -1;
-    }
+    if (count < 1 || K < 1 || rows < 1 || rows > MAX_ROWS) return -1;
+    KERNELS[rows - 1](x, ws, biases, ends, count, y, K, ends[count - 1], threads);
+    return 0;
 }
