@@ -1,18 +1,19 @@
-"""A small C kernel for bfloat16 projections of a few rows on CPUs with AVX512-BF16 (kernels/rows_bf16.c).
+"""Small C kernels for the projections of a decode step's few rows on CPUs (kernels/rows_bf16.c, rows_f32.c).
 
-A decode step multiplies 1–8 rows by every weight. PyTorch's CPU kernels are compute-bound at those shapes: on a
-2-core AMD EPYC (Zen 4) two rows cost 1.5x one row and four rows 2.9x (oneDNN: 2.0–2.5x a native row), so base +
-adapters side by side and concurrent API clients cost nearly a full answer each. The kernel reads each weight row
-once for all rows: 1–3 rows at about the cost of one, 4–8 rows at about 1.5x (bench/chat_latency.py).
+A decode step multiplies 1–8 rows by every weight. PyTorch's CPU kernels are slow at those shapes: on a 2-core AMD
+EPYC (Zen 4), bfloat16 two rows cost 1.5x one row and four rows 2.9x (oneDNN: 2.0–2.5x a native row), and MKL's
+float32 products read the weights at 6–14 GB/s; so base + adapters side by side and concurrent API clients cost
+nearly a full answer each. These kernels read each weight row once for all rows: in bfloat16 (AVX512-BF16's dot
+product) 1–3 rows at about the cost of one and 4–8 rows at about 1.5x; in float32 (GCC vector extensions: AVX-512,
+AVX2, ...) one row in half MKL's time (bench/chat_latency.py).
 
-It is compiled on first use with the system's C compiler (``$CC``, else ``gcc``/``cc``; ``-O3 -march=native
+Each is compiled on first use with the system's C compiler (``$CC``, else ``gcc``/``cc``; ``-O3 -march=native
 -fopenmp``; about a second) into ``$WORKBENCH_HOME/kernels`` under a name that hashes the source, the flags and
 this CPU, and loaded with ctypes (the GIL is released while it runs) after torch: it asks for ``libgomp.so.1`` by
 name, which then is torch's own copy — one OpenMP thread pool, not two competing for the cores. Where there is no
-compiler, no AVX512-BF16, or ``WORKBENCH_CPU_KERNEL=0``, :func:`rows_kernel` returns None and says why once in the
-log; the engine then keeps PyTorch's kernels. Results are the float32 sum of exact bfloat16 products rounded once
-to bfloat16, like oneDNN's; only the summation order differs (the last bfloat16 bit of some outputs, as between
-PyTorch's own two kernels).
+compiler, no AVX512-BF16 (for the bfloat16 one), not x86-64, or ``WORKBENCH_CPU_KERNEL=0``, :func:`rows_kernel`
+returns None and says why once in the log; the engine then keeps PyTorch's kernels. bfloat16 results are the
+float32 sum of exact products rounded once, like oneDNN's; float32 results are sums in another order than MKL's.
 """
 
 from __future__ import annotations
