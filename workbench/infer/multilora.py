@@ -24,7 +24,8 @@ class MultiLora:
         self.layers = layers          # the LoRA-wrapped modules, in model order
         self.names = names            # adapter names; table index = position + 1 (0: the base)
         self._tables = tables         # per layer: (A [n+1, r, in], B [n+1, out, r])
-        self._rows: list | None = None  # per layer: (A_rows^T [k, in, r], B_rows^T [k, r, out]); None: no adapter rows
+        self._adapter_rows = False    # does the selected batch have rows with an adapter?
+        self._rows: list | None = None  # per layer: (A_rows^T [k, in, r], B_rows^T [k, r, out]) (ungrouped use only)
         self._group_tables: list[tuple] = []  # per group of layers sharing an input: (A [n+1, R, in], B [n+1, out, R])
         self._group_rows: list = []
         self._start = 0
@@ -79,7 +80,9 @@ class MultiLora:
         """Projections that read the same input (q, k, v; gate, up), computed side by side as one output: their
         deltas as one, with ``A`` stacked over the ranks and ``B`` block-diagonal (the extra terms are exact zeros).
         ``positions`` are layer positions, None for a projection without LoRA; returns the group's number for
-        :meth:`add_group_delta`, or None when no projection of the group has LoRA."""
+        :meth:`add_group_delta`, or None when no projection of the group has LoRA.
+        Once a group is made, this object serves :meth:`add_group_delta` only (the forward that groups calls that,
+        for every projection), so :meth:`select` gathers the groups' tables and not the layers'."""
         import torch
 
         if all(p is None for p in positions):
@@ -114,8 +117,8 @@ class MultiLora:
         if any(v == 0 for v in idx[first:]):
             raise ValueError("rows with adapters must follow the base rows")
         self._start = first
-        if first == len(idx):
-            self._rows = None
+        self._adapter_rows = first < len(idx)
+        if not self._adapter_rows:
             return
         key = idx[first:]
         if key not in self._gathered:
@@ -127,17 +130,19 @@ class MultiLora:
                 return [(a.index_select(0, gather).transpose(1, 2).contiguous(),
                          b.index_select(0, gather).transpose(1, 2).contiguous()) for a, b in tables]
 
-            self._gathered[key] = rows_of(self._tables), rows_of(self._group_tables)
+            # Gather what is read: with groups (the lean forward) their tables, else the layers' (the hooks).
+            self._gathered[key] = ((None, rows_of(self._group_tables)) if self._group_tables
+                                   else (rows_of(self._tables), []))
         self._rows, self._group_rows = self._gathered[key]
 
     def add_delta(self, position: int, x, output) -> None:
         """``output`` (the base projection of ``x`` by the layer at ``position``) += each selected row's LoRA delta."""
-        if self._rows is not None:
+        if self._adapter_rows:
             self._add(*self._rows[position], x, output)
 
     def add_group_delta(self, group: int, x, output) -> None:
         """As :meth:`add_delta`, for a :meth:`group` whose projections' outputs lie side by side in ``output``."""
-        if self._rows is not None:
+        if self._adapter_rows:
             self._add(*self._group_rows[group], x, output)
 
     def _add(self, a_t, b_t, x, output) -> None:
@@ -150,7 +155,7 @@ class MultiLora:
 
     def _hook(self, position: int):
         def add_delta(module, args, output):
-            if not self._active or self._rows is None:
+            if not self._active or not self._adapter_rows:
                 return None
             self.add_delta(position, args[0], output)
             return output
