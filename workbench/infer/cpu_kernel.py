@@ -113,7 +113,7 @@ def rows_kernel(dtype=None) -> RowsKernel | None:
     import torch  # first: the kernel's libgomp.so.1 must resolve to torch's, loaded by then
 
     dtype = torch.bfloat16 if dtype is None else dtype
-    name = str(dtype).replace("torch.", "")
+    name = _name(dtype)
     if name not in SOURCES:
         return None
     with _lock:
@@ -128,9 +128,11 @@ def rows_kernel(dtype=None) -> RowsKernel | None:
 
 def why_not(dtype=None) -> str | None:
     rows_kernel(dtype)
-    import torch
+    return _built.get(_name(dtype) if dtype is not None else "bfloat16", (None, None))[1]
 
-    return _built.get(str(dtype or torch.bfloat16).replace("torch.", ""), (None, None))[1]
+
+def _name(dtype) -> str:
+    return str(dtype).replace("torch.", "")
 
 
 def _library(source: Path) -> Path:

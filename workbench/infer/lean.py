@@ -131,7 +131,7 @@ class LeanForward:
         kernel = self.plan.get(input_ids.numel(), "onednn")
         if kernel == "native":
             with onednn(False):
-                return self._forward(input_ids, position_ids, mask, cache, lora, None)
+                return self._forward(input_ids, position_ids, mask, cache, lora, False)
         return self._forward(input_ids, position_ids, mask, cache, lora, kernel == "rows")
 
     def _forward(self, input_ids, position_ids, mask, cache, lora, rows: bool):
@@ -206,15 +206,15 @@ _plans: dict[tuple, dict[int, str]] = {}
 
 
 def matmul_plan(projections: list) -> dict[int, str]:
-    """For each row count of a step (1–8), the fastest way to run these bfloat16 projections (a layer's q/k/v, o,
-    gate/up, down), measured here on the model's own weights (a few hundred ms, once per model shape): ``"rows"``
-    (the AVX512-BF16 rows kernel, where the projections have it), ``"native"`` (PyTorch's own CPU kernel) or
-    ``"onednn"`` (PyTorch's default, also for every count not in the plan). On a 2-core AMD EPYC (Zen 4), for
-    SmolLM2-135M's 202 MiB of layer weights: one row 7.8 ms (rows kernel) / 8.2 ms (native) / 17.7 ms (oneDNN);
-    four rows 12.6 / 24.4 / 21.5 ms.
-    All accumulate exact products in float32; results differ in the last bfloat16 bit. oneDNN is PyTorch's switch
-    for the whole process (``torch.backends.mkldnn``), so the scheduler's thread turns it off only during a step
-    planned "native"."""
+    """For each row count of a step (1–8), the fastest way to run these bfloat16 or float32 CPU projections (a
+    layer's q/k/v, o, gate/up, down), measured here on the model's own weights (a few hundred ms, once per model
+    shape): ``"rows"`` (the rows kernel, where the projections have it), ``"native"`` (PyTorch's own CPU kernel) or
+    ``"onednn"`` (PyTorch's default, also for every count not in the plan; in float32 that is MKL either way). On
+    a 2-core AMD EPYC (Zen 4), for SmolLM2-135M's 202 MiB of bfloat16 layer weights: one row 7.8 ms (rows kernel)
+    / 8.2 ms (native) / 17.7 ms (oneDNN); four rows 12.6 / 24.4 / 21.5 ms.
+    In bfloat16 all accumulate exact products in float32; results differ in the last bfloat16 bit. oneDNN is
+    PyTorch's switch for the whole process (``torch.backends.mkldnn``), so the scheduler's thread turns it off only
+    during a step planned "native"."""
     import time
 
     import torch
