@@ -228,3 +228,44 @@ def test_float32_steps_through_the_rows_kernel_stay_within_float32_rounding():
         step = [f(ids[:, 3:], torch.full((2, 1), 3), mask, c) for f, c in zip((lean, lambda *a: reference(model, *a)),
                                                                                caches)]
         torch.testing.assert_close(step[0], step[1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype_name", ["float32", "bfloat16"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_decode_steps_through_the_step_operations_match_transformers(kind, dtype_name, monkeypatch):
+    """With the rows kernel, a decode step's norms, rotary embedding, cache writes and LoRA deltas run as the step
+    operations (kernels/step_ops.c): it is taken for one-token rows in the scheduler's cache — here two rows, one
+    left-padded, 70 steps, the cache growing past its first buffer (prompt + 64 columns) — and its logits are
+    transformers' within the dtype's rounding."""
+    import torch
+
+    from workbench.infer.cpu_kernel import rows_kernel, step_ops, step_ops_why_not, why_not
+
+    dtype = getattr(torch, dtype_name)
+    if rows_kernel(dtype) is None or step_ops() is None:
+        pytest.skip(f"no rows kernel or step operations here: {why_not(dtype) or step_ops_why_not()}")
+    model = random_model(kind).to(dtype)
+    lean = LeanForward.build(model)
+    assert lean.ops is not None
+    lean.plan = {rows: "rows" for rows in range(1, 9)}
+    taken = []
+    monkeypatch.setattr(lean, "_decode_step", lambda *a, f=lean._decode_step: taken.append(1) or f(*a))
+    tolerance = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 0.05, "atol": 0.05}
+    torch.manual_seed(4)
+    prompt = torch.randint(0, 300, (2, 6))
+    valid = torch.ones(2, 6, dtype=torch.bool)
+    valid[0, :3] = False
+    positions = (valid.cumsum(1) - 1).clamp(min=0)
+    mask = ((torch.ones(6, 6, dtype=torch.bool).tril() & valid[:, None, :]) | torch.eye(6, dtype=torch.bool))
+    with torch.inference_mode():
+        caches = new_cache(), new_cache()
+        for forward, cache in zip((lean, lambda *a: reference(model, *a)), caches):
+            forward(prompt, positions, mask[:, None], cache)
+        for step in range(70):
+            ids = torch.randint(0, 300, (2, 1))
+            valid = torch.cat([valid, torch.ones(2, 1, dtype=torch.bool)], 1)
+            at = positions[:, -1:] + 1 + step
+            got, want = (forward(ids, at, valid[:, None, None, :], cache)
+                         for forward, cache in zip((lean, lambda *a: reference(model, *a)), caches))
+            torch.testing.assert_close(got, want, **tolerance)
+    assert len(taken) == 70 and caches[0].layers[0].k_buf.shape[2] > 70

@@ -33,7 +33,10 @@ from workbench.paths import home
 
 SOURCES = {"bfloat16": Path(__file__).resolve().parent / "kernels" / "rows_bf16.c",
            "float32": Path(__file__).resolve().parent / "kernels" / "rows_f32.c"}
+STEP_OPS_SOURCE = Path(__file__).resolve().parent / "kernels" / "step_ops.c"
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+# The step operations reproduce PyTorch's separate multiplies and adds: no fused multiply-add may merge them.
+STEP_OPS_FLAGS = [*FLAGS, "-ffp-contract=off"]
 log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
@@ -107,6 +110,110 @@ class RowsGroup:
         return out
 
 
+class StepOps:
+    """The step operations of kernels/step_ops.c on contiguous CPU tensors of one dtype (bfloat16 or float32).
+    The methods check their arguments; :meth:`raw` gives a dtype's unchecked C functions (pointers and sizes) for a
+    caller that laid out its own tensors, as the lean forward's decode step does."""
+
+    DTYPES = ("bfloat16", "float32")
+
+    def __init__(self, library: ctypes.CDLL):
+        pointer, integer = ctypes.c_void_p, ctypes.c_int
+        self._raw, self._lora = {}, {}
+        for name, suffix in zip(self.DTYPES, ("bf16", "f32")):
+            norm = getattr(library, f"add_rms_norm_{suffix}")
+            norm.argtypes = [pointer] * 3 + [ctypes.c_float, pointer, integer, integer]
+            rope = getattr(library, f"rope_store_{suffix}")
+            rope.argtypes = [pointer] * 6 + [integer] * 6
+            norm.restype = rope.restype = None
+            self._raw[name] = (norm, rope)
+        # (input and output dtype, adapter tables' dtype): PEFT keeps a bfloat16 model's adapters in float32
+        for key, function in {("bfloat16", "bfloat16"): "lora_delta_bf16", ("float32", "float32"): "lora_delta_f32",
+                              ("bfloat16", "float32"): "lora_delta_bf16_f32"}.items():
+            lora = getattr(library, function)
+            lora.argtypes = [pointer] * 4 + [integer] * 6 + [pointer] * 2
+            lora.restype = None
+            self._lora[key] = lora
+        library.lora_max_rank.restype = ctypes.c_int
+        self.max_rank = library.lora_max_rank()
+
+    def raw(self, dtype):
+        """(add_rms_norm, rope_store) for ``dtype``, or None for another dtype."""
+        return self._raw.get(_name(dtype))
+
+    def takes_lora(self, dtype, table_dtype, rank: int) -> bool:
+        return (_name(dtype), _name(table_dtype)) in self._lora and rank <= self.max_rank
+
+    def _check(self, dtype, **tensors) -> None:
+        for name, tensor in tensors.items():
+            if tensor is None:
+                continue
+            if tensor.dtype != dtype or tensor.device.type != "cpu" or not tensor.is_contiguous():
+                raise ValueError(f"step ops: {name} must be a contiguous {dtype} CPU tensor, not "
+                                 f"{tuple(tensor.shape)} {tensor.dtype} on {tensor.device}")
+
+    def add_rms_norm(self, hidden, delta, weight, eps: float, out) -> None:
+        """``hidden += delta`` (skipped for None), then ``out = weight * rms_norm(hidden)``; rows of ``hidden``'s
+        last dimension, rounded as ``weight * F.rms_norm(hidden.float(), eps).to(dtype)`` rounds."""
+        dtype, width = hidden.dtype, hidden.shape[-1]
+        self._check(dtype, hidden=hidden, delta=delta, weight=weight, out=out)
+        if self.raw(dtype) is None or weight.shape != (width,) or out.shape != hidden.shape or (
+                delta is not None and delta.shape != hidden.shape):
+            raise ValueError(f"step ops: add_rms_norm of {tuple(hidden.shape)} {dtype} with weight "
+                             f"{tuple(weight.shape)}, out {tuple(out.shape)}")
+        self.raw(dtype)[0](hidden.data_ptr(), None if delta is None else delta.data_ptr(), weight.data_ptr(), eps,
+                           out.data_ptr(), hidden.numel() // max(width, 1), width)
+
+    def lora_parts(self, ranks: list[int], out_sizes: list[int]) -> tuple:
+        """Block-diagonal tables for projections side by side (q, k, v): part i has ``ranks[i]`` ranks (0: no
+        LoRA) and ``out_sizes[i]`` outputs; only those blocks are read."""
+        rank_ends, out_ends, rank_at, out_at = [], [], 0, 0
+        for rank, size in zip(ranks, out_sizes):
+            rank_at, out_at = rank_at + rank, out_at + size
+            rank_ends.append(rank_at)
+            out_ends.append(out_at)
+        count = len(ranks)
+        return count, (ctypes.c_int * count)(*rank_ends), (ctypes.c_int * count)(*out_ends), rank_at, out_at
+
+    def lora_delta(self, x, a, b_t, out, parts: tuple | None = None) -> None:
+        """``out += (x @ aᵀ) @ b_t`` per row: x [rows, tokens, K], a [rows, R, K], b_t [rows, R, N], out
+        [rows, tokens, N]; rounded as ``out + torch.bmm(torch.bmm(x, aᵀ), b_t)`` (x taken to the tables' dtype
+        first, the sum rounded once to ``out``'s). ``parts``: :meth:`lora_parts` for a block-diagonal ``b_t``."""
+        self._check(x.dtype, x=x, out=out)
+        self._check(a.dtype, a=a, b_t=b_t)
+        if (not self.takes_lora(x.dtype, a.dtype, a.shape[1] if a.dim() == 3 else 0) or x.dim() != 3
+                or a.dim() != 3 or b_t.dim() != 3 or a.shape[0] != x.shape[0] or a.shape[2] != x.shape[2]
+                or b_t.shape[:2] != a.shape[:2] or out.shape != (*x.shape[:2], b_t.shape[2])
+                or (parts is not None and parts[3:] != (a.shape[1], b_t.shape[2]))):
+            raise ValueError(f"step ops: a LoRA delta of x {tuple(x.shape)} {x.dtype} with A {tuple(a.shape)}, "
+                             f"B {tuple(b_t.shape)} {a.dtype} into {tuple(out.shape)} (rank at most "
+                             f"{self.max_rank}; tables of the input's dtype, or float32 for bfloat16; parts "
+                             f"covering the ranks and outputs)")
+        self.lora_delta_unchecked(x, a, b_t, out, parts or self.lora_parts([a.shape[1]], [b_t.shape[2]]))
+
+    def lora_delta_unchecked(self, x, a, b_t, out, parts: tuple) -> None:
+        self._lora[_name(x.dtype), _name(a.dtype)](x.data_ptr(), a.data_ptr(), b_t.data_ptr(), out.data_ptr(),
+                                                   x.shape[0], x.shape[1], x.shape[2], a.shape[1], b_t.shape[2],
+                                                   *parts[:3])
+
+    def rope_store(self, qkv, cos, sin, q_out, k_cache, v_cache, column: int) -> None:
+        """One token per row: ``qkv`` [rows, (heads + 2·kv_heads)·D] → q with rotary embedding into ``q_out``
+        [rows, heads, D], k with it and v into ``column`` of the caches [rows, kv_heads, capacity, D]; ``cos``,
+        ``sin`` [rows, D], as transformers' ``apply_rotary_pos_emb`` computes it."""
+        dtype = qkv.dtype
+        self._check(dtype, qkv=qkv, cos=cos, sin=sin, q_out=q_out, k_cache=k_cache, v_cache=v_cache)
+        rows, heads, width = q_out.shape[0], q_out.shape[1], q_out.shape[-1]
+        kv_heads, capacity = k_cache.shape[1], k_cache.shape[2]
+        if (self.raw(dtype) is None or q_out.dim() != 3 or k_cache.dim() != 4 or v_cache.shape != k_cache.shape
+                or k_cache.shape[0] != rows or k_cache.shape[3] != width or width % 2
+                or qkv.numel() != rows * (heads + 2 * kv_heads) * width
+                or cos.numel() != rows * width or sin.numel() != rows * width or not 0 <= column < capacity):
+            raise ValueError(f"step ops: rotary embedding of qkv {tuple(qkv.shape)} into q {tuple(q_out.shape)}, "
+                             f"caches {tuple(k_cache.shape)} at column {column}")
+        self.raw(dtype)[1](qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), q_out.data_ptr(), k_cache.data_ptr(),
+                           v_cache.data_ptr(), rows, heads, kv_heads, width, capacity, column)
+
+
 def rows_kernel(dtype=None) -> RowsKernel | None:
     """The kernel for ``dtype`` (torch.bfloat16, the default, or torch.float32), built and loaded once per process;
     None where it cannot run here (:func:`why_not` says why)."""
@@ -131,11 +238,31 @@ def why_not(dtype=None) -> str | None:
     return _built.get(_name(dtype) if dtype is not None else "bfloat16", (None, None))[1]
 
 
+def step_ops() -> "StepOps | None":
+    """The step operations (kernels/step_ops.c), built and loaded once per process; None where they cannot run
+    here (:func:`step_ops_why_not` says why)."""
+    import torch  # noqa: F401 — first, as for the rows kernels
+
+    with _lock:
+        if "step_ops" not in _built:
+            try:
+                _built["step_ops"] = StepOps(ctypes.CDLL(str(_library(STEP_OPS_SOURCE, STEP_OPS_FLAGS)))), None
+            except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+                _built["step_ops"] = None, str(exc)
+                log.info("step operations not used: %s", exc)
+        return _built["step_ops"][0]
+
+
+def step_ops_why_not() -> str | None:
+    step_ops()
+    return _built["step_ops"][1]
+
+
 def _name(dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
-def _library(source: Path) -> Path:
+def _library(source: Path, flags: list[str] = FLAGS) -> Path:
     if os.environ.get("WORKBENCH_CPU_KERNEL", "1") == "0":
         raise RuntimeError("switched off (WORKBENCH_CPU_KERNEL=0)")
     if platform.machine().lower() not in ("x86_64", "amd64"):
@@ -143,14 +270,14 @@ def _library(source: Path) -> Path:
     compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if not compiler:
         raise RuntimeError("no C compiler found (set CC, or install gcc)")
-    key = hashlib.sha256(source.read_bytes() + " ".join([compiler, *FLAGS]).encode() + _cpu_identity()).hexdigest()
+    key = hashlib.sha256(source.read_bytes() + " ".join([compiler, *flags]).encode() + _cpu_identity()).hexdigest()
     target = home() / "kernels" / f"{source.stem}-{key[:16]}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         built = Path(scratch) / target.name
-        done = subprocess.run([compiler, *FLAGS, str(source), "-o", str(built)], capture_output=True, text=True,
+        done = subprocess.run([compiler, *flags, str(source), "-o", str(built)], capture_output=True, text=True,
                               timeout=300)
         if done.returncode != 0:
             if "no AVX512-BF16" in done.stderr:

@@ -28,6 +28,8 @@ class MultiLora:
         self._rows: list | None = None  # per layer: (A_rows^T [k, in, r], B_rows^T [k, r, out]) (ungrouped use only)
         self._group_tables: list[tuple] = []  # per group of layers sharing an input: (A [n+1, R, in], B [n+1, out, R])
         self._group_rows: list = []
+        self._group_parts: list[tuple] = []   # per group: (ranks, output sizes) of its projections
+        self._ops_parts: dict = {}            # per group: those as the step operations take them
         self._start = 0
         self._hooks: list = []
         self._active = False
@@ -101,6 +103,7 @@ class MultiLora:
                 b_cat[:, out_at: out_at + size, rank_at: rank_at + rank] = b
             rank_at, out_at = rank_at + rank, out_at + size
         self._group_tables.append((a_cat, b_cat))
+        self._group_parts.append((ranks, list(out_sizes)))
         self._gathered.clear()
         return len(self._group_tables) - 1
 
@@ -126,13 +129,15 @@ class MultiLora:
                 self._gathered.pop(next(iter(self._gathered)))
             gather = torch.tensor(key, dtype=torch.long, device=self._tables[0][0].device)
 
-            def rows_of(tables):
-                return [(a.index_select(0, gather).transpose(1, 2).contiguous(),
+            def rows_of(tables, a_transposed: bool):
+                return [(a.index_select(0, gather).transpose(1, 2).contiguous() if a_transposed
+                         else a.index_select(0, gather).contiguous(),
                          b.index_select(0, gather).transpose(1, 2).contiguous()) for a, b in tables]
 
-            # Gather what is read: with groups (the lean forward) their tables, else the layers' (the hooks).
-            self._gathered[key] = ((None, rows_of(self._group_tables)) if self._group_tables
-                                   else (rows_of(self._tables), []))
+            # Gather what is read: with groups (the lean forward) their tables, else the layers' (the hooks). A
+            # group's A stays [rows, R, in], as the step operations read it (torch reads a transposed view).
+            self._gathered[key] = ((None, rows_of(self._group_tables, False)) if self._group_tables
+                                   else (rows_of(self._tables, True), []))
         self._rows, self._group_rows = self._gathered[key]
 
     def add_delta(self, position: int, x, output) -> None:
@@ -140,10 +145,19 @@ class MultiLora:
         if self._adapter_rows:
             self._add(*self._rows[position], x, output)
 
-    def add_group_delta(self, group: int, x, output) -> None:
-        """As :meth:`add_delta`, for a :meth:`group` whose projections' outputs lie side by side in ``output``."""
-        if self._adapter_rows:
-            self._add(*self._group_rows[group], x, output)
+    def add_group_delta(self, group: int, x, output, ops=None) -> None:
+        """As :meth:`add_delta`, for a :meth:`group` whose projections' outputs lie side by side in ``output``;
+        through ``ops`` (:class:`~workbench.infer.cpu_kernel.StepOps`) where given and the tensors suit it."""
+        if not self._adapter_rows:
+            return
+        a, b_t = self._group_rows[group]
+        if (ops is not None and x.dtype == output.dtype and ops.takes_lora(x.dtype, a.dtype, a.shape[1])
+                and x.is_contiguous() and output.is_contiguous()):
+            if group not in self._ops_parts:
+                self._ops_parts[group] = ops.lora_parts(*self._group_parts[group])
+            ops.lora_delta_unchecked(x[self._start:], a, b_t, output[self._start:], self._ops_parts[group])
+        else:
+            self._add(a.transpose(1, 2), b_t, x, output)
 
     def _add(self, a_t, b_t, x, output) -> None:
         import torch

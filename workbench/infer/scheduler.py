@@ -89,6 +89,14 @@ def _cache_layer_class():
             self.values = self.v_buf[:, :, : self.length]
             return self.keys, self.values
 
+        def next_column(self) -> int:
+            """One more column, counted and returned: the caller writes its keys and values into the buffers."""
+            self.reserve(self.length + 1)
+            self.length += 1
+            self.keys = self.k_buf[:, :, : self.length]
+            self.values = self.v_buf[:, :, : self.length]
+            return self.length - 1
+
         def get_seq_length(self) -> int:
             return self.length
 
