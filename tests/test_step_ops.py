@@ -115,6 +115,38 @@ def test_rope_store_is_apply_rotary_pos_emb_and_the_cache_write(ops, dtype_name)
         assert torch.equal(cache[:, :, :5], old[:, :, :5]) and torch.equal(cache[:, :, 6:], old[:, :, 6:])
 
 
+@pytest.mark.parametrize("dtype_name", ["bfloat16", "float32"])
+@pytest.mark.parametrize("heads, kv_heads, dim", [(4, 4, 32), (9, 3, 64), (4, 1, 80)])
+def test_attend_is_sdpa_over_the_valid_columns_of_the_cache(ops, dtype_name, heads, kv_heads, dim):
+    """One new token per row over a cache view (70 of 90 columns; 70 leaves a tail after the 16-wide blocks),
+    grouped heads as the lean forward passes them to SDPA, the first row left-padded by 20 columns: SDPA's output
+    within the dtype's rounding (its flash kernel sums in other blocks). A row with no valid column gets zeros."""
+    import torch
+    import torch.nn.functional as F
+
+    dtype = getattr(torch, dtype_name)
+    rows, length = 3, 70
+    torch.manual_seed(4)
+    k_cache = torch.randn(rows, kv_heads, 90, dim).to(dtype)
+    v_cache = torch.randn_like(k_cache)
+    q = torch.randn(rows, heads, dim).to(dtype)
+    valid = torch.ones(rows, 90, dtype=torch.bool)
+    valid[0, :20] = False
+    keys, values = k_cache[:, :, :length], v_cache[:, :, :length]
+    groups = heads // kv_heads
+    expected = F.scaled_dot_product_attention(q.view(rows, kv_heads, groups, dim), keys, values,
+                                              attn_mask=valid[:, None, None, :length], scale=dim ** -0.5)
+    got = ops.attend(q, keys, values, valid[:, :length], dim ** -0.5)
+    tolerance = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2 ** -7, "atol": 2e-3}
+    torch.testing.assert_close(got.float(), expected.reshape(rows, heads, dim).float(), **tolerance)
+    unmasked = F.scaled_dot_product_attention(q.view(rows, kv_heads, groups, dim), keys, values,
+                                              scale=dim ** -0.5)
+    torch.testing.assert_close(ops.attend(q, keys, values, None, dim ** -0.5).float(),
+                               unmasked.reshape(rows, heads, dim).float(), **tolerance)
+    valid[1] = False
+    assert not ops.attend(q, keys, values, valid[:, :length], dim ** -0.5)[1].any()
+
+
 def test_bad_inputs_are_refused_with_their_shapes_and_nothing_is_written(ops):
     import torch
 
@@ -136,6 +168,14 @@ def test_bad_inputs_are_refused_with_their_shapes_and_nothing_is_written(ops):
     with pytest.raises(ValueError, match="parts covering"):
         ops.lora_delta(x, torch.randn(2, 3, 8), torch.randn(2, 3, 4), base, ops.lora_parts([2], [4]))
     assert not base.any()
+    cache = torch.zeros(2, 1, 9, 24)
+    with pytest.raises(ValueError, match=r"head size a multiple of 16"):
+        ops.attend(torch.randn(2, 2, 24), cache[:, :, :5], cache[:, :, :5], None, 0.2)
+    cache = torch.zeros(2, 1, 9, 32)
+    with pytest.raises(ValueError, match=r"mask \(2, 9\)"):
+        ops.attend(torch.randn(2, 2, 32), cache[:, :, :5], cache[:, :, :5], torch.ones(2, 9, dtype=torch.bool), 0.2)
+    with pytest.raises(ValueError, match=r"keys \(2, 1, 5, 32\)"):
+        ops.attend(torch.randn(3, 2, 32), cache[:, :, :5], cache[:, :, :5], None, 0.2)  # 3 rows of q, 2 cached
     caches = torch.zeros(1, 1, 4, 8), torch.zeros(1, 1, 4, 8)
     with pytest.raises(ValueError, match="at column 4"):
         ops.rope_store(torch.randn(1, 24), torch.randn(1, 8), torch.randn(1, 8), torch.empty(1, 1, 8), *caches, 4)

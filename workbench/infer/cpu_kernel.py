@@ -14,6 +14,10 @@ name, which then is torch's own copy — one OpenMP thread pool, not two competi
 compiler, no AVX512-BF16 (for the bfloat16 one), not x86-64, or ``WORKBENCH_CPU_KERNEL=0``, :func:`rows_kernel`
 returns None and says why once in the log; the engine then keeps PyTorch's kernels. bfloat16 results are the
 float32 sum of exact products rounded once, like oneDNN's; float32 results are sums in another order than MKL's.
+
+:func:`step_ops` builds kernels/step_ops.c the same way (any x86-64 vector unit; no FMA contraction): the rest of
+a decode step — residual add + RMSNorm, rotary embedding + KV-cache write, attention over the cache, each row's
+LoRA delta — as one call each instead of several PyTorch operations, rounded where PyTorch rounds.
 """
 
 from __future__ import annotations
@@ -125,8 +129,10 @@ class StepOps:
             norm.argtypes = [pointer] * 3 + [ctypes.c_float, pointer, integer, integer]
             rope = getattr(library, f"rope_store_{suffix}")
             rope.argtypes = [pointer] * 6 + [integer] * 6
-            norm.restype = rope.restype = None
-            self._raw[name] = (norm, rope)
+            attend = getattr(library, f"attend_{suffix}")
+            attend.argtypes = [pointer] * 4 + [integer, pointer] + [integer] * 6 + [ctypes.c_float, pointer, integer]
+            norm.restype = rope.restype = attend.restype = None
+            self._raw[name] = (norm, rope, attend)
         # (input and output dtype, adapter tables' dtype): PEFT keeps a bfloat16 model's adapters in float32
         for key, function in {("bfloat16", "bfloat16"): "lora_delta_bf16", ("float32", "float32"): "lora_delta_f32",
                               ("bfloat16", "float32"): "lora_delta_bf16_f32"}.items():
@@ -134,11 +140,12 @@ class StepOps:
             lora.argtypes = [pointer] * 4 + [integer] * 6 + [pointer] * 2
             lora.restype = None
             self._lora[key] = lora
-        library.lora_max_rank.restype = ctypes.c_int
+        library.lora_max_rank.restype = library.attend_max_chunks.restype = library.attend_max_groups.restype = integer
         self.max_rank = library.lora_max_rank()
+        self.max_head_dim, self.max_groups = 16 * library.attend_max_chunks(), library.attend_max_groups()
 
     def raw(self, dtype):
-        """(add_rms_norm, rope_store) for ``dtype``, or None for another dtype."""
+        """(add_rms_norm, rope_store, attend) for ``dtype``, or None for another dtype."""
         return self._raw.get(_name(dtype))
 
     def takes_lora(self, dtype, table_dtype, rank: int) -> bool:
@@ -212,6 +219,50 @@ class StepOps:
                              f"caches {tuple(k_cache.shape)} at column {column}")
         self.raw(dtype)[1](qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), q_out.data_ptr(), k_cache.data_ptr(),
                            v_cache.data_ptr(), rows, heads, kv_heads, width, capacity, column)
+
+
+    def takes_attention(self, heads: int, kv_heads: int, head_dim: int) -> bool:
+        return (head_dim % 16 == 0 and head_dim <= self.max_head_dim and heads % kv_heads == 0
+                and heads // kv_heads <= self.max_groups)
+
+    def attend(self, q, keys, values, valid, scale: float):
+        """One new token per row over its cached columns: ``q`` [rows, heads, D]; ``keys``, ``values``: the first
+        ``length`` columns of caches [rows, kv_heads, capacity, D] (views, as the cache layer gives them);
+        ``valid``: bool [rows, length] with contiguous columns (padding False), or None. → [rows, heads, D], as
+        ``F.scaled_dot_product_attention`` with that mask gives it (grouped heads: each kv head serves
+        heads / kv_heads query heads)."""
+        import torch
+
+        dtype = q.dtype
+        self._check(dtype, q=q)
+        rows, heads, width = q.shape if q.dim() == 3 else (0, 1, 0)
+        kv_heads = keys.shape[1] if keys.dim() == 4 else 1
+        good = (self.raw(dtype) is not None and q.dim() == 3 and keys.dim() == 4 and keys.dtype == values.dtype == dtype
+                and keys.shape == values.shape and keys.stride() == values.stride() and keys.shape[0] == rows
+                and keys.shape[3] == width and self.takes_attention(heads, kv_heads, width)
+                and keys.stride(3) == 1 and keys.stride(2) == width and keys.stride(1) % width == 0
+                and keys.stride(0) == kv_heads * keys.stride(1))
+        if good and valid is not None:
+            good = valid.dtype == torch.bool and valid.shape == (rows, keys.shape[2]) and valid.stride(1) == 1
+        if not good:
+            raise ValueError(f"step ops: attention of q {tuple(q.shape)} {dtype} over keys {tuple(keys.shape)} "
+                             f"{keys.dtype}, mask {None if valid is None else tuple(valid.shape)} (head size a "
+                             f"multiple of 16 up to {self.max_head_dim}, kv heads dividing the heads)")
+        out = torch.empty_like(q)
+        self.attend_unchecked(q, keys.data_ptr(), values.data_ptr(), valid, out, kv_heads, keys.stride(1) // width,
+                              keys.shape[2], scale)
+        return out
+
+    def attend_unchecked(self, q, keys_at: int, values_at: int, valid, out, kv_heads: int, capacity: int,
+                         length: int, scale: float) -> None:
+        import torch
+
+        rows, heads, width = q.shape
+        threads = torch.get_num_threads()
+        scratch = torch.empty(threads * heads // kv_heads * length, dtype=torch.float32)
+        self.raw(q.dtype)[2](q.data_ptr(), keys_at, values_at, None if valid is None else valid.data_ptr(),
+                             0 if valid is None else valid.stride(0), out.data_ptr(), rows, heads, kv_heads, width,
+                             capacity, length, scale, scratch.data_ptr(), threads)
 
 
 def rows_kernel(dtype=None) -> RowsKernel | None:

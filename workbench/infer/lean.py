@@ -5,7 +5,9 @@ tensor operations and a dozen module calls with their hooks, checks and mask bui
 ~60% of a bf16 step of the bundled 135M model. This forward does the same arithmetic with about 25 operations per
 layer and no module calls: the same weights (nothing is copied), transformers' own rotary embedding and
 ``apply_rotary_pos_emb``, RMSNorm in the order transformers computes it, SDPA over the scheduler's KV cache with
-its boolean mask, and each row's LoRA delta from :class:`~workbench.infer.multilora.MultiLora`.
+its boolean mask, and each row's LoRA delta from :class:`~workbench.infer.multilora.MultiLora`. Decode steps that
+run through the rows kernel (workbench/infer/cpu_kernel.py) do the rest of each layer with its step operations
+(:meth:`LeanForward._decode_step`): about 10 calls per layer.
 
 Only architectures whose decoder layer is exactly that are taken (:func:`LeanForward.build` returns None for the
 rest, which keep transformers' forward): llama, mistral and qwen2 (q/k/v bias) with SiLU MLPs, full attention in
@@ -147,14 +149,19 @@ class LeanForward:
 
     def _decode_step(self, input_ids, position_ids, mask, cache, lora):
         """One token per row through the rows kernel and the step operations: the arithmetic of :meth:`_forward`
-        (bfloat16: the same roundings) with about a third of its calls. Each layer's residual add is done with the
-        next norm."""
+        (bfloat16: the same roundings; sums in another order) with about a third of its calls. Each layer's
+        residual add is done with the next norm."""
         import torch
         import torch.nn.functional as F
 
         batch = input_ids.shape[0]
-        norm, rope = self.ops.raw(self.head.dtype)
+        norm, rope, _ = self.ops.raw(self.head.dtype)
         heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
+        # Attention as one call too, where the mask is the scheduler's (a boolean row of columns per row) or none.
+        columns = cache.layers[0].length + 1
+        attend_here = self.ops.takes_attention(heads, kv_heads, head_dim) and (mask is None or (
+            mask.dtype == torch.bool and mask.shape == (batch, 1, 1, columns) and mask.stride(3) == 1))
+        valid = mask[:, 0, 0] if attend_here and mask is not None else None
         hidden = F.embedding(input_ids, self.embed)
         width = hidden.shape[-1]
         cos, sin = (t.contiguous() for t in self.rotary(hidden, position_ids))
@@ -172,8 +179,14 @@ class LeanForward:
             column = cached.next_column()
             rope(qkv.data_ptr(), cos_at, sin_at, q_at, cached.k_buf.data_ptr(), cached.v_buf.data_ptr(), batch,
                  heads, kv_heads, head_dim, cached.k_buf.shape[2], column)
-            attended = F.scaled_dot_product_attention(query, cached.keys, cached.values, attn_mask=mask,
-                                                      scale=self.scaling)
+            if attend_here:
+                attended = torch.empty(batch, heads, head_dim, dtype=hidden.dtype)
+                self.ops.attend_unchecked(q.view(batch, heads, head_dim), cached.k_buf.data_ptr(),
+                                          cached.v_buf.data_ptr(), valid, attended, kv_heads, cached.k_buf.shape[2],
+                                          cached.length, self.scaling)
+            else:
+                attended = F.scaled_dot_product_attention(query, cached.keys, cached.values, attn_mask=mask,
+                                                          scale=self.scaling)
             delta = group["o"](attended.reshape(batch, 1, heads * head_dim), True, lora)
             weight, eps = layer["post_norm"]
             norm(hidden_at, delta.data_ptr(), weight.data_ptr(), eps, x_at, batch, width)
