@@ -269,3 +269,22 @@ def test_decode_steps_through_the_step_operations_match_transformers(kind, dtype
                          for forward, cache in zip((lean, lambda *a: reference(model, *a)), caches))
             torch.testing.assert_close(got, want, **tolerance)
     assert len(taken) == 70 and caches[0].layers[0].k_buf.shape[2] > 70
+
+
+def test_a_cache_of_other_rows_is_never_written_by_pointer():
+    """The step operations write into the cache's buffers by pointer, so a cache that holds other rows than the
+    step (or another dtype) must not reach them: the step goes through PyTorch, which refuses the shapes."""
+    import torch
+
+    from workbench.infer.cpu_kernel import rows_kernel, step_ops
+
+    if rows_kernel(torch.float32) is None or step_ops() is None:
+        pytest.skip("no rows kernel or step operations here")
+    model = random_model("llama")
+    lean = LeanForward.build(model)
+    lean.plan = {rows: "rows" for rows in range(1, 9)}
+    with torch.inference_mode():
+        cache = new_cache()
+        lean(torch.randint(0, 300, (2, 5)), torch.arange(5).expand(2, 5), None, cache)
+        with pytest.raises(RuntimeError):
+            lean(torch.randint(0, 300, (3, 1)), torch.full((3, 1), 5), torch.ones(3, 1, 1, 6, dtype=torch.bool), cache)

@@ -143,7 +143,8 @@ class LeanForward:
         if kernel == "native":
             with onednn(False):
                 return self._forward(input_ids, position_ids, mask, cache, lora, False)
-        if kernel == "rows" and self.ops is not None and input_ids.shape[1] == 1 and _fills_in_place(cache):
+        if (kernel == "rows" and self.ops is not None and input_ids.shape[1] == 1
+                and _fills_in_place(cache, len(self.layers), input_ids.shape[0], self.head.dtype)):
             return self._decode_step(input_ids, position_ids, mask, cache, lora)
         return self._forward(input_ids, position_ids, mask, cache, lora, kernel == "rows")
 
@@ -248,10 +249,14 @@ class LeanForward:
         return self.output(last, rows, None)[:, -1, :].float()
 
 
-def _fills_in_place(cache) -> bool:
-    """Is ``cache`` the scheduler's preallocated one, already holding a prompt (its buffers exist)?"""
-    layers = getattr(cache, "layers", None)
-    return bool(layers) and all(getattr(layer, "k_buf", None) is not None for layer in layers)
+def _fills_in_place(cache, layers: int, rows: int, dtype) -> bool:
+    """Is ``cache`` the scheduler's preallocated one, already holding a prompt for these ``rows`` in the model's
+    ``dtype`` (contiguous buffers, which the step operations write into by pointer)?"""
+    cached = getattr(cache, "layers", None)
+    return bool(cached) and len(cached) == layers and all(
+        getattr(layer, "k_buf", None) is not None and all(
+            buf.dtype == dtype and buf.shape[0] == rows and buf.is_contiguous() for buf in (layer.k_buf, layer.v_buf))
+        for layer in cached)
 
 
 def rows_kernel_for(tensors: list):
