@@ -197,12 +197,9 @@ def page(browser, app_server):
 # The slowest files first (see `make test`'s --durations list), so that the two workers finish together instead of one
 # running a long file alone at the end; xdist keeps this order with --no-loadscope-reorder (Makefile), where it would
 # otherwise order files by their number of tests.
-# Measured 2026-12-04 (`make test ARGS=--durations=0`, summed per file): 2,298 s of tests over two workers.
-SLOWEST_FIRST = ("test_train.py", "test_journey.py", "test_export_gguf.py", "test_train_tab_browser.py",
-                 "test_export.py", "test_chat_tab.py", "test_preferences_browser.py", "test_ui_state_chat_browser.py",
-                 "test_ui_state_train_browser.py", "test_chat_cli.py", "test_eval_tab.py",
-                 "test_ui_state_data_browser.py", "test_template_probe_fixes.py", "test_evaluate_runner.py",
-                 "test_train_loss.py", "test_train_tab.py", "test_data_tab.py", "test_chat_concurrency_browser.py")
+SLOWEST_FIRST = ("test_journey.py", "test_train.py", "test_export.py", "test_train_tab_browser.py",
+                 "test_export_gguf.py", "test_preferences_browser.py", "test_ui_state_chat_browser.py",
+                 "test_chat_tab.py", "test_data_probe_fixes.py")
 
 
 def pytest_collection_modifyitems(config, items):
