@@ -220,7 +220,6 @@ class StepOps:
         self.raw(dtype)[1](qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), q_out.data_ptr(), k_cache.data_ptr(),
                            v_cache.data_ptr(), rows, heads, kv_heads, width, capacity, column)
 
-
     def takes_attention(self, heads: int, kv_heads: int, head_dim: int) -> bool:
         return (head_dim % 16 == 0 and head_dim <= self.max_head_dim and heads % kv_heads == 0
                 and heads // kv_heads <= self.max_groups)
@@ -274,14 +273,8 @@ def rows_kernel(dtype=None) -> RowsKernel | None:
     name = _name(dtype)
     if name not in SOURCES:
         return None
-    with _lock:
-        if name not in _built:
-            try:
-                _built[name] = RowsKernel(ctypes.CDLL(str(_library(SOURCES[name]))), dtype), None
-            except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-                _built[name] = None, str(exc)
-                log.info("%s rows kernel not used: %s", name, exc)
-        return _built[name][0]
+    return _load_once(name, lambda: RowsKernel(ctypes.CDLL(str(_library(SOURCES[name]))), dtype),
+                      f"{name} rows kernel")
 
 
 def why_not(dtype=None) -> str | None:
@@ -294,19 +287,26 @@ def step_ops() -> "StepOps | None":
     here (:func:`step_ops_why_not` says why)."""
     import torch  # noqa: F401 — first, as for the rows kernels
 
-    with _lock:
-        if "step_ops" not in _built:
-            try:
-                _built["step_ops"] = StepOps(ctypes.CDLL(str(_library(STEP_OPS_SOURCE, STEP_OPS_FLAGS)))), None
-            except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-                _built["step_ops"] = None, str(exc)
-                log.info("step operations not used: %s", exc)
-        return _built["step_ops"][0]
+    return _load_once("step_ops", lambda: StepOps(ctypes.CDLL(str(_library(STEP_OPS_SOURCE, STEP_OPS_FLAGS)))),
+                      "step operations")
 
 
 def step_ops_why_not() -> str | None:
     step_ops()
     return _built["step_ops"][1]
+
+
+def _load_once(key: str, load, what: str):
+    """``load()`` once per process under ``key`` in ``_built``; None (the reason kept, logged once) where the build or
+    the load fails."""
+    with _lock:
+        if key not in _built:
+            try:
+                _built[key] = load(), None
+            except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+                _built[key] = None, str(exc)
+                log.info("%s not used: %s", what, exc)
+        return _built[key][0]
 
 
 def _name(dtype) -> str:
