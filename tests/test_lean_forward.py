@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from chat_helpers import make_adapter
+from helpers import make_tiny_model
 from workbench.config.generation import GenerationArgs
 from workbench.config.model import ModelArgs
 from workbench.infer.engine import ChatEngine, RowSpec
@@ -202,6 +203,30 @@ def test_bfloat16_adapter_rows_through_the_rows_kernel_match_the_torch_path(bund
             results[path] = first, step, short
     for got, want in zip(results["rows"], results["onednn"]):
         torch.testing.assert_close(got, want, rtol=0.05, atol=0.05)
+
+
+def test_a_bfloat16_output_gets_the_float32_lora_delta_rounded_once_as_peft_adds_it(bundled_model_dir, tmp_path):
+    """PEFT adds its float32 delta to a bfloat16 base output and rounds the sum once; MultiLora's torch path does the
+    same (as the step operations do), so the paths a step can take do not round the delta differently."""
+    import torch
+
+    from workbench.infer.multilora import MultiLora
+
+    model_dir = make_tiny_model(bundled_model_dir, tmp_path / "model")
+    adapter = make_adapter(model_dir, tmp_path / "a", seed=1, r=8, targets=("q_proj", "v_proj"))
+    loaded = load_for_chat(ModelArgs(model_name_or_path=str(model_dir), infer_dtype="bfloat16"), {"a": str(adapter)})
+    multilora = MultiLora.build(loaded.model)
+    multilora.select([None, "a", "a"])
+    a, b = multilora._tables[0]
+    torch.manual_seed(0)
+    x = torch.randn(3, 1, a.shape[-1], dtype=torch.bfloat16)
+    output = torch.randn(3, 1, b.shape[-2], dtype=torch.bfloat16)
+    delta = torch.bmm(torch.bmm(x[1:].float(), multilora._rows[0][0]), multilora._rows[0][1])
+    want = output.clone()
+    want[1:] = (output[1:].float() + delta).to(torch.bfloat16)
+    multilora.add_delta(0, x, output)
+    assert a.dtype == torch.float32 and not torch.equal(want[1:], output[1:] + delta.to(torch.bfloat16))
+    torch.testing.assert_close(output, want, rtol=0, atol=0)
 
 
 def test_float32_steps_through_the_rows_kernel_stay_within_float32_rounding():

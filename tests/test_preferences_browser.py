@@ -58,30 +58,29 @@ def pick(page, root, elem_id: str, option: str) -> None:
     page.get_by_role("option", name=option, exact=True).first.click()
 
 
-def ask(page, text: str) -> tuple[str, str]:
+def ask(page, text: str) -> None:
     page.locator("#chat-input textarea").fill(text)
     page.locator("#chat-send").click()
-    return answered(page)
+    answered(page)
 
 
-def answered(page) -> tuple[str, str]:
+def answered(page) -> None:
     status = page.locator("#chat-status")
     expect(status).to_contain_text("answering", timeout=ANSWER_TIMEOUT)
     expect(status).to_contain_text("one batch —", timeout=ANSWER_TIMEOUT)
-    return settled(page, "chat-col-0"), settled(page, "chat-col-1")
 
 
-def settled(page, elem_id: str) -> str:
-    """The column's last answer as drawn once it stops changing: the status line arrives in the same update but can
-    be drawn before a Chatbot has rendered that update's last words (seen once, on a loaded machine)."""
-    text = bubbles(page, elem_id)[-1]
-    for _ in range(40):
+def shows(page, elem_id: str, text: str) -> None:
+    """The column's last answer on screen is ``text`` (its words). Waited for: the status line comes in the same
+    update as the answers, but a loaded machine has drawn it before a Chatbot drew that update's last word (a
+    fixed wait of stable text was not enough in CI)."""
+    drawn = ""
+    for _ in range(120):
+        drawn = bubbles(page, elem_id)[-1]
+        if words(drawn) == words(text):
+            return
         page.wait_for_timeout(250)
-        again = bubbles(page, elem_id)[-1]
-        if again == text:
-            return text
-        text = again
-    raise AssertionError(f"{elem_id} kept changing after the answer was reported finished: {text!r}")
+    raise AssertionError(f"{elem_id} shows {drawn!r} 30 s after the answer finished, not what was kept: {text!r}")
 
 
 def shoot(page, shots: Path, name: str) -> None:
@@ -122,14 +121,15 @@ def test_prefer_edit_and_train_dpo_on_the_judgements(page, app_server, identity_
     judge = page.locator("#chat-judge-status")
 
     # Turn 1: the adapter's answer is better.
-    base1, tuned1 = ask(page, "Who are you?")
+    ask(page, "Who are you?")
     page.locator("#chat-prefer-1").click()
     expect(judge).to_contain_text(f"{identity_run} over base")
     expect(judge).to_contain_text("Registered preferences")
     (row,) = read_rows(data_file)
     assert (row["chosen_model"], row["rejected_model"]) == (identity_run, "base")
     assert row["conversations"] == [{"from": "human", "value": "Who are you?"}]
-    assert words(row["chosen"]["value"]) == words(tuned1) and words(row["rejected"]["value"]) == words(base1)
+    shows(page, "chat-col-1", row["chosen"]["value"])  # what is kept is what the page shows
+    shows(page, "chat-col-0", row["rejected"]["value"])
     assert row["sampling"]["max_new_tokens"] == 32 and row["base_model"] == "smollm2-135m-instruct"
     info = json.loads((folder / "dataset_info.json").read_text())
     assert info["preferences"]["ranking"] is True and info["preferences"]["file_name"] == "preferences.jsonl"
@@ -139,26 +139,26 @@ def test_prefer_edit_and_train_dpo_on_the_judgements(page, app_server, identity_
 
     # Turn 2, sampled, then regenerated: the answers on screen after Regenerate are the ones kept.
     page.locator("#chat-gen #opt-do_sample input").check()
-    first_base, first_tuned = ask(page, "What can you do?")
+    ask(page, "What can you do?")
     page.locator("#chat-regenerate").click()
-    base2, tuned2 = answered(page)
+    answered(page)
     page.locator("#chat-prefer-1").click()
     expect(judge).to_contain_text("now 2 pairs")
     row = read_rows(data_file)[1]
-    assert words(row["chosen"]["value"]) == words(tuned2) and words(row["rejected"]["value"]) == words(base2)
-    if words(first_tuned) != words(tuned2):  # sampled: the regenerated answer differs, and it is the one kept
-        assert words(row["chosen"]["value"]) != words(first_tuned)
+    shows(page, "chat-col-1", row["chosen"]["value"])  # the regenerated answers, not the first ones
+    shows(page, "chat-col-0", row["rejected"]["value"])
     assert row["sampling"]["do_sample"] is True and row["chosen_model"] == identity_run
     assert row["conversations"][-1] == {"from": "human", "value": "What can you do?"}
     assert len(row["conversations"]) == 3  # the adapter's own history: question, its answer, question
 
     # Turn 3: edit base's answer, then keep it as the better one.
     page.locator("#chat-gen #opt-do_sample input").uncheck()
-    base3, _ = ask(page, "Tell me a joke.")
+    ask(page, "Tell me a joke.")
     page.locator("#chat-edit-0").click()
     box = page.locator("#chat-edit-text textarea")
     expect(box).to_be_visible()
-    assert words(box.input_value()) == words(base3)
+    base3 = box.input_value()  # the editor opens on base's answer, the one on screen
+    shows(page, "chat-col-0", base3)
     box.fill(EDITED)
     page.locator("#chat-edit-keep").click()
     expect(judge).to_contain_text("base (edited) over")

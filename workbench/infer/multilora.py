@@ -165,7 +165,9 @@ class MultiLora:
         x = x[self._start:]
         if x.dtype != a_t.dtype:
             x = x.to(a_t.dtype)
-        output[self._start:] += torch.bmm(torch.bmm(x, a_t), b_t).to(output.dtype)
+        # The delta stays in the adapter's dtype and is rounded once with the sum, as PEFT does (and the step
+        # operations): a half-precision output is not rounded twice.
+        output[self._start:] += torch.bmm(torch.bmm(x, a_t), b_t)
 
     def _hook(self, position: int):
         def add_delta(module, args, output):
