@@ -103,3 +103,29 @@ def attach(page, run: str) -> None:
     page.get_by_role("option").filter(has_text=run).first.click()
     page.locator("#chat-attach").click()
     expect(summary).to_contain_text(f"attached {run}")
+
+
+def steady(read, page, quiet_ms: int = 1000, timeout_ms: int = 30_000):
+    """``read()`` once it has not changed for ``quiet_ms``: a status line that says an answer ended can be drawn
+    before a Chatbot draws that answer's last words (seen on a loaded machine)."""
+    import time
+
+    value, since = read(), time.monotonic()
+    deadline = since + timeout_ms / 1000
+    while time.monotonic() < deadline:
+        page.wait_for_timeout(100)
+        again = read()
+        if again != value:
+            value, since = again, time.monotonic()
+        elif time.monotonic() - since >= quiet_ms / 1000:
+            return value
+    raise AssertionError(f"kept changing for {timeout_ms} ms: {value!r}")
+
+
+def steady_text(locator) -> str:
+    return steady(locator.inner_text, locator.page)
+
+
+def steady_bubbles(page, elem_id: str) -> list[str]:
+    """The texts of a Chatbot's messages, once drawn (see :func:`steady`)."""
+    return steady(lambda: [b.inner_text() for b in page.locator(f"#{elem_id} .message-row").all()], page)

@@ -15,7 +15,7 @@ import time
 import pytest
 from playwright.sync_api import expect
 
-from chat_helpers import make_adapter
+from chat_helpers import make_adapter, steady_bubbles
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.expect_timeout(60_000)]
 
@@ -130,14 +130,14 @@ def test_compare_base_and_identity_adapter_side_by_side(page, identity_run):
     assert not page.locator("#chat-col-2").is_visible()
     send(page, "Who are you?")
     expect(page.locator("#chat-status")).to_contain_text("one batch —", timeout=ANSWER_TIMEOUT)
-    base, tuned = bubbles(page, "chat-col-0"), bubbles(page, "chat-col-1")
+    base, tuned = steady_bubbles(page, "chat-col-0"), steady_bubbles(page, "chat-col-1")
     assert len(base) == 2 and len(tuned) == 2
     assert base[1].strip() and tuned[1].strip() and base[1] != tuned[1]
     # Multi-turn compare: each column keeps its own history.
     send(page, "And what can you do?")
     expect(page.locator("#chat-col-1 .message-row")).to_have_count(4, timeout=ANSWER_TIMEOUT)
     expect(page.locator("#chat-status")).to_contain_text("one batch —", timeout=ANSWER_TIMEOUT)
-    base2, tuned2 = bubbles(page, "chat-col-0"), bubbles(page, "chat-col-1")
+    base2, tuned2 = steady_bubbles(page, "chat-col-0"), steady_bubbles(page, "chat-col-1")
     assert base2[:2] == base and tuned2[:2] == tuned and len(base2) == 4
 
 

@@ -14,7 +14,7 @@ import shutil
 import pytest
 from playwright.sync_api import expect
 
-from chat_helpers import attach, chat_tab, make_adapter, new_page
+from chat_helpers import attach, chat_tab, make_adapter, new_page, steady_text
 from conftest import start_app, stop_app
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.expect_timeout(60_000)]
@@ -183,7 +183,7 @@ def test_send_and_regenerate_wait_for_the_streaming_answer(browser, app_server, 
     expect(status).to_contain_text("still being generated")
     stop_and_wait(page, "(stopped)")
     assert rows(page) == 2
-    regenerated = page.locator("#chat-bot .message-row").nth(1).inner_text()
+    regenerated = steady_text(page.locator("#chat-bot .message-row").nth(1))
     set_max_new_tokens(page, 8)
     send.click()  # the kept message, "And then?"
     expect(page.locator("#chat-bot .message-row")).to_have_count(4, timeout=TIMEOUT)
