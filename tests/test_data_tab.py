@@ -8,6 +8,7 @@ import shutil
 import pytest
 from playwright.sync_api import expect
 
+import browser_helpers
 from helpers import REPO_ROOT
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
@@ -25,8 +26,7 @@ def set_folder(page, folder) -> None:
 
 
 def choose(page, elem_id: str, option: str) -> None:
-    page.locator(f"#{elem_id} input").click()
-    page.get_by_role("option", name=option, exact=True).click()
+    browser_helpers.choose(page, elem_id, option)
 
 
 def dropdown_value(page, elem_id: str) -> str:

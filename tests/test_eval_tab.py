@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
+from browser_helpers import choose
 from test_infer_batch import make_random_lora
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
@@ -59,8 +60,7 @@ def eval_setup(app_server, tiny_model_dir, tmp_path_factory):
 
 
 def pick(page, root, dropdown_id: str, option_text: str) -> None:
-    root.locator(f"#{dropdown_id} input").click()
-    page.get_by_role("option", name=option_text, exact=True).first.click()
+    choose(root, dropdown_id, option_text)
 
 
 def open_tab(page):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
+from browser_helpers import choose
 from chat_helpers import make_adapter
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
@@ -26,8 +27,7 @@ def quickstart_adapter(app_server, bundled_model_dir) -> Path:
 
 
 def pick(page, root, dropdown_id: str, option_text: str) -> None:
-    root.locator(f"#{dropdown_id} input").click()
-    page.get_by_role("option", name=option_text, exact=True).first.click()
+    choose(root, dropdown_id, option_text)
 
 
 def test_bad_request_is_refused_in_the_tab_without_starting_a_job(page, app_server, quickstart_adapter):

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
+from browser_helpers import choose
 from conftest import start_app, stop_app
 from helpers import REPO_ROOT
 
@@ -52,8 +53,7 @@ def shoot(j, name: str) -> None:
 
 
 def pick(page, root, elem_id: str, option: str) -> None:
-    root.locator(f"#{elem_id} input").click()
-    page.get_by_role("option", name=option, exact=True).first.click()
+    choose(root, elem_id, option)
 
 
 def fill(root, elem_id: str, value) -> None:

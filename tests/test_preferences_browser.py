@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
+from browser_helpers import choose
 from chat_helpers import make_adapter
 from workbench.data.preferences import read_rows
 
@@ -54,8 +55,7 @@ def fill(root, elem_id: str, value) -> None:
 
 
 def pick(page, root, elem_id: str, option: str) -> None:
-    root.locator(f"#{elem_id} input").click()
-    page.get_by_role("option", name=option, exact=True).first.click()
+    choose(root, elem_id, option)
 
 
 def ask(page, text: str) -> None:

@@ -16,6 +16,7 @@ import pytest
 import yaml
 from playwright.sync_api import expect
 
+from browser_helpers import choose
 from helpers import write_tiny_preset
 
 from workbench.jobs import store as jobs
@@ -41,8 +42,7 @@ def open_train(page) -> None:
 
 
 def pick(page, elem_id: str, option: str) -> None:
-    page.locator(f"#{elem_id} input").click()
-    page.get_by_role("option", name=option, exact=True).click()
+    choose(page, elem_id, option)
 
 
 def load_preset(page, name: str) -> None:
@@ -272,8 +272,7 @@ def test_compare_runs_and_delete_with_confirmation(page, app_server):
     page.reload()
     open_train(page)
     for name in ("cmp-a", "cmp-b"):
-        page.locator("#wb-train-compare input").click()
-        page.get_by_role("option", name=name, exact=True).click()
+        pick(page, "wb-train-compare", name)
     page.keyboard.press("Escape")
     diff = page.locator("#wb-train-diff")
     expect(diff).to_contain_text("learning_rate")

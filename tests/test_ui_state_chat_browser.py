@@ -14,6 +14,7 @@ import shutil
 import pytest
 from playwright.sync_api import expect
 
+from browser_helpers import choose
 from chat_helpers import attach, chat_tab, make_adapter, new_page, steady_text
 from conftest import start_app, stop_app
 
@@ -53,8 +54,7 @@ def merged_model(app_server, tiny_model_dir) -> str:
 
 
 def pick(page, elem_id: str, option: str) -> None:
-    page.locator(f"#{elem_id} input").click()
-    page.get_by_role("option", name=option, exact=True).first.click()
+    choose(page, elem_id, option)
 
 
 def type_model(page, text: str) -> None:

@@ -12,6 +12,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
+from browser_helpers import choose
 from helpers import REPO_ROOT
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
@@ -28,8 +29,7 @@ def box(page, elem_id: str):
 
 
 def pick(page, elem_id: str, option: str) -> None:
-    page.locator(f"#{elem_id} input").first.click()
-    page.get_by_role("option", name=option, exact=True).first.click()
+    choose(page, elem_id, option)
 
 
 def open_data_tab(page) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
+from browser_helpers import choose
 from helpers import write_tiny_preset
 
 from workbench.jobs import store as jobs
@@ -55,8 +56,7 @@ def set_field(page, name: str, value) -> None:
 
 
 def load_preset(page, name: str) -> None:
-    page.locator("#wb-train-preset input").click()
-    page.get_by_role("option", name=name, exact=True).click()
+    choose(page, "wb-train-preset", name)
     page.locator("#wb-train-preset-load").click()
     expect(message(page)).to_contain_text(f"Loaded preset {name}")
 
