@@ -206,3 +206,22 @@ def test_send_while_regenerating_is_refused_and_no_answer_is_lost(loaded_manager
     answered = [out[HISTORY] for out in sent if isinstance(out[HISTORY], list)][-1]
     assert answered[:2] == regenerated and answered[2] == {"role": "user", "content": "And then?"}
     assert sent[1][0] == gr.update(value="") and not view.active  # the box emptied, the session free again
+
+
+@pytest.mark.parametrize("mode", ["chat", "compare"])
+def test_the_buttons_come_back_without_emptying_the_last_answer(loaded_manager, mode):
+    """Gradio streams each yield as a diff applied in place to what the page got last: the yield that re-enables
+    the buttons repeats the answer's outputs (no edits) instead of empty updates, which would delete the last
+    value from an update the page may not have drawn yet (a compare column then kept its next-to-last text)."""
+    import gradio as gr
+    from gradio.utils import diff
+
+    from workbench.ui.chat_tab import COMPARE, on_send
+
+    view = chat_view(loaded_manager)
+    data = {**form(view, "Hi", max_new_tokens=4), "mode": COMPARE if mode == "compare" else "chat"}
+    outs = list(on_send(view, data, gr.Request(session_hash=f"tab-{mode}")))
+    answer, last = outs[-2], outs[-1]
+    assert last[-3:] == (gr.update(interactive=True),) * 3
+    assert [diff(a, b) for a, b in zip(answer[:-3], last[:-3])] == [[]] * (len(last) - 3)
+    assert "tokens" in last[STATUS] and not view.active

@@ -441,13 +441,18 @@ def dispatch(view: ChatView, data: dict, turn: dict | None, request, clear_input
     if claim is None:
         yield status_only(BUSY)
         return
+    last = (*[gr.update()] * (MAX_COLUMNS + 5),)
     try:
-        yield (*[gr.update()] * (MAX_COLUMNS + 5), *buttons(False))
-        for out in generate(view, data, turn, claim, clear_input, regenerate):
-            yield (*out, *buttons())
+        yield (*last, *buttons(False))
+        for last in generate(view, data, turn, claim, clear_input, regenerate):
+            yield (*last, *buttons())
     finally:
         release_session(view.active, key, claim)
-    yield (*[gr.update()] * (MAX_COLUMNS + 5), *buttons(True))
+    # The buttons come back with the last outputs repeated, not with empty updates: Gradio streams each yield as a
+    # diff applied in place to the object the page got last time, so an empty update right after an answer's last
+    # words could strip them before the page drew them (a compare column kept its next-to-last text, ~6 in 100 in
+    # a scratch reproduction; none with the outputs repeated).
+    yield (*last, *buttons(True))
 
 
 def generate(view: ChatView, data: dict, turn: dict | None, claim: Claim, clear_input: bool, regenerate: bool):
