@@ -99,8 +99,9 @@ def attach(page, run: str) -> None:
     expect(summary).to_contain_text("Attached adapters")
     if f"Attached adapters: {run}" in summary.inner_text():
         return
-    page.locator("#chat-adapters input").click()
-    page.get_by_role("option").filter(has_text=run).first.click()
+    picker = page.locator("#chat-adapters")  # its own list, as browser_helpers.choose (entries hold more than the name)
+    picker.locator("input").first.click()
+    picker.get_by_role("option").filter(has_text=run).first.click()
     page.locator("#chat-attach").click()
     expect(summary).to_contain_text(f"attached {run}")
 
