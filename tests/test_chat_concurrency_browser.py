@@ -19,6 +19,7 @@ import time
 import pytest
 from playwright.sync_api import expect
 
+from browser_helpers import choose
 from chat_helpers import attach, chat_tab, make_adapter, new_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.expect_timeout(60_000)]
@@ -48,8 +49,7 @@ def load_tiny(page, model_dir) -> None:
     box.click()
     box.fill(str(model_dir))
     box.press("Enter")
-    page.locator("#wb-dtype input").click()
-    page.get_by_role("option", name="float32", exact=True).first.click()
+    choose(page, "wb-dtype", "float32")
     page.locator("#wb-load").click()
     expect(status).to_contain_text(f"✅ Loaded {model_dir}", timeout=TIMEOUT)
 

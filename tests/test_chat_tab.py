@@ -15,6 +15,7 @@ import time
 import pytest
 from playwright.sync_api import expect
 
+from browser_helpers import choose
 from chat_helpers import make_adapter, steady_bubbles
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.expect_timeout(60_000)]
@@ -67,8 +68,8 @@ def bubbles(page, elem_id: str) -> list[str]:
 def attach(page, entry: str, *, pick: bool = False) -> None:
     box = page.locator("#chat-adapters input")
     box.click()
-    if pick:
-        page.get_by_role("option", name=entry).first.click()
+    if pick:  # in this dropdown's own list (see browser_helpers.choose); entries hold more than the name
+        page.locator("#chat-adapters").get_by_role("option", name=entry).first.click()
     else:
         box.fill(entry)
         box.press("Enter")
@@ -168,8 +169,7 @@ def test_bad_inputs_are_visible_messages(page, tmp_path, tiny_model_dir):
     assert page.locator("#chat-input textarea").input_value() == "Hi"  # kept for another try
     # A template without tool support, given (valid) tools.
     tools.fill('[{"name": "get_weather"}]')
-    page.locator("#wb-template input").click()
-    page.get_by_role("option", name="llama2", exact=True).click()
+    choose(page, "wb-template", "llama2")
     page.locator("#chat-send").click()
     expect(status).to_contain_text("template 'llama2' has no tool-calling format")
     page.reload()

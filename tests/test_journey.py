@@ -133,7 +133,7 @@ def test_new_user_journey(journey):
     page.get_by_role("tab", name="Chat").click()
     page.locator("#chat-refresh").click()
     page.locator("#chat-adapters input").click()
-    page.get_by_role("option", name="my-assistant").first.click()
+    page.locator("#chat-adapters").get_by_role("option", name="my-assistant").first.click()
     page.locator("#chat-attach").click()
     expect(page.locator("#chat-adapter-status")).to_contain_text("attached my-assistant")
     page.locator("#chat-mode").get_by_text("Compare").click()

@@ -121,7 +121,7 @@ def test_prefer_edit_and_train_dpo_on_the_judgements(page, app_server, identity_
     page.get_by_role("tab", name="Chat").click()
     page.locator("#chat-refresh").click()
     page.locator("#chat-adapters input").click()
-    page.get_by_role("option", name=identity_run).first.click()
+    page.locator("#chat-adapters").get_by_role("option", name=identity_run).first.click()
     page.locator("#chat-attach").click()
     expect(page.locator("#chat-adapter-status")).to_contain_text(f"attached {identity_run}")
     page.locator("#chat-gen").get_by_text("Generation").first.click()
