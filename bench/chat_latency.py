@@ -211,8 +211,9 @@ def main() -> int:
         runs[dtype] = worker("--worker", dtype, "--adapters-dir", tmp_dir.name, "--bandwidth", str(bandwidth))
         print(dtype, json.dumps(runs[dtype]), flush=True)
     head = runs.get("bfloat16") or next(iter(runs.values()))
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?") \
-        if os.path.exists("/proc/cpuinfo") else "?"
+    from workbench.machine import cpu_model
+
+    cpu = cpu_model()
     result = {
         "device": args.device, "cpu": cpu, "torch_threads": torch.get_num_threads(),
         "load_avg_1min": round(os.getloadavg()[0], 2), "model": "smollm2-135m-instruct",

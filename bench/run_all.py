@@ -7,6 +7,7 @@ Usage: python bench/run_all.py [name ...]   (e.g. train_throughput chat_latency)
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -38,8 +39,11 @@ def main(names: list[str]) -> int:
         print(f"   ({time.perf_counter() - started:.0f}s)", flush=True)
     out = HERE / "results"
     out.mkdir(exist_ok=True)
-    summary = {"machine": {"cpu_count": __import__("os").cpu_count(), "platform": platform.platform(),
-                           "processor": platform.processor()}, "results": results}
+    sys.path.insert(0, str(HERE.parent))
+    from workbench.machine import cpu_has_native_bf16, cpu_model
+
+    summary = {"machine": {"cpu": cpu_model(), "native_bf16": cpu_has_native_bf16(), "cpu_count": os.cpu_count(),
+                           "platform": platform.platform()}, "results": results}
     (out / "latest.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary))
     return 1 if failed else 0

@@ -152,8 +152,9 @@ def main() -> int:
         proc.wait(timeout=30)
     one, concurrent = statistics.median(one_rates), statistics.median(many_rates)
     ttfts.sort()
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?") \
-        if os.path.exists("/proc/cpuinfo") else "?"
+    from workbench.machine import cpu_model
+
+    cpu = cpu_model()
     result = {
         "cpu": cpu, "load_avg_1min": round(os.getloadavg()[0], 2), "model": "smollm2-135m-instruct",
         "dtype": args.dtype, "clients": args.clients, "new_tokens": args.tokens, "rounds": args.rounds,

@@ -147,9 +147,9 @@ def main() -> int:
     datasets.disable_progress_bars()
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    from workbench.train.run import cpu_supports_bf16
+    from workbench.machine import cpu_has_native_bf16
 
-    bf16 = cpu_supports_bf16()
+    bf16 = cpu_has_native_bf16()
     with tempfile.TemporaryDirectory(prefix="wb-bench-train-") as tmp:
         os.environ.setdefault("WORKBENCH_HOME", str(Path(tmp) / "home"))
         values = config_values(Path(tmp) / "ours", args)

@@ -20,6 +20,7 @@ PACKAGE = "workbench"
 LAYERS: dict[str, int] = {
     "workbench": 0,  # the package's __init__: logging/warning filters only
     "workbench.paths": 0,
+    "workbench.machine": 0,
     "workbench.config": 0,
     "workbench.rundir": 1,
     "workbench.data": 2,

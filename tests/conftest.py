@@ -223,6 +223,14 @@ def pytest_configure(config):
         os.sched_setaffinity(0, set(_WORKER_CORES))
 
 
+def pytest_terminal_summary(terminalreporter):
+    """The machine, in the last lines of the run (what CI prints): timings and bfloat16 answers depend on it."""
+    from workbench.machine import cpu_has_native_bf16, cpu_model
+
+    terminalreporter.write_line(f"machine: {cpu_model()}, {len(_EVERY_CORE) or os.cpu_count()} cores, native "
+                                f"bfloat16 {'yes' if cpu_has_native_bf16() else 'no'}")
+
+
 @contextlib.contextmanager
 def every_core():
     """Processes started inside run on every core (the worker itself is pinned again afterwards)."""

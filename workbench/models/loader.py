@@ -12,6 +12,7 @@ from typing import Any
 
 from workbench.config.base import WorkbenchError
 from workbench.config.model import ModelArgs
+from workbench.machine import cpu_has_native_bf16
 from workbench.models import registry
 from workbench.models.adapters import check_adapter_finite, check_adapter_fits, read_adapter_config
 from workbench.models.bundled import ensure_converted
@@ -89,16 +90,6 @@ def pick_device(requested: str = "auto") -> str:
     if torch.cuda.is_available():
         return "cuda"
     return "cpu"
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX-BF16 (Linux /proc/cpuinfo flags): bf16 matmuls run natively, not emulated."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
 
 
 def pick_dtype(requested: str, device: str, *, inference: bool = False):

@@ -28,7 +28,8 @@ from workbench.models.loader import pick_device, resolve_model_path
 from workbench.paths import run_path, runs_dir
 from workbench.rundir import CONFIG_FILE, default_run_name
 from workbench.train.outputs import resolve_resume
-from workbench.train.run import check_datasets_fit_stage, cpu_supports_bf16
+from workbench.machine import cpu_has_native_bf16
+from workbench.train.run import check_datasets_fit_stage
 
 __all__ = ["TrainPlan", "plan_training", "check_train_memory", "compact_config", "option_defaults",
            "default_run_name", "template_warnings", "train_option_classes", "ESSENTIAL_KEYS", "RunEstimate",
@@ -288,7 +289,7 @@ def slow_choices(cfg, device: str, shape: resources.ModelShape | None) -> list[s
                    "(about 16 bytes a parameter) and each step is slow; LoRA trains about 1% of the weights")
     elif params >= SLOW_ANY_PARAMS:
         out.append(f"a {size} model on a CPU: each step takes a long time; a smaller model, or a GPU, suits it")
-    if tr.bf16 and not cpu_supports_bf16():
+    if tr.bf16 and not cpu_has_native_bf16():
         out.append("bf16 on this CPU: it has no bfloat16 instructions, so autocast is emulated and slower than "
                    "float32; turn bf16 off")
     if tr.gradient_checkpointing:

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from workbench.config.base import OptionError, WorkbenchError
 from workbench.config.train import TrainConfig, check_deepspeed_installed, resolve_deepspeed_config
+from workbench.machine import cpu_has_native_bf16
 from workbench.rundir import CONFIG_FILE, PROGRESS_FILE, RUN_RECORD, write_phase
 from workbench.train import outputs as out
 
@@ -34,15 +35,6 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def cpu_supports_bf16() -> bool:
-    """Native bf16 matmuls (AVX512-BF16 or AMX); elsewhere torch emulates them, slower than float32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
 def check_precision(tr, device: str, log: Callable[[str], None]) -> None:
     import torch
 
@@ -53,7 +45,7 @@ def check_precision(tr, device: str, log: Callable[[str], None]) -> None:
     if tr.fp16:
         raise OptionError("fp16", f"float16 mixed precision needs a CUDA GPU (device here: {device}); "
                                   "use bf16 on CPUs that support it, or neither")
-    if tr.bf16 and device == "cpu" and not cpu_supports_bf16():
+    if tr.bf16 and device == "cpu" and not cpu_has_native_bf16():
         log("warning: bf16: this CPU has no native bfloat16 instructions; autocast will be emulated and slow")
 
 
