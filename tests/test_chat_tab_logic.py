@@ -71,7 +71,7 @@ def test_compare_regenerate_skips_columns_added_mid_conversation():
 
 # -- what the app remembers, and one answer at a time (issue 18) ----------------------------------------------
 
-STATUS, HISTORY = 2 + MAX_COLUMNS + 2, 2 + MAX_COLUMNS  # indexes in the send/regenerate handlers' outputs
+COLUMNS, STATUS, HISTORY = 2, 2 + MAX_COLUMNS + 2, 2 + MAX_COLUMNS  # indexes in the send/regenerate handlers' outputs
 
 
 def test_a_session_generates_one_answer_at_a_time():
@@ -208,11 +208,26 @@ def test_send_while_regenerating_is_refused_and_no_answer_is_lost(loaded_manager
     assert sent[1][0] == gr.update(value="") and not view.active  # the box emptied, the session free again
 
 
+def as_sent(outputs, updates_of):
+    """Each yield as Gradio sends it: before it asks for the next yield it postprocesses this one, and
+    ``postprocess_update_dict`` pops the value out of every update dict it gets (the real function, on a Chatbot: the
+    block's own label stands in for the session copy Gradio uses)."""
+    import gradio as gr
+    from gradio.blocks import postprocess_update_dict
+
+    block = gr.Chatbot()
+    for out in outputs:
+        yield tuple(postprocess_update_dict(block, o) if i in updates_of and isinstance(o, dict) else o
+                    for i, o in enumerate(out))
+
+
 @pytest.mark.parametrize("mode", ["chat", "compare"])
 def test_the_buttons_come_back_without_emptying_the_last_answer(loaded_manager, mode):
-    """Gradio streams each yield as a diff applied in place to what the page got last: the yield that re-enables
-    the buttons repeats the answer's outputs (no edits) instead of empty updates, which would delete the last
-    value from an update the page may not have drawn yet (a compare column then kept its next-to-last text)."""
+    """Gradio streams each yield as a diff of the one before, applied in place to what the page got last, and ends
+    with the last yield's full values. The yield that re-enables the buttons repeats the answer's outputs — as new
+    update dicts: Gradio pops the value out of an update it postprocesses, so the same dict yielded again would go
+    out without the answer (a diff deleting it, and no answer in the final values; a compare column then kept its
+    next-to-last text)."""
     import gradio as gr
     from gradio.utils import diff
 
@@ -220,8 +235,11 @@ def test_the_buttons_come_back_without_emptying_the_last_answer(loaded_manager, 
 
     view = chat_view(loaded_manager)
     data = {**form(view, "Hi", max_new_tokens=4), "mode": COMPARE if mode == "compare" else "chat"}
-    outs = list(on_send(view, data, gr.Request(session_hash=f"tab-{mode}")))
+    request = gr.Request(session_hash=f"tab-{mode}")
+    outs = list(as_sent(on_send(view, data, request), updates_of=range(COLUMNS, COLUMNS + MAX_COLUMNS)))
     answer, last = outs[-2], outs[-1]
     assert last[-3:] == (gr.update(interactive=True),) * 3
     assert [diff(a, b) for a, b in zip(answer[:-3], last[:-3])] == [[]] * (len(last) - 3)
+    if mode == "compare":  # the final values hold the answer
+        assert last[COLUMNS]["value"][-1]["role"] == "assistant" and last[COLUMNS]["value"][-1]["content"]
     assert "tokens" in last[STATUS] and not view.active

@@ -445,14 +445,20 @@ def dispatch(view: ChatView, data: dict, turn: dict | None, request, clear_input
     try:
         yield (*last, *buttons(False))
         for last in generate(view, data, turn, claim, clear_input, regenerate):
-            yield (*last, *buttons())
+            yield (*unshared(last), *buttons())
     finally:
         release_session(view.active, key, claim)
-    # The buttons come back with the last outputs repeated, not with empty updates: Gradio streams each yield as a
-    # diff applied in place to the object the page got last time, so an empty update right after an answer's last
-    # words could strip them before the page drew them (a compare column kept its next-to-last text, ~6 in 100 in
-    # a scratch reproduction; none with the outputs repeated).
-    yield (*last, *buttons(True))
+    # The buttons come back with the last outputs repeated (Gradio sends no edit for them), not with empty updates,
+    # which would go out as diffs deleting the answers' values.
+    yield (*unshared(last), *buttons(True))
+
+
+def unshared(outputs: tuple) -> tuple:
+    """The outputs with each update dict copied: Gradio pops an update's value while it postprocesses it, so an
+    update yielded twice goes out the second time without its value — a diff deleting the value, and the last
+    message of the stream (the full final values) without the answer; a compare column then kept its next-to-last
+    text (seen in CI and in a fresh-clone run, turn 1 of the preferences journey)."""
+    return tuple(dict(o) if isinstance(o, dict) else o for o in outputs)
 
 
 def generate(view: ChatView, data: dict, turn: dict | None, claim: Claim, clear_input: bool, regenerate: bool):
