@@ -19,6 +19,11 @@ HERE = Path(__file__).resolve().parent
 
 def main(names: list[str]) -> int:
     scripts = sorted(p for p in HERE.glob("*.py") if p.name != Path(__file__).name and not p.name.startswith("_"))
+    unknown = sorted(set(names) - {p.stem for p in scripts})
+    if unknown:
+        print(f"no benchmark named {', '.join(unknown)}; there are: {', '.join(p.stem for p in scripts)}",
+              file=sys.stderr)
+        return 2
     if names:
         scripts = [p for p in scripts if p.stem in names]
     results, failed = {}, []
