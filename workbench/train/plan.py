@@ -23,12 +23,12 @@ from workbench.data.loader import load_spec, split_for_eval
 from workbench.data.registry import get_spec
 from workbench.data.stats import token_lengths
 from workbench.data.templates import resolve_template
+from workbench.machine import cpu_has_native_bf16
 from workbench.models import resources
 from workbench.models.loader import pick_device, resolve_model_path
 from workbench.paths import run_path, runs_dir
 from workbench.rundir import CONFIG_FILE, default_run_name
 from workbench.train.outputs import resolve_resume
-from workbench.machine import cpu_has_native_bf16
 from workbench.train.run import check_datasets_fit_stage
 
 __all__ = ["TrainPlan", "plan_training", "check_train_memory", "compact_config", "option_defaults",
