@@ -16,7 +16,7 @@ import pytest
 from playwright.sync_api import expect
 
 from browser_helpers import choose
-from chat_helpers import make_adapter, steady_bubbles
+from chat_helpers import attach, make_adapter, steady_bubbles
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.expect_timeout(60_000)]
 
@@ -65,14 +65,12 @@ def bubbles(page, elem_id: str) -> list[str]:
     return [b.inner_text() for b in page.locator(f"#{elem_id} .message-row").all()]
 
 
-def attach(page, entry: str, *, pick: bool = False) -> None:
+def attach_typed(page, entry: str) -> None:
+    """Type an adapter entry (a path, or name=path) and attach it; a listed run: chat_helpers.attach."""
     box = page.locator("#chat-adapters input")
     box.click()
-    if pick:  # in this dropdown's own list (see browser_helpers.choose); entries hold more than the name
-        page.locator("#chat-adapters").get_by_role("option", name=entry).first.click()
-    else:
-        box.fill(entry)
-        box.press("Enter")
+    box.fill(entry)
+    box.press("Enter")
     page.locator("#chat-attach").click()
 
 
@@ -122,7 +120,7 @@ def test_stop_ends_the_answer(page):
 def test_compare_base_and_identity_adapter_side_by_side(page, identity_run):
     load_bundled(page)
     page.locator("#chat-refresh").click()
-    attach(page, identity_run, pick=True)
+    attach(page, identity_run)
     expect(page.locator("#chat-adapter-status")).to_contain_text(f"attached {identity_run}")
     set_max_new_tokens(page, 40)
     page.locator("#chat-mode").get_by_text("Compare").click()
@@ -149,13 +147,13 @@ def test_bad_inputs_are_visible_messages(page, tmp_path, tiny_model_dir):
     # Adapter directory with missing files.
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "adapter_config.json").write_text("{}")
-    attach(page, str(tmp_path / "broken"))
+    attach_typed(page, str(tmp_path / "broken"))
     expect(adapter_status).to_contain_text("adapter weights are missing")
     # An adapter for another base model (the tiny model).
     page.reload()
     load_bundled(page)
     other = make_adapter(tiny_model_dir, tmp_path / "tiny-adapter", seed=1)
-    attach(page, f"tiny={other}")
+    attach_typed(page, f"tiny={other}")
     expect(adapter_status).to_contain_text("was trained on")
     expect(adapter_status).to_contain_text("but the loaded model is smollm2-135m-instruct")
     page.reload()

@@ -22,6 +22,7 @@ import pytest
 from playwright.sync_api import expect
 
 from browser_helpers import choose
+from chat_helpers import attach
 from conftest import start_app, stop_app
 from helpers import REPO_ROOT
 
@@ -132,9 +133,7 @@ def test_new_user_journey(journey):
     expect(page.locator("#wb-status")).to_contain_text("Loaded smollm2-135m-instruct", timeout=LONG)
     page.get_by_role("tab", name="Chat").click()
     page.locator("#chat-refresh").click()
-    page.locator("#chat-adapters input").click()
-    page.locator("#chat-adapters").get_by_role("option", name="my-assistant").first.click()
-    page.locator("#chat-attach").click()
+    attach(page, "my-assistant")
     expect(page.locator("#chat-adapter-status")).to_contain_text("attached my-assistant")
     page.locator("#chat-mode").get_by_text("Compare").click()
     page.locator("#chat-input textarea").fill("Who are you?")

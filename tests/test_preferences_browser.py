@@ -17,7 +17,7 @@ import pytest
 from playwright.sync_api import expect
 
 from browser_helpers import choose
-from chat_helpers import make_adapter
+from chat_helpers import attach, make_adapter
 from workbench.data.preferences import read_rows
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.trains, pytest.mark.expect_timeout(60_000)]
@@ -105,9 +105,7 @@ def test_prefer_edit_and_train_dpo_on_the_judgements(page, app_server, identity_
     expect(status).to_contain_text("Loaded smollm2-135m-instruct", timeout=ANSWER_TIMEOUT)
     page.get_by_role("tab", name="Chat").click()
     page.locator("#chat-refresh").click()
-    page.locator("#chat-adapters input").click()
-    page.locator("#chat-adapters").get_by_role("option", name=identity_run).first.click()
-    page.locator("#chat-attach").click()
+    attach(page, identity_run)
     expect(page.locator("#chat-adapter-status")).to_contain_text(f"attached {identity_run}")
     page.locator("#chat-gen").get_by_text("Generation").first.click()
     fill(page.locator("#chat-gen"), "opt-max_new_tokens", 32)
