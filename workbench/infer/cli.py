@@ -183,10 +183,15 @@ def run_chat(args) -> int:
         print(f"note: {note}", file=sys.stderr)
     variants = engine.variants if args.compare else [use]
     chat = TerminalChat(engine, variants, gen, tools, compare=args.compare)
-    if args.prompt is not None:
-        chat.answer({"role": "user", "content": args.prompt})
+    try:
+        if args.prompt is not None:
+            chat.answer({"role": "user", "content": args.prompt})
+            return 0
+        print(f"Chatting with {loaded.describe()} as {', '.join(variants)}. /clear, /use NAME, /tool RESULT, "
+              "/exit; empty line or Ctrl-D quits.", file=sys.stderr)
+        chat.loop()
         return 0
-    print(f"Chatting with {loaded.describe()} as {', '.join(variants)}. /clear, /use NAME, /tool RESULT, /exit; "
-          "empty line or Ctrl-D quits.", file=sys.stderr)
-    chat.loop()
-    return 0
+    finally:
+        # The scheduler's thread ends before the interpreter does: left running into shutdown, it aborted the
+        # process now and then ("terminate called without an active exception", exit 134) after the answer.
+        engine.close("the chat ended")
